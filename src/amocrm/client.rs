@@ -1,0 +1,285 @@
+//! The HTTP client for amoCRM: one place that knows statuses, 204s, problem bodies and timeouts.
+
+use std::time::Duration;
+
+use reqwest::{StatusCode, header};
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use super::{AmoError, ContactsPage, ContactsQuery, ForbiddenReason, model};
+
+/// Bodies larger than this are refused rather than buffered: a full page of 250 contacts with
+/// every relation is a few hundred KiB, so this only ever stops a broken or hostile upstream.
+const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// Error bodies are only read for their short problem text.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+/// Problem details are shown to clients; a long one is cut, not forwarded whole.
+const MAX_DETAIL_CHARS: usize = 300;
+
+const CONTACTS_ENDPOINT: &str = "/api/v4/contacts";
+
+/// An amoCRM access token. It never prints: `Debug` shows a placeholder.
+#[derive(Clone)]
+pub struct AccessToken(SecretString);
+
+impl AccessToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        AccessToken(SecretString::from(token.into()))
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessToken(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `scheme://host[:port]` of the account.
+    pub base_url: Url,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+/// Calls amoCRM. Cheap to clone: reqwest's client is a handle to one connection pool.
+#[derive(Debug, Clone)]
+pub struct AmoClient {
+    http: reqwest::Client,
+    base_url: Url,
+    request_timeout: Duration,
+}
+
+impl AmoClient {
+    pub fn new(config: ClientConfig) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .user_agent(concat!("amocrm-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(AmoClient {
+            http,
+            base_url: config.base_url,
+            request_timeout: config.request_timeout,
+        })
+    }
+
+    /// `GET /api/v4/contacts`. amoCRM's "nothing found" (204, also past the last page) is an
+    /// empty page, not an error.
+    pub async fn contacts(
+        &self,
+        token: &AccessToken,
+        query: &ContactsQuery,
+    ) -> Result<ContactsPage, AmoError> {
+        match self
+            .get(token, CONTACTS_ENDPOINT, &query.to_params())
+            .await?
+        {
+            Some(body) => model::decode_contacts_page(&body),
+            None => Ok(ContactsPage::default()),
+        }
+    }
+
+    /// Sends one GET and returns the body of a 2xx answer, or `None` for "no content".
+    async fn get(
+        &self,
+        token: &AccessToken,
+        endpoint: &'static str,
+        params: &[(String, String)],
+    ) -> Result<Option<Vec<u8>>, AmoError> {
+        let mut url = self.base_url.clone();
+        url.set_path(endpoint);
+        let started = std::time::Instant::now();
+        let response = self
+            .http
+            .get(url)
+            .query(params)
+            .bearer_auth(token.expose())
+            .header(header::ACCEPT, "application/hal+json, application/json")
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+
+        let status = response.status();
+        let upstream_request_id = response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let is_json = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.contains("json"));
+
+        let outcome = if status == StatusCode::NO_CONTENT {
+            Ok(None)
+        } else if status.is_success() {
+            match read_capped(response, MAX_BODY_BYTES).await {
+                Ok(body) if body.is_empty() => {
+                    tracing::warn!(endpoint, "amoCRM answered 200 with an empty body");
+                    Ok(None)
+                }
+                Ok(body) => Ok(Some(body)),
+                Err(e) => Err(self.body_error(e)),
+            }
+        } else {
+            let retry_after = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let body = read_capped(response, MAX_ERROR_BODY_BYTES)
+                .await
+                .unwrap_or_default();
+            Err(classify_error(
+                status,
+                is_json,
+                &body,
+                retry_after,
+                endpoint,
+            ))
+        };
+
+        let elapsed_ms = started.elapsed().as_millis();
+        match &outcome {
+            Ok(_) => tracing::debug!(
+                endpoint,
+                status = status.as_u16(),
+                elapsed_ms,
+                upstream_request_id,
+                "amoCRM call"
+            ),
+            Err(error) => tracing::warn!(
+                endpoint,
+                status = status.as_u16(),
+                elapsed_ms,
+                upstream_request_id,
+                %error,
+                "amoCRM call failed"
+            ),
+        }
+        outcome
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> AmoError {
+        // reqwest's Display can include the URL; ours never does (the URL carries no token, but
+        // it can carry a customer's search text).
+        if e.is_timeout() {
+            AmoError::Timeout(self.request_timeout)
+        } else if e.is_connect() {
+            AmoError::Connect
+        } else {
+            AmoError::Transport
+        }
+    }
+
+    fn body_error(&self, e: BodyError) -> AmoError {
+        match e {
+            BodyError::TooLarge => {
+                AmoError::Decode(format!("the body is larger than {MAX_BODY_BYTES} bytes"))
+            }
+            BodyError::Transport(e) => self.transport_error(&e),
+        }
+    }
+}
+
+enum BodyError {
+    TooLarge,
+    Transport(reqwest::Error),
+}
+
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, BodyError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
+        if body.len() + chunk.len() > cap {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// amoCRM's problem body. 403 and 429 often come as HTML from its front proxy instead, so the
+/// status decides the error and the body only adds detail when it is JSON.
+#[derive(serde::Deserialize, Default)]
+struct Problem {
+    title: Option<String>,
+    detail: Option<String>,
+    hint: Option<String>,
+}
+
+fn classify_error(
+    status: StatusCode,
+    is_json: bool,
+    body: &[u8],
+    retry_after: Option<Duration>,
+    endpoint: &'static str,
+) -> AmoError {
+    let problem: Option<Problem> = serde_json::from_slice(body).ok();
+    let detail = problem.as_ref().and_then(|p| {
+        let text = p.hint.as_ref().or(p.detail.as_ref()).or(p.title.as_ref())?;
+        Some(text.chars().take(MAX_DETAIL_CHARS).collect::<String>())
+    });
+    match status.as_u16() {
+        400 => AmoError::BadRequest { detail },
+        401 => AmoError::Unauthorized { detail },
+        402 => AmoError::PaymentRequired,
+        403 => AmoError::Forbidden {
+            reason: if is_json && problem.is_some() {
+                ForbiddenReason::Rights
+            } else {
+                ForbiddenReason::AccountBlocked
+            },
+            detail,
+        },
+        404 => AmoError::UnknownEndpoint { endpoint },
+        429 => AmoError::RateLimited { retry_after },
+        500..=599 => AmoError::Server {
+            status: status.as_u16(),
+        },
+        other => AmoError::UnexpectedStatus { status: other },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_403_is_a_block_unless_it_carries_a_problem_body() {
+        let html = classify_error(StatusCode::FORBIDDEN, false, b"<html>", None, "/x");
+        assert!(matches!(
+            html,
+            AmoError::Forbidden {
+                reason: ForbiddenReason::AccountBlocked,
+                ..
+            }
+        ));
+        let json = classify_error(
+            StatusCode::FORBIDDEN,
+            true,
+            br#"{"title":"Forbidden","detail":"no rights"}"#,
+            None,
+            "/x",
+        );
+        assert!(matches!(
+            json,
+            AmoError::Forbidden {
+                reason: ForbiddenReason::Rights,
+                detail: Some(ref d),
+            } if d == "no rights"
+        ));
+    }
+
+    #[test]
+    fn token_never_appears_in_debug() {
+        let token = AccessToken::new("very-secret");
+        assert!(!format!("{token:?}").contains("very-secret"));
+    }
+}

@@ -1,0 +1,95 @@
+use std::time::Duration;
+
+/// Why amoCRM answered 403. The two need different handling: a rights problem is an answer about
+/// the caller, a blocked account is an emergency for every caller of the integration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForbiddenReason {
+    /// A problem+json 403: the token's user lacks the rights for this call.
+    Rights,
+    /// A 403 from amoCRM's front proxy (an HTML page, or no JSON at all): the IP or the whole
+    /// account is blocked, typically after repeated rate-limit violations.
+    AccountBlocked,
+}
+
+/// Everything that can go wrong calling amoCRM. Messages are safe to show to clients: they
+/// never contain a token or a raw upstream body, only amoCRM's own short problem text.
+#[derive(Debug, thiserror::Error)]
+pub enum AmoError {
+    #[error("amoCRM rejected the access token (401){}", detail_suffix(.detail))]
+    Unauthorized { detail: Option<String> },
+
+    #[error("the amoCRM account is not paid (402)")]
+    PaymentRequired,
+
+    #[error("{}", forbidden_message(*.reason, .detail))]
+    Forbidden {
+        reason: ForbiddenReason,
+        detail: Option<String>,
+    },
+
+    #[error("amoCRM is rate limiting this integration (429)")]
+    RateLimited { retry_after: Option<Duration> },
+
+    #[error("amoCRM rejected the request as invalid (400){}", detail_suffix(.detail))]
+    BadRequest { detail: Option<String> },
+
+    #[error("amoCRM does not know the endpoint {endpoint} (404)")]
+    UnknownEndpoint { endpoint: &'static str },
+
+    #[error("amoCRM failed with HTTP {status}")]
+    Server { status: u16 },
+
+    #[error("amoCRM answered with unexpected HTTP status {status}")]
+    UnexpectedStatus { status: u16 },
+
+    #[error("amoCRM did not answer within {0:?}")]
+    Timeout(Duration),
+
+    #[error("could not connect to amoCRM")]
+    Connect,
+
+    #[error("the connection to amoCRM failed while transferring the response")]
+    Transport,
+
+    #[error("amoCRM sent a response that could not be read: {0}")]
+    Decode(String),
+}
+
+impl AmoError {
+    /// Whether retrying later could succeed: the failure says something about the upstream or the
+    /// network, not about the caller or the request.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::RateLimited { .. }
+                | Self::Server { .. }
+                | Self::Timeout(_)
+                | Self::Connect
+                | Self::Transport
+                | Self::Decode(_)
+                | Self::Forbidden {
+                    reason: ForbiddenReason::AccountBlocked,
+                    ..
+                }
+        )
+    }
+}
+
+fn detail_suffix(detail: &Option<String>) -> String {
+    detail
+        .as_deref()
+        .map(|d| format!(": {d}"))
+        .unwrap_or_default()
+}
+
+fn forbidden_message(reason: ForbiddenReason, detail: &Option<String>) -> String {
+    match reason {
+        ForbiddenReason::Rights => format!(
+            "amoCRM denied access: the token's user lacks the rights for this data (403){}",
+            detail_suffix(detail)
+        ),
+        ForbiddenReason::AccountBlocked => "amoCRM refused the request at its front proxy (403 \
+             without a problem body): the IP or the account appears to be blocked"
+            .to_owned(),
+    }
+}

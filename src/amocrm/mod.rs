@@ -1,0 +1,19 @@
+//! The upstream boundary: everything that knows how amoCRM's REST API v4 looks on the wire.
+//!
+//! Nothing here knows about GraphQL. [`ContactsQuery`] is the one typed description of a contacts
+//! request (the only place `with`, filters and order become query parameters), [`AmoClient`] sends
+//! it and turns statuses, 204s and problem bodies into [`AmoError`], and [`model`] decodes the HAL
+//! JSON tolerantly.
+
+mod client;
+mod error;
+pub mod model;
+mod query;
+
+pub use client::{AccessToken, AmoClient, ClientConfig};
+pub use error::{AmoError, ForbiddenReason};
+pub use model::{Contact, ContactId, ContactsPage};
+pub use query::{
+    ContactFilter, ContactList, ContactsQuery, CustomFieldCondition, Direction, MAX_FILTER_IDS,
+    Order, OrderField, PageSize, Relation, Relations, TimeRange,
+};

@@ -1,0 +1,328 @@
+//! What the gateway keeps of amoCRM's HAL JSON, decoded tolerantly.
+//!
+//! Only `id` is certain to be present (see the shared API reference): a missing boolean is false,
+//! a missing string empty, a missing list empty, a value of the wrong type is treated as missing,
+//! and unknown fields are ignored. One contact without a usable `id` is dropped (and logged)
+//! rather than failing its page.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::AmoError;
+
+/// An amoCRM contact id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ContactId(u64);
+
+impl ContactId {
+    pub fn new(id: u64) -> Self {
+        ContactId(id)
+    }
+
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for ContactId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One upstream page of contacts.
+#[derive(Debug, Clone, Default)]
+pub struct ContactsPage {
+    pub contacts: Vec<Arc<Contact>>,
+    /// Whether amoCRM linked a next page. It sometimes does when the next page is empty, so this
+    /// is a hint, not a promise.
+    pub has_next_link: bool,
+    /// Size of the body it was decoded from: a cheap, honest proxy for its memory weight.
+    pub body_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contact {
+    pub id: ContactId,
+    pub name: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub responsible_user_id: u64,
+    pub group_id: u64,
+    pub created_by: u64,
+    pub updated_by: u64,
+    /// Unix seconds, as amoCRM sends them.
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub closest_task_at: Option<i64>,
+    pub is_deleted: bool,
+    pub account_id: u64,
+    pub custom_fields_values: Vec<CustomFieldValue>,
+    pub tags: Vec<Tag>,
+    pub companies: Vec<EntityRef>,
+    pub leads: Vec<EntityRef>,
+    pub customers: Vec<EntityRef>,
+    pub catalog_elements: Vec<CatalogElementRef>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomFieldValue {
+    pub field_id: u64,
+    pub field_name: Option<String>,
+    pub field_code: Option<String>,
+    pub field_type: Option<String>,
+    pub values: Vec<CustomFieldValueItem>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomFieldValueItem {
+    /// Usually a string, but numbers, booleans and objects occur depending on the field type.
+    pub value: Value,
+    pub enum_id: Option<u64>,
+    pub enum_code: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tag {
+    pub id: u64,
+    pub name: String,
+    pub color: Option<String>,
+}
+
+/// A linked entity that amoCRM embeds as just its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntityRef {
+    pub id: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatalogElementRef {
+    pub id: u64,
+    pub catalog_id: u64,
+    pub quantity: Option<f64>,
+    pub price_id: Option<u64>,
+    pub metadata: Option<Value>,
+}
+
+/// Decodes a 200 body of `GET /api/v4/contacts`.
+pub fn decode_contacts_page(body: &[u8]) -> Result<ContactsPage, AmoError> {
+    let root: Value = serde_json::from_slice(body)
+        .map_err(|e| AmoError::Decode(format!("the body is not JSON ({e})")))?;
+    let root = root
+        .as_object()
+        .ok_or_else(|| AmoError::Decode("the body is not a JSON object".to_owned()))?;
+    let embedded = root
+        .get("_embedded")
+        .and_then(Value::as_object)
+        .ok_or_else(|| AmoError::Decode("the body has no `_embedded` object".to_owned()))?;
+    let items = match embedded.get("contacts") {
+        None | Some(Value::Null) => &[][..],
+        Some(Value::Array(items)) => items.as_slice(),
+        Some(_) => {
+            return Err(AmoError::Decode(
+                "`_embedded.contacts` is not a list".to_owned(),
+            ));
+        }
+    };
+    let contacts = items
+        .iter()
+        .filter_map(|item| {
+            let contact = item.as_object().and_then(decode_contact);
+            if contact.is_none() {
+                tracing::warn!("skipping a contact without a usable id in an amoCRM page");
+            }
+            contact.map(Arc::new)
+        })
+        .collect();
+    let has_next_link = root
+        .get("_links")
+        .and_then(|links| links.get("next"))
+        .and_then(|next| next.get("href"))
+        .is_some_and(Value::is_string);
+    Ok(ContactsPage {
+        contacts,
+        has_next_link,
+        body_bytes: body.len(),
+    })
+}
+
+fn decode_contact(c: &Map<String, Value>) -> Option<Contact> {
+    let id = ContactId(c.get("id").and_then(as_u64)?);
+    let embedded = c.get("_embedded").and_then(Value::as_object);
+    let embedded_list = |key: &str| -> &[Value] {
+        embedded
+            .and_then(|e| e.get(key))
+            .and_then(Value::as_array)
+            .map_or(&[], Vec::as_slice)
+    };
+    let refs = |key: &str| -> Vec<EntityRef> {
+        embedded_list(key)
+            .iter()
+            .filter_map(|r| r.get("id").and_then(as_u64).map(|id| EntityRef { id }))
+            .collect()
+    };
+    Some(Contact {
+        id,
+        name: string(c, "name"),
+        first_name: string(c, "first_name"),
+        last_name: string(c, "last_name"),
+        responsible_user_id: uint(c, "responsible_user_id"),
+        group_id: uint(c, "group_id"),
+        created_by: uint(c, "created_by"),
+        updated_by: uint(c, "updated_by"),
+        created_at: int(c, "created_at").unwrap_or(0),
+        updated_at: int(c, "updated_at").unwrap_or(0),
+        closest_task_at: int(c, "closest_task_at"),
+        is_deleted: c
+            .get("is_deleted")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        account_id: uint(c, "account_id"),
+        custom_fields_values: c
+            .get("custom_fields_values")
+            .and_then(Value::as_array)
+            .map(|fields| fields.iter().filter_map(decode_custom_field).collect())
+            .unwrap_or_default(),
+        tags: embedded_list("tags")
+            .iter()
+            .filter_map(|t| {
+                let t = t.as_object()?;
+                Some(Tag {
+                    id: t.get("id").and_then(as_u64)?,
+                    name: string(t, "name"),
+                    color: opt_string(t, "color"),
+                })
+            })
+            .collect(),
+        companies: refs("companies"),
+        leads: refs("leads"),
+        customers: refs("customers"),
+        catalog_elements: embedded_list("catalog_elements")
+            .iter()
+            .filter_map(|e| {
+                let e = e.as_object()?;
+                Some(CatalogElementRef {
+                    id: e.get("id").and_then(as_u64)?,
+                    catalog_id: uint(e, "catalog_id"),
+                    quantity: e.get("quantity").and_then(as_f64),
+                    price_id: e.get("price_id").and_then(as_u64),
+                    metadata: e.get("metadata").filter(|m| !m.is_null()).cloned(),
+                })
+            })
+            .collect(),
+    })
+}
+
+fn decode_custom_field(field: &Value) -> Option<CustomFieldValue> {
+    let field = field.as_object()?;
+    Some(CustomFieldValue {
+        field_id: field.get("field_id").and_then(as_u64)?,
+        field_name: opt_string(field, "field_name"),
+        field_code: opt_string(field, "field_code"),
+        field_type: opt_string(field, "field_type"),
+        values: field
+            .get("values")
+            .and_then(Value::as_array)
+            .map(|values| {
+                values
+                    .iter()
+                    .filter_map(Value::as_object)
+                    .map(|v| CustomFieldValueItem {
+                        value: v.get("value").cloned().unwrap_or(Value::Null),
+                        enum_id: v.get("enum_id").and_then(as_u64),
+                        // One documentation example spells it `enum`.
+                        enum_code: opt_string(v, "enum_code").or_else(|| opt_string(v, "enum")),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
+/// Ids arrive as numbers, but a numeric string is accepted too.
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_f64(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .filter(|f: &f64| f.is_finite())
+}
+
+fn int(obj: &Map<String, Value>, key: &str) -> Option<i64> {
+    match obj.get(key)? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn uint(obj: &Map<String, Value>, key: &str) -> u64 {
+    obj.get(key).and_then(as_u64).unwrap_or(0)
+}
+
+fn string(obj: &Map<String, Value>, key: &str) -> String {
+    opt_string(obj, key).unwrap_or_default()
+}
+
+fn opt_string(obj: &Map<String, Value>, key: &str) -> Option<String> {
+    obj.get(key).and_then(Value::as_str).map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_the_documented_example_and_tolerates_odd_contacts() {
+        let body = br#"{"_page":1,"_links":{"next":{"href":"x?page=2"}},"_embedded":{"contacts":[
+            {"id":7143599,"name":"1","first_name":"","last_name":"","responsible_user_id":504141,
+             "group_id":0,"created_by":504141,"updated_by":504141,"created_at":1585758065,
+             "updated_at":1585758065,"closest_task_at":null,"custom_fields_values":null,
+             "account_id":28805383,"_embedded":{"tags":[],"companies":[]}},
+            {"id":"12","name":42,"is_deleted":"yes","custom_fields_values":[{"field_id":5,
+             "values":[{"value":"a","enum":"WORK"},{"value":3}]},{"no_id":1}],
+             "_embedded":{"catalog_elements":[{"id":1,"quantity":"1.5","catalog_id":9}]}},
+            {"name":"no id"}, 17
+        ]}}"#;
+        let page = decode_contacts_page(body).expect("decodes");
+        assert!(page.has_next_link);
+        assert_eq!(page.contacts.len(), 2);
+        let odd = &page.contacts[1];
+        assert_eq!(odd.id, ContactId(12));
+        assert_eq!(odd.name, "");
+        assert!(!odd.is_deleted);
+        assert_eq!(odd.custom_fields_values.len(), 1);
+        assert_eq!(
+            odd.custom_fields_values[0].values[0].enum_code.as_deref(),
+            Some("WORK")
+        );
+        assert_eq!(odd.catalog_elements[0].quantity, Some(1.5));
+    }
+
+    #[test]
+    fn rejects_bodies_that_are_not_a_contacts_page() {
+        for body in [
+            &b"<html>"[..],
+            b"[]",
+            b"{}",
+            br#"{"_embedded":{"contacts":5}}"#,
+        ] {
+            assert!(matches!(
+                decode_contacts_page(body),
+                Err(AmoError::Decode(_))
+            ));
+        }
+        let empty = decode_contacts_page(br#"{"_embedded":{}}"#).expect("empty is fine");
+        assert!(empty.contacts.is_empty() && !empty.has_next_link);
+    }
+}

@@ -1,0 +1,325 @@
+//! [`ContactsQuery`]: a typed, normalized contacts request. Two requests that mean the same thing
+//! are equal and hash alike (sets are sorted and deduplicated), which is what makes it a cache key.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::model::ContactId;
+
+/// amoCRM's documented maximum for `limit`, and the most ids worth sending in one `filter[id]`.
+pub const MAX_PAGE_SIZE: u16 = 250;
+/// No maximum is documented for id filters; one full page is the most one request can return.
+pub const MAX_FILTER_IDS: usize = MAX_PAGE_SIZE as usize;
+
+/// An upstream page size, 1..=250.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PageSize(u16);
+
+impl PageSize {
+    pub const MAX: PageSize = PageSize(MAX_PAGE_SIZE);
+
+    pub fn new(size: u64) -> Option<Self> {
+        u16::try_from(size)
+            .ok()
+            .filter(|s| (1..=MAX_PAGE_SIZE).contains(s))
+            .map(PageSize)
+    }
+
+    pub fn get(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+/// A relation that amoCRM only embeds when it is named in `with`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relation {
+    Leads,
+    Customers,
+    CatalogElements,
+}
+
+impl Relation {
+    pub const ALL: [Relation; 3] = [Self::Leads, Self::Customers, Self::CatalogElements];
+
+    /// The value amoCRM expects in `with`.
+    pub fn as_with(self) -> &'static str {
+        match self {
+            Self::Leads => "leads",
+            Self::Customers => "customers",
+            Self::CatalogElements => "catalog_elements",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Self::Leads => 1,
+            Self::Customers => 2,
+            Self::CatalogElements => 4,
+        }
+    }
+}
+
+/// A set of [`Relation`]s. A bit set, so it is `Copy` and hashes in one byte.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Relations(u8);
+
+impl Relations {
+    pub const NONE: Relations = Relations(0);
+
+    pub fn insert(&mut self, relation: Relation) {
+        self.0 |= relation.bit();
+    }
+
+    pub fn contains(self, relation: Relation) -> bool {
+        self.0 & relation.bit() != 0
+    }
+
+    pub fn union(self, other: Relations) -> Relations {
+        Relations(self.0 | other.0)
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Relation> {
+        Relation::ALL.into_iter().filter(move |r| self.contains(*r))
+    }
+
+    /// The `with` parameter value, in a fixed order; `None` when nothing is needed, because
+    /// amoCRM then must receive no `with` at all.
+    pub fn with_param(self) -> Option<String> {
+        (!self.is_empty()).then(|| {
+            self.iter()
+                .map(Relation::as_with)
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    }
+}
+
+impl FromIterator<Relation> for Relations {
+    fn from_iter<I: IntoIterator<Item = Relation>>(iter: I) -> Self {
+        let mut set = Relations::NONE;
+        iter.into_iter().for_each(|r| set.insert(r));
+        set
+    }
+}
+
+/// The two fields amoCRM sorts contacts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OrderField {
+    Id,
+    UpdatedAt,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Asc,
+    Desc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Order {
+    pub field: OrderField,
+    pub direction: Direction,
+}
+
+/// An inclusive range of Unix seconds; at least one end is set and `from <= to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TimeRange {
+    from: Option<i64>,
+    to: Option<i64>,
+}
+
+impl TimeRange {
+    /// `None` when the range is empty of bounds or inverted; the caller names the rule broken.
+    pub fn new(from: Option<i64>, to: Option<i64>) -> Option<Self> {
+        match (from, to) {
+            (None, None) => None,
+            (Some(f), Some(t)) if f > t => None,
+            _ => Some(TimeRange { from, to }),
+        }
+    }
+}
+
+/// What one custom field must match: one of several values, or a range (numeric and date fields).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CustomFieldCondition {
+    AnyOf(BTreeSet<String>),
+    Range {
+        from: Option<String>,
+        to: Option<String>,
+    },
+}
+
+/// amoCRM's contact filters, normalized: sets are sorted and deduplicated so that equal filters
+/// produce equal parameters and equal cache keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ContactFilter {
+    pub ids: BTreeSet<ContactId>,
+    pub names: BTreeSet<String>,
+    pub responsible_user_ids: BTreeSet<u64>,
+    pub created_by: BTreeSet<u64>,
+    pub updated_by: BTreeSet<u64>,
+    pub created_at: Option<TimeRange>,
+    pub updated_at: Option<TimeRange>,
+    pub closest_task_at: Option<TimeRange>,
+    pub custom_fields: BTreeMap<u64, CustomFieldCondition>,
+}
+
+/// Which list: search, filter and order, without paging or relations. Everything that decides
+/// which contacts appear at which offset, so a cursor fingerprints exactly this.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ContactList {
+    pub search: Option<String>,
+    pub filter: ContactFilter,
+    pub order: Option<Order>,
+}
+
+impl ContactList {
+    /// A list of exactly these contacts (the by-id lookup).
+    pub fn by_ids(ids: impl IntoIterator<Item = ContactId>) -> Self {
+        ContactList {
+            filter: ContactFilter {
+                ids: ids.into_iter().collect(),
+                ..ContactFilter::default()
+            },
+            ..ContactList::default()
+        }
+    }
+
+    /// The parameters that select and order the list, in a canonical order.
+    pub fn to_params(&self) -> Vec<(String, String)> {
+        let mut params = Vec::new();
+        if let Some(search) = &self.search {
+            params.push(("query".to_owned(), search.clone()));
+        }
+        let f = &self.filter;
+        push_set(&mut params, "id", f.ids.iter().map(|id| id.get()));
+        push_set(&mut params, "name", f.names.iter());
+        push_set(&mut params, "responsible_user_id", &f.responsible_user_ids);
+        push_set(&mut params, "created_by", &f.created_by);
+        push_set(&mut params, "updated_by", &f.updated_by);
+        push_range(&mut params, "created_at", f.created_at);
+        push_range(&mut params, "updated_at", f.updated_at);
+        push_range(&mut params, "closest_task_at", f.closest_task_at);
+        for (field_id, condition) in &f.custom_fields {
+            let key = format!("filter[custom_fields_values][{field_id}]");
+            match condition {
+                CustomFieldCondition::AnyOf(values) => {
+                    params.extend(values.iter().map(|v| (format!("{key}[]"), v.clone())));
+                }
+                CustomFieldCondition::Range { from, to } => {
+                    if let Some(from) = from {
+                        params.push((format!("{key}[from]"), from.clone()));
+                    }
+                    if let Some(to) = to {
+                        params.push((format!("{key}[to]"), to.clone()));
+                    }
+                }
+            }
+        }
+        if let Some(order) = self.order {
+            let field = match order.field {
+                OrderField::Id => "id",
+                OrderField::UpdatedAt => "updated_at",
+            };
+            let direction = match order.direction {
+                Direction::Asc => "asc",
+                Direction::Desc => "desc",
+            };
+            params.push((format!("order[{field}]"), direction.to_owned()));
+        }
+        params
+    }
+}
+
+fn push_set<T: ToString>(
+    params: &mut Vec<(String, String)>,
+    name: &str,
+    values: impl IntoIterator<Item = T>,
+) {
+    // The array form `filter[x][]` even for one value: amoCRM reads it the same way, and one
+    // spelling keeps the cache key and the fake's parser simple.
+    params.extend(
+        values
+            .into_iter()
+            .map(|v| (format!("filter[{name}][]"), v.to_string())),
+    );
+}
+
+fn push_range(params: &mut Vec<(String, String)>, name: &str, range: Option<TimeRange>) {
+    let Some(range) = range else { return };
+    if let Some(from) = range.from {
+        params.push((format!("filter[{name}][from]"), from.to_string()));
+    }
+    if let Some(to) = range.to {
+        params.push((format!("filter[{name}][to]"), to.to_string()));
+    }
+}
+
+/// One upstream page of one list, with the relations to embed: the full description of a
+/// `GET /api/v4/contacts` call, and the page cache's key (with the credential scope).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ContactsQuery {
+    pub list: ContactList,
+    /// 1-based, as amoCRM counts.
+    pub page: u32,
+    pub limit: PageSize,
+    pub relations: Relations,
+}
+
+impl ContactsQuery {
+    pub fn to_params(&self) -> Vec<(String, String)> {
+        let mut params = Vec::new();
+        if let Some(with) = self.relations.with_param() {
+            params.push(("with".to_owned(), with));
+        }
+        params.push(("page".to_owned(), self.page.to_string()));
+        params.push(("limit".to_owned(), self.limit.get().to_string()));
+        params.extend(self.list.to_params());
+        params
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_param_is_absent_for_no_relations_and_ordered_otherwise() {
+        assert_eq!(Relations::NONE.with_param(), None);
+        let all: Relations = [Relation::CatalogElements, Relation::Leads]
+            .into_iter()
+            .collect();
+        assert_eq!(all.with_param().as_deref(), Some("leads,catalog_elements"));
+    }
+
+    #[test]
+    fn equal_filters_give_equal_params_whatever_the_input_order() {
+        let a = ContactList::by_ids([ContactId::new(3), ContactId::new(1), ContactId::new(3)]);
+        let b = ContactList::by_ids([ContactId::new(1), ContactId::new(3)]);
+        assert_eq!(a, b);
+        assert_eq!(
+            a.to_params(),
+            vec![
+                ("filter[id][]".to_owned(), "1".to_owned()),
+                ("filter[id][]".to_owned(), "3".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn page_size_bounds() {
+        assert!(PageSize::new(0).is_none());
+        assert!(PageSize::new(251).is_none());
+        assert_eq!(PageSize::new(250), Some(PageSize::MAX));
+    }
+
+    #[test]
+    fn time_range_rejects_inverted_and_empty() {
+        assert!(TimeRange::new(Some(2), Some(1)).is_none());
+        assert!(TimeRange::new(None, None).is_none());
+        assert!(TimeRange::new(Some(1), Some(1)).is_some());
+    }
+}

@@ -1,0 +1,149 @@
+//! Whose token calls amoCRM, and which cache scope a request's data belongs to.
+//!
+//! Two modes that never mix (see INTERFACE.md): with a server token every caller shares one fixed
+//! scope; otherwise each caller's own bearer token is forwarded and its scope is a keyed hash of
+//! that token, so a scope names a token without revealing it (not in cache keys, logs or metrics).
+
+use std::sync::Arc;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::amocrm::AccessToken;
+
+/// The scope shared by all callers of a gateway that holds its own token; the same on every
+/// replica, so a shared cache tier can use it as is.
+pub const SERVER_SCOPE: &str = "server";
+
+/// A credential scope: cached data is only ever shared within one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scope(Arc<str>);
+
+impl Scope {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The token to call amoCRM with, and the scope its answers are cached under.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub token: AccessToken,
+    pub scope: Scope,
+}
+
+/// The key for hashing forwarded tokens into scopes. Never printed.
+pub struct ScopeKey([u8; 32]);
+
+impl ScopeKey {
+    /// Derives the key from an operator-given secret, so every replica given the same secret
+    /// computes the same scopes.
+    pub fn from_secret(secret: &str) -> Self {
+        use sha2::Digest;
+        ScopeKey(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    /// A key for this process only: scopes change on restart, which only costs cache hits.
+    pub fn random() -> Self {
+        ScopeKey(rand::random())
+    }
+
+    fn scope_of(&self, token: &str) -> Scope {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC accepts keys of any length");
+        mac.update(token.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        // 128 bits are plenty to keep scopes apart and keep keys short.
+        Scope(format!("token:{}", hex::encode(&digest[..16])).into())
+    }
+}
+
+impl std::fmt::Debug for ScopeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScopeKey(<redacted>)")
+    }
+}
+
+#[derive(Debug)]
+pub enum AuthMode {
+    /// `--access-token`: the gateway calls amoCRM with its own token.
+    ServerToken(Credentials),
+    /// Each caller's `Authorization: Bearer <amoCRM token>` is forwarded.
+    Forward(ScopeKey),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error(
+        "no amoCRM token: send `Authorization: Bearer <amoCRM access token>` (this gateway \
+         forwards each caller's own token)"
+    )]
+    MissingToken,
+    #[error("the Authorization header must be `Bearer <amoCRM access token>`")]
+    MalformedHeader,
+}
+
+impl AuthMode {
+    pub fn server_token(token: AccessToken) -> Self {
+        AuthMode::ServerToken(Credentials {
+            token,
+            scope: Scope(SERVER_SCOPE.into()),
+        })
+    }
+
+    /// The credentials for one request, from its `Authorization` header.
+    pub fn credentials(&self, authorization: Option<&[u8]>) -> Result<Credentials, AuthError> {
+        match self {
+            AuthMode::ServerToken(credentials) => Ok(credentials.clone()),
+            AuthMode::Forward(key) => {
+                let header = authorization.ok_or(AuthError::MissingToken)?;
+                let header = std::str::from_utf8(header).map_err(|_| AuthError::MalformedHeader)?;
+                let header = header.trim();
+                let (scheme, token) = header.split_once(' ').unwrap_or((header, ""));
+                let token = token.trim();
+                if !scheme.eq_ignore_ascii_case("bearer") {
+                    return Err(AuthError::MalformedHeader);
+                }
+                if token.is_empty() {
+                    return Err(AuthError::MissingToken);
+                }
+                Ok(Credentials {
+                    scope: key.scope_of(token),
+                    token: AccessToken::new(token),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_tokens_get_distinct_scopes_that_hide_the_token() {
+        let mode = AuthMode::Forward(ScopeKey::from_secret("s"));
+        let a = mode.credentials(Some(b"Bearer alpha")).expect("valid");
+        let b = mode.credentials(Some(b"bearer beta")).expect("valid");
+        assert_ne!(a.scope, b.scope);
+        assert!(!a.scope.as_str().contains("alpha"));
+        let again = AuthMode::Forward(ScopeKey::from_secret("s"))
+            .credentials(Some(b"Bearer alpha"))
+            .expect("valid");
+        assert_eq!(a.scope, again.scope, "the same secret gives the same scope");
+    }
+
+    #[test]
+    fn forwarding_requires_a_bearer_token() {
+        let mode = AuthMode::Forward(ScopeKey::random());
+        assert_eq!(mode.credentials(None).err(), Some(AuthError::MissingToken));
+        assert_eq!(
+            mode.credentials(Some(b"Bearer  ")).err(),
+            Some(AuthError::MissingToken)
+        );
+        assert_eq!(
+            mode.credentials(Some(b"Basic abc")).err(),
+            Some(AuthError::MalformedHeader)
+        );
+    }
+}

@@ -1,0 +1,207 @@
+//! The command line. Every flag has an environment twin (INTERFACE.md): `--upstream-url` ↔
+//! `AMOCRM_BASE_URL`, `--access-token` ↔ `AMOCRM_ACCESS_TOKEN`, any other `--some-flag` ↔
+//! `GATEWAY_SOME_FLAG`. Defaults are named constants.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use url::Url;
+
+use crate::amocrm::AccessToken;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_FAKE_LISTEN: &str = "127.0.0.1:8081";
+pub const DEFAULT_CACHE_TTL: &str = "60s";
+pub const DEFAULT_CACHE_MAX_BYTES: &str = "256MiB";
+pub const DEFAULT_UPSTREAM_PAGE_SIZE: &str = "250";
+pub const DEFAULT_UPSTREAM_TIMEOUT: &str = "10s";
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: &str = "3s";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "amocrm-gateway",
+    version,
+    about = "A caching GraphQL gateway in front of the amoCRM (Kommo) REST API v4",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub serve: ServeConfig,
+
+    /// Log format on stderr; the level comes from RUST_LOG (default `info`).
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the GraphQL schema (SDL); `schema.graphql` is its output.
+    PrintSchema,
+    /// Run the built-in fake amoCRM on its own (for compose files, benchmarks, frontend work).
+    FakeAmocrm(FakeConfig),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Serving the gateway.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to serve on.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// The amoCRM account, `scheme://host[:port]` (e.g. https://example.amocrm.ru).
+    #[arg(long, env = "AMOCRM_BASE_URL", value_parser = parse_upstream_url)]
+    pub upstream_url: Option<Url>,
+
+    /// The gateway's own amoCRM token. Without it each caller's `Authorization: Bearer` token
+    /// is forwarded.
+    #[arg(long, env = "AMOCRM_ACCESS_TOKEN", hide_env_values = true, value_parser = parse_token)]
+    pub access_token: Option<AccessToken>,
+
+    /// Key for hashing forwarded tokens into cache scopes; random per process when not given.
+    #[arg(long, env = "GATEWAY_SCOPE_SECRET", hide_env_values = true, value_parser = parse_token)]
+    pub scope_secret: Option<AccessToken>,
+
+    /// Start the built-in fake amoCRM on a loopback port and serve it with its admin token.
+    #[arg(long, env = "GATEWAY_DEMO", conflicts_with_all = ["upstream_url", "access_token"])]
+    pub demo: bool,
+
+    /// How long an upstream page stays fresh.
+    #[arg(long, env = "GATEWAY_CACHE_TTL", default_value = DEFAULT_CACHE_TTL, value_parser = humantime::parse_duration)]
+    pub cache_ttl: Duration,
+
+    /// Memory budget of all caches together (bytes or IEC units: 64MiB, 1GiB).
+    #[arg(long, env = "GATEWAY_CACHE_MAX_BYTES", default_value = DEFAULT_CACHE_MAX_BYTES, value_parser = parse_bytes)]
+    pub cache_max_bytes: u64,
+
+    /// Size of the upstream pages windows are cut from (1..=250). Upstream calls, not bytes,
+    /// are the scarce resource, so the default is amoCRM's maximum.
+    #[arg(long, env = "GATEWAY_UPSTREAM_PAGE_SIZE", default_value = DEFAULT_UPSTREAM_PAGE_SIZE, value_parser = clap::value_parser!(u16).range(1..=250))]
+    pub upstream_page_size: u16,
+
+    /// Timeout of one upstream request, connection included.
+    #[arg(long, env = "GATEWAY_UPSTREAM_TIMEOUT", default_value = DEFAULT_UPSTREAM_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub upstream_timeout: Duration,
+
+    /// Timeout for connecting to amoCRM.
+    #[arg(long, env = "GATEWAY_UPSTREAM_CONNECT_TIMEOUT", default_value = DEFAULT_UPSTREAM_CONNECT_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub upstream_connect_timeout: Duration,
+
+    /// A browser origin allowed by CORS (repeat, or comma-separate in the variable; `*` for
+    /// any). None by default.
+    #[arg(
+        long = "cors-origin",
+        env = "GATEWAY_CORS_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+}
+
+/// Running the fake amoCRM alone.
+#[derive(Debug, Clone, Args)]
+pub struct FakeConfig {
+    /// Address to serve the fake on.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = DEFAULT_FAKE_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Latency added to every answer, to imitate a remote amoCRM.
+    #[arg(long, env = "GATEWAY_LATENCY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub latency: Duration,
+
+    /// How many contacts the fake holds.
+    #[arg(long, env = "GATEWAY_CONTACTS", default_value_t = crate::fake_amocrm::DEFAULT_CONTACTS)]
+    pub contacts: usize,
+}
+
+fn parse_token(value: &str) -> Result<AccessToken, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    Ok(AccessToken::new(value))
+}
+
+fn parse_upstream_url(value: &str) -> Result<Url, String> {
+    let url = Url::parse(value).map_err(|e| format!("not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must start with https:// (or http:// for a local fake)".to_owned());
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("must name the account's host".to_owned());
+    }
+    if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+        return Err(
+            "must be scheme://host[:port] only; the gateway adds /api/v4/... itself".to_owned(),
+        );
+    }
+    Ok(url)
+}
+
+/// Bytes, or a number with an IEC unit (`KiB`, `MiB`, `GiB`, `TiB`).
+pub fn parse_bytes(value: &str) -> Result<u64, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} is not a size such as 1048576 or 64MiB"))?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?}; use B, KiB, MiB, GiB or TiB"
+            ));
+        }
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{value:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("1024"), Ok(1024));
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1 GiB"), Ok(1 << 30));
+        assert!(parse_bytes("64MB").is_err());
+        assert!(parse_bytes("MiB").is_err());
+    }
+
+    #[test]
+    fn upstream_url_is_an_origin() {
+        assert!(parse_upstream_url("https://example.amocrm.ru").is_ok());
+        assert!(parse_upstream_url("http://127.0.0.1:9000/").is_ok());
+        assert!(parse_upstream_url("https://example.amocrm.ru/api/v4").is_err());
+        assert!(parse_upstream_url("ftp://example.amocrm.ru").is_err());
+    }
+
+    #[test]
+    fn demo_conflicts_with_an_upstream() {
+        let parsed = Cli::try_parse_from([
+            "amocrm-gateway",
+            "--demo",
+            "--upstream-url",
+            "https://example.amocrm.ru",
+        ]);
+        assert!(parsed.is_err());
+    }
+}

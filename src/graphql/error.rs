@@ -1,0 +1,86 @@
+//! The one place where failures become what clients see: a message and a stable
+//! `extensions.code` (the table in INTERFACE.md).
+
+use std::sync::Arc;
+
+use async_graphql::{ErrorExtensions, Response};
+
+use crate::amocrm::AmoError;
+use crate::auth::AuthError;
+
+pub const BAD_USER_INPUT: &str = "BAD_USER_INPUT";
+
+/// Everything a resolver can fail with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    /// An argument breaks a rule; `argument` is its path, e.g. `filter.ids[3]`.
+    #[error("{argument}: {rule}")]
+    BadInput { argument: String, rule: String },
+
+    #[error(transparent)]
+    Unauthenticated(#[from] AuthError),
+
+    #[error(transparent)]
+    Upstream(#[from] Arc<AmoError>),
+
+    /// A bug: the schema was executed without the state it needs.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl ApiError {
+    pub fn bad_input(argument: impl Into<String>, rule: impl Into<String>) -> Self {
+        ApiError::BadInput {
+            argument: argument.into(),
+            rule: rule.into(),
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadInput { .. } => BAD_USER_INPUT,
+            ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
+            ApiError::Upstream(e) => upstream_code(e),
+            ApiError::Internal(_) => "INTERNAL_SERVER_ERROR",
+        }
+    }
+}
+
+fn upstream_code(error: &AmoError) -> &'static str {
+    match error {
+        AmoError::Unauthorized { .. } => "UNAUTHENTICATED",
+        AmoError::PaymentRequired => "PAYMENT_REQUIRED",
+        AmoError::Forbidden { .. } => "FORBIDDEN",
+        AmoError::RateLimited { .. } => "RATE_LIMITED",
+        AmoError::Server { .. }
+        | AmoError::Timeout(_)
+        | AmoError::Connect
+        | AmoError::Transport => "UPSTREAM_UNAVAILABLE",
+        AmoError::BadRequest { .. }
+        | AmoError::UnknownEndpoint { .. }
+        | AmoError::UnexpectedStatus { .. }
+        | AmoError::Decode(_) => "UPSTREAM_ERROR",
+    }
+}
+
+impl ErrorExtensions for ApiError {
+    fn extend(&self) -> async_graphql::Error {
+        async_graphql::Error::new(self.to_string()).extend_with(|_, ext| {
+            ext.set("code", self.code());
+            if let ApiError::BadInput { argument, .. } = self {
+                ext.set("argument", argument.as_str());
+            }
+        })
+    }
+}
+
+/// async-graphql's own errors (syntax, validation, scalar and argument parsing) carry no code.
+/// Every error our resolvers raise has one, so an error without a code is about the request.
+pub fn fill_missing_codes(response: &mut Response) {
+    for error in &mut response.errors {
+        let extensions = error.extensions.get_or_insert_with(Default::default);
+        if extensions.get("code").is_none() {
+            extensions.set("code", BAD_USER_INPUT);
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The client boundary: the GraphQL schema. It turns arguments and selections into typed
+//! upstream requests and never builds a URL.
+//!
+//! - [`query`]: the Query root, `contacts` and `contact`.
+//! - [`contact`]: objects over the upstream models, and the connection types.
+//! - [`connection`]: cursor and window arithmetic.
+//! - [`selection`]: the operation plan (which relations, which ids), made before execution.
+//! - [`input`]: argument validation.
+//! - [`error`]: the mapping of every failure to `extensions.code`.
+//! - [`context`]: per-request state and the DataLoader.
+
+mod connection;
+mod contact;
+mod context;
+mod error;
+mod input;
+mod query;
+mod scalars;
+mod selection;
+
+use std::sync::Arc;
+
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextRequest,
+};
+use async_graphql::{EmptyMutation, EmptySubscription, Request, Response, Schema, ServerResult};
+
+pub use context::RequestContext;
+pub use query::QueryRoot;
+pub use selection::OperationPlan;
+
+pub type GatewaySchema = Schema<QueryRoot, EmptyMutation, EmptySubscription>;
+
+/// The schema. Independent of HTTP: per-request state arrives as request data
+/// ([`RequestContext`]).
+pub fn schema() -> GatewaySchema {
+    Schema::build(QueryRoot, EmptyMutation, EmptySubscription)
+        .extension(PlanningExtension)
+        .finish()
+}
+
+/// The SDL that `schema.graphql` holds and `print-schema` prints.
+pub fn sdl() -> String {
+    schema().sdl()
+}
+
+/// Prepares every request: fills in variable defaults, plans the operation's upstream needs
+/// ([`OperationPlan`]) and gives async-graphql's own errors their `extensions.code`.
+struct PlanningExtension;
+
+impl ExtensionFactory for PlanningExtension {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(PlanningExtension)
+    }
+}
+
+#[async_trait::async_trait]
+impl Extension for PlanningExtension {
+    async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
+        let mut response = next.run(ctx).await;
+        error::fill_missing_codes(&mut response);
+        response
+    }
+
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        mut request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
+        let operation_name = request.operation_name.clone();
+        let mut variables = std::mem::take(&mut request.variables);
+        // A document that does not parse gets no plan; execution reports the syntax error.
+        let plan = request.parsed_query().ok().map(|document| {
+            selection::fill_variable_defaults(document, operation_name.as_deref(), &mut variables);
+            OperationPlan::new(document, operation_name.as_deref(), &variables)
+        });
+        request.variables = variables;
+        if let Some(plan) = plan {
+            request = request.data(plan);
+        }
+        next.run(ctx, request).await
+    }
+}

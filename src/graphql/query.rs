@@ -1,0 +1,151 @@
+//! The Query root: `contacts` and `contact`.
+
+use std::collections::BTreeSet;
+
+use async_graphql::{Context, ErrorExtensions, ID, Object, Result};
+
+use super::connection::{self, Cursor, ListFingerprint, PageItems, Window};
+use super::contact::{Contact, ContactConnection, ContactEdge, PageInfo};
+use super::context::RequestContext;
+use super::error::ApiError;
+use super::input::{self, ContactFilterInput, ContactOrderInput};
+use super::selection::OperationPlan;
+use crate::amocrm::{ContactId, Relation, Relations};
+
+/// The most contacts one window may hold: one full amoCRM page.
+pub const MAX_FIRST: i32 = 250;
+pub const DEFAULT_FIRST: i32 = 50;
+
+pub struct QueryRoot;
+
+#[Object(name = "Query")]
+impl QueryRoot {
+    /// Contacts visible to the caller's token, as a Relay connection: `first` contacts (0..=250)
+    /// after the cursor `after`, in amoCRM's order. Selecting `leads`, `customers` or
+    /// `catalogElements` on the contacts makes the gateway ask amoCRM for exactly those
+    /// relations; pages are cached per token, so repeated and overlapping windows are free.
+    async fn contacts(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<ContactFilterInput>,
+        order: Option<ContactOrderInput>,
+        #[graphql(default = 50)] first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<ContactConnection> {
+        contacts(ctx, filter, order, first, after)
+            .await
+            .map_err(|e| e.extend())
+    }
+
+    /// One contact by id, or null when amoCRM has none the caller may see. All `contact`
+    /// fields of an operation are loaded together in one upstream call.
+    async fn contact(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Contact>> {
+        contact(ctx, id).await.map_err(|e| e.extend())
+    }
+}
+
+async fn contacts(
+    ctx: &Context<'_>,
+    filter: Option<ContactFilterInput>,
+    order: Option<ContactOrderInput>,
+    first: Option<i32>,
+    after: Option<String>,
+) -> Result<ContactConnection, ApiError> {
+    let first = first.unwrap_or(DEFAULT_FIRST);
+    if !(0..=MAX_FIRST).contains(&first) {
+        return Err(ApiError::bad_input(
+            "first",
+            format!("must be between 0 and {MAX_FIRST}, got {first}"),
+        ));
+    }
+    let list = input::contact_list(filter, order)?;
+    let fingerprint = ListFingerprint::of(&list);
+    let start = match after {
+        Some(after) => {
+            Cursor::decode(&after, fingerprint)
+                .map_err(|e| ApiError::bad_input("after", e.to_string()))?
+                .offset
+                + 1
+        }
+        None => 0,
+    };
+    let upstream = request(ctx)?.upstream()?;
+    let relations =
+        plan(ctx).map_or_else(all_relations, |plan| plan.relations_for(&response_key(ctx)));
+
+    let window = Window {
+        start,
+        len: u64::try_from(first).unwrap_or(0),
+    };
+    let slice = connection::slice(window, upstream.page_size().get(), |page| {
+        let list = &list;
+        async move {
+            let page = upstream.contacts_page(list, page, relations).await?;
+            Ok::<_, ApiError>(PageItems {
+                items: page.contacts.clone(),
+                has_more: page.has_next_link,
+            })
+        }
+    })
+    .await?;
+
+    let edges: Vec<ContactEdge> = slice
+        .items
+        .into_iter()
+        .zip(start..)
+        .map(|(contact, offset)| ContactEdge {
+            cursor: Cursor {
+                offset,
+                list: fingerprint,
+            }
+            .encode(),
+            node: Contact(contact),
+        })
+        .collect();
+    let page_info = PageInfo {
+        has_next_page: slice.has_next_page,
+        has_previous_page: start > 0,
+        start_cursor: edges.first().map(|e| e.cursor.clone()),
+        end_cursor: edges.last().map(|e| e.cursor.clone()),
+    };
+    Ok(ContactConnection { edges, page_info })
+}
+
+async fn contact(ctx: &Context<'_>, id: ID) -> Result<Option<Contact>, ApiError> {
+    let id = ContactId::new(input::parse_id("id", &id)?);
+    let upstream = request(ctx)?.upstream()?;
+    let mut ids = BTreeSet::new();
+    let relations = match plan(ctx) {
+        Some(plan) => {
+            let (batch, relations) = plan.contact_batch();
+            ids.extend(batch.iter().copied());
+            relations
+        }
+        None => all_relations(),
+    };
+    ids.insert(id);
+    let found = upstream.contacts_by_id(&ids, relations).await?;
+    Ok(found.get(&id).cloned().map(Contact))
+}
+
+fn request<'a>(ctx: &Context<'a>) -> Result<&'a RequestContext, ApiError> {
+    ctx.data_opt::<RequestContext>()
+        .ok_or(ApiError::Internal("the request carries no RequestContext"))
+}
+
+fn plan<'a>(ctx: &Context<'a>) -> Option<&'a OperationPlan> {
+    ctx.data_opt::<OperationPlan>()
+}
+
+/// Without a plan (the schema was built without its planning extension) asking for everything
+/// is the only choice that never returns a relation as empty when it is not.
+fn all_relations() -> Relations {
+    Relation::ALL.into_iter().collect()
+}
+
+fn response_key(ctx: &Context<'_>) -> String {
+    match ctx.path_node.as_ref().map(|node| node.segment) {
+        Some(async_graphql::QueryPathSegment::Name(name)) => name.to_owned(),
+        _ => String::new(),
+    }
+}

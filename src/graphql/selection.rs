@@ -1,0 +1,312 @@
+//! The one place where what a client selected becomes what to ask amoCRM for.
+//!
+//! The plan is computed from the parsed operation *before* execution (see
+//! [`super::PlanningExtension`]), for the whole operation at once. That lets every `contact(id:)`
+//! field of an operation be loaded in one batch without relying on a batching time window, and it
+//! follows named and inline fragments, aliases, and `@skip`/`@include` with the request's
+//! variables, defaults filled in.
+
+use std::collections::{BTreeSet, HashMap};
+
+use async_graphql::parser::types::{
+    Directive, DocumentOperations, ExecutableDocument, Field, FragmentDefinition,
+    OperationDefinition, OperationType, Selection, SelectionSet,
+};
+use async_graphql::{Name, Positioned, Variables};
+use async_graphql_value::Value;
+
+use crate::amocrm::{ContactId, Relation, Relations};
+
+/// Contact fields whose data amoCRM only embeds when asked for in `with`.
+fn relation_of(field_name: &str) -> Option<Relation> {
+    match field_name {
+        "leads" => Some(Relation::Leads),
+        "customers" => Some(Relation::Customers),
+        "catalogElements" => Some(Relation::CatalogElements),
+        _ => None,
+    }
+}
+
+/// What one operation needs from amoCRM, decided before it runs.
+#[derive(Debug, Default, Clone)]
+pub struct OperationPlan {
+    /// Relations needed under each root `contacts`/`contact` field, by response key (alias or
+    /// name), merged over every occurrence of that key.
+    relations_by_key: HashMap<String, Relations>,
+    /// Every id asked for by a root `contact(id:)` field, valid or not yet validated.
+    contact_ids: BTreeSet<ContactId>,
+    /// The relations any root `contact` field needs: the batch loads them all at once.
+    contact_relations: Relations,
+}
+
+impl OperationPlan {
+    /// Plans the operation `operation_name` of `document`, with `variables` (defaults filled).
+    pub fn new(
+        document: &ExecutableDocument,
+        operation_name: Option<&str>,
+        variables: &Variables,
+    ) -> Self {
+        let mut plan = OperationPlan::default();
+        let Some(operation) = find_operation(document, operation_name) else {
+            return plan;
+        };
+        if operation.ty != OperationType::Query {
+            return plan;
+        }
+        let walk = Walk {
+            fragments: &document.fragments,
+            variables,
+        };
+        for field in walk.fields(&operation.selection_set.node) {
+            let key = field.response_key().node.to_string();
+            let relations = match field.name.node.as_str() {
+                "contacts" => walk.connection_relations(field),
+                "contact" => {
+                    let relations = walk.contact_relations(&field.selection_set.node);
+                    plan.contact_relations = plan.contact_relations.union(relations);
+                    if let Some(id) = field
+                        .get_argument("id")
+                        .and_then(|id| walk.contact_id(&id.node))
+                    {
+                        plan.contact_ids.insert(id);
+                    }
+                    relations
+                }
+                _ => continue,
+            };
+            let entry = plan.relations_by_key.entry(key).or_default();
+            *entry = entry.union(relations);
+        }
+        plan
+    }
+
+    /// The relations the root field with this response key needs.
+    pub fn relations_for(&self, response_key: &str) -> Relations {
+        self.relations_by_key
+            .get(response_key)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// All ids of the operation's `contact` fields, and the relations to load them with.
+    pub fn contact_batch(&self) -> (&BTreeSet<ContactId>, Relations) {
+        (&self.contact_ids, self.contact_relations)
+    }
+}
+
+/// Adds the declared default of every variable the client did not send.
+///
+/// async-graphql 7.2 evaluates `@include(if: $v)` with only the variables that were sent, so
+/// `query($v: Boolean = true) { … @include(if: $v) }` sent without variables would drop the field.
+pub fn fill_variable_defaults(
+    document: &ExecutableDocument,
+    operation_name: Option<&str>,
+    variables: &mut Variables,
+) {
+    let Some(operation) = find_operation(document, operation_name) else {
+        return;
+    };
+    for definition in &operation.variable_definitions {
+        let definition = &definition.node;
+        if let Some(default) = &definition.default_value
+            && !variables.contains_key(&definition.name.node)
+        {
+            variables.insert(definition.name.node.clone(), default.node.clone());
+        }
+    }
+}
+
+fn find_operation<'a>(
+    document: &'a ExecutableDocument,
+    operation_name: Option<&str>,
+) -> Option<&'a OperationDefinition> {
+    match (&document.operations, operation_name) {
+        (DocumentOperations::Single(operation), _) => Some(&operation.node),
+        (DocumentOperations::Multiple(operations), Some(name)) => {
+            operations.get(name).map(|o| &o.node)
+        }
+        (DocumentOperations::Multiple(operations), None) if operations.len() == 1 => {
+            operations.values().next().map(|o| &o.node)
+        }
+        _ => None,
+    }
+}
+
+struct Walk<'a> {
+    fragments: &'a HashMap<Name, Positioned<FragmentDefinition>>,
+    variables: &'a Variables,
+}
+
+impl<'a> Walk<'a> {
+    /// The fields a selection set resolves to: fragments inlined, skipped ones left out.
+    fn fields(&self, set: &'a SelectionSet) -> Vec<&'a Field> {
+        let mut fields = Vec::new();
+        // The plan runs before validation, so fragment cycles are still possible here.
+        let mut visiting = Vec::new();
+        self.collect(set, &mut visiting, &mut fields);
+        fields
+    }
+
+    fn collect(
+        &self,
+        set: &'a SelectionSet,
+        visiting: &mut Vec<&'a Name>,
+        fields: &mut Vec<&'a Field>,
+    ) {
+        for selection in &set.items {
+            match &selection.node {
+                Selection::Field(field) => {
+                    if self.included(&field.node.directives) {
+                        fields.push(&field.node);
+                    }
+                }
+                Selection::InlineFragment(fragment) => {
+                    if self.included(&fragment.node.directives) {
+                        self.collect(&fragment.node.selection_set.node, visiting, fields);
+                    }
+                }
+                Selection::FragmentSpread(spread) => {
+                    let name = &spread.node.fragment_name.node;
+                    if !self.included(&spread.node.directives) || visiting.contains(&name) {
+                        continue;
+                    }
+                    if let Some(fragment) = self.fragments.get(name) {
+                        visiting.push(name);
+                        self.collect(&fragment.node.selection_set.node, visiting, fields);
+                        visiting.pop();
+                    }
+                }
+            }
+        }
+    }
+
+    fn connection_relations(&self, connection: &'a Field) -> Relations {
+        let mut relations = Relations::NONE;
+        for field in self.fields(&connection.selection_set.node) {
+            match field.name.node.as_str() {
+                "nodes" => {
+                    relations = relations.union(self.contact_relations(&field.selection_set.node));
+                }
+                "edges" => {
+                    for edge_field in self.fields(&field.selection_set.node) {
+                        if edge_field.name.node == "node" {
+                            relations = relations
+                                .union(self.contact_relations(&edge_field.selection_set.node));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        relations
+    }
+
+    fn contact_relations(&self, contact: &'a SelectionSet) -> Relations {
+        self.fields(contact)
+            .into_iter()
+            .filter_map(|field| relation_of(field.name.node.as_str()))
+            .collect()
+    }
+
+    /// `false` when `@skip(if: true)` or `@include(if: false)` applies. An argument that cannot
+    /// be read yet (a missing variable) keeps the field: validation reports it afterwards.
+    fn included(&self, directives: &[Positioned<Directive>]) -> bool {
+        directives.iter().all(|directive| {
+            let condition = directive
+                .node
+                .get_argument("if")
+                .and_then(|value| self.boolean(&value.node));
+            match (directive.node.name.node.as_str(), condition) {
+                ("skip", Some(true)) | ("include", Some(false)) => false,
+                _ => true,
+            }
+        })
+    }
+
+    fn resolve(&self, value: &'a Value) -> Option<Value> {
+        match value {
+            Value::Variable(name) => self.variables.get(name).cloned().map(|v| v.into_value()),
+            other => Some(other.clone()),
+        }
+    }
+
+    fn boolean(&self, value: &'a Value) -> Option<bool> {
+        match self.resolve(value)? {
+            Value::Boolean(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    fn contact_id(&self, value: &'a Value) -> Option<ContactId> {
+        let id = match self.resolve(value)? {
+            Value::String(s) => s.trim().parse().ok()?,
+            Value::Number(n) => n.as_u64()?,
+            _ => return None,
+        };
+        (id > 0).then(|| ContactId::new(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_graphql::parser::parse_query;
+
+    use super::*;
+
+    fn plan(query: &str, variables: serde_json::Value) -> OperationPlan {
+        let document = parse_query(query).expect("valid query");
+        let mut variables = Variables::from_json(variables);
+        fill_variable_defaults(&document, None, &mut variables);
+        OperationPlan::new(&document, None, &variables)
+    }
+
+    fn with(plan: &OperationPlan, key: &str) -> Option<String> {
+        plan.relations_for(key).with_param()
+    }
+
+    #[test]
+    fn follows_fragments_aliases_and_both_connection_paths() {
+        let p = plan(
+            r#"query {
+                a: contacts { edges { node { ...C } } }
+                b: contacts { nodes { ... on Contact { customers { id } } } pageInfo { hasNextPage } }
+                c: contacts { nodes { id name tags { id } companies { id } } }
+            }
+            fragment C on Contact { l: leads { id } ...D }
+            fragment D on Contact { catalogElements { id } ...C }"#,
+            serde_json::json!({}),
+        );
+        assert_eq!(with(&p, "a").as_deref(), Some("leads,catalog_elements"));
+        assert_eq!(with(&p, "b").as_deref(), Some("customers"));
+        assert_eq!(with(&p, "c"), None);
+    }
+
+    #[test]
+    fn skip_and_include_use_variables_and_their_defaults() {
+        let query = r#"query($v: Boolean = true, $s: Boolean!) {
+            contacts { nodes { leads @include(if: $v) { id } customers @skip(if: $s) { id } } }
+        }"#;
+        let p = plan(query, serde_json::json!({ "s": true }));
+        assert_eq!(with(&p, "contacts").as_deref(), Some("leads"));
+        let p = plan(query, serde_json::json!({ "v": false, "s": false }));
+        assert_eq!(with(&p, "contacts").as_deref(), Some("customers"));
+    }
+
+    #[test]
+    fn contact_fields_form_one_batch() {
+        let p = plan(
+            r#"query($id: ID!) {
+                a: contact(id: 1) { id }
+                b: contact(id: $id) { leads { id } }
+                c: contact(id: "x") { id }
+            }"#,
+            serde_json::json!({ "id": "7" }),
+        );
+        let (ids, relations) = p.contact_batch();
+        assert_eq!(
+            ids.iter().map(|id| id.get()).collect::<Vec<_>>(),
+            vec![1, 7]
+        );
+        assert_eq!(relations.with_param().as_deref(), Some("leads"));
+    }
+}

@@ -1,0 +1,39 @@
+//! # amocrm-gateway
+//!
+//! A caching GraphQL gateway in front of the amoCRM (Kommo) REST API v4. Frontend apps ask for
+//! contacts with their leads, customers and catalog elements through one GraphQL endpoint; the
+//! gateway turns each selection into the smallest upstream request and serves repeated and
+//! overlapping views from a per-token cache, so amoCRM's 7 requests per second go a long way.
+//!
+//! ## Map
+//! - [`config`]: the command line, every flag with its environment twin.
+//! - [`server`]: axum router, the GraphQL handler and its headers, GraphiQL, health;
+//!   [`server::Gateway`] separates binding from serving.
+//! - [`auth`]: whose token calls amoCRM, and the credential scope cached data belongs to.
+//! - [`graphql`]: the client boundary (schema, selections, paging, error codes). Builds no URLs.
+//! - [`cache`]: moka page cache between the boundaries; coalesces concurrent misses.
+//! - [`amocrm`]: the upstream boundary (typed queries, client, tolerant models). Knows no
+//!   GraphQL.
+//! - [`fake_amocrm`]: a faithful fake of the upstream, for `--demo` and the tests.
+//!
+//! ## Request flow
+//! 1. `server` resolves the caller's [`auth::Credentials`] and puts a fresh
+//!    [`graphql::RequestContext`] (credentials, DataLoader, cache report) into the request.
+//! 2. Before execution, `graphql::selection` plans the operation: which relations each root field
+//!    selects (following fragments, aliases, `@skip`/`@include`) and every `contact(id:)` id.
+//! 3. Resolvers validate arguments into an [`amocrm::ContactList`], and `graphql::connection` cuts
+//!    the requested window out of fixed-size upstream pages.
+//! 4. [`cache::PageCache`] answers each page from moka, or calls [`amocrm::AmoClient`] once for all
+//!    concurrent askers of the same `(scope, request)`.
+//! 5. Errors become `extensions.code` in one place (`graphql::error`); `server` sets `x-cache`
+//!    and `Cache-Control` from the request's cache report.
+
+pub mod amocrm;
+pub mod auth;
+pub mod cache;
+pub mod config;
+pub mod fake_amocrm;
+pub mod graphql;
+pub mod server;
+
+pub use server::Gateway;
