@@ -180,7 +180,11 @@ pub fn generate(count: usize) -> Vec<FakeContact> {
                 first_name: (!omit_names).then(|| first.to_owned()),
                 last_name: (!omit_names).then(|| last.to_owned()),
                 responsible_user_id: responsible,
-                group_id: if responsible % 2 == 0 { 0 } else { 1_201 },
+                group_id: if responsible.is_multiple_of(2) {
+                    0
+                } else {
+                    1_201
+                },
                 created_by: author,
                 updated_by: rng.pick(&USERS).0,
                 created_at,

@@ -74,6 +74,15 @@ impl ErrorExtensions for ApiError {
     }
 }
 
+/// What a scalar's input must look like, added to async-graphql's terse "expected type" errors.
+const SCALAR_RULES: [(&str, &str); 2] = [
+    (
+        "expected type \"DateTime\"",
+        "an RFC 3339 date-time such as \"2020-04-01T16:21:05Z\"",
+    ),
+    ("expected type \"Int\"", "a whole number"),
+];
+
 /// async-graphql's own errors (syntax, validation, scalar and argument parsing) carry no code.
 /// Every error our resolvers raise has one, so an error without a code is about the request.
 pub fn fill_missing_codes(response: &mut Response) {
@@ -81,6 +90,12 @@ pub fn fill_missing_codes(response: &mut Response) {
         let extensions = error.extensions.get_or_insert_with(Default::default);
         if extensions.get("code").is_none() {
             extensions.set("code", BAD_USER_INPUT);
+            if let Some((_, rule)) = SCALAR_RULES
+                .iter()
+                .find(|(expected, _)| error.message.ends_with(expected))
+            {
+                error.message = format!("{}: {rule}", error.message);
+            }
         }
     }
 }

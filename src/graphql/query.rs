@@ -13,8 +13,10 @@ use super::selection::OperationPlan;
 use crate::amocrm::{ContactId, Relation, Relations};
 
 /// The most contacts one window may hold: one full amoCRM page.
-pub const MAX_FIRST: i32 = 250;
-pub const DEFAULT_FIRST: i32 = 50;
+/// `first` is read as a 64-bit Int so that any integer a client sends reaches our own range
+/// check, whose error names the argument, rather than a bare scalar overflow.
+pub const MAX_FIRST: i64 = 250;
+pub const DEFAULT_FIRST: i64 = 50;
 
 pub struct QueryRoot;
 
@@ -29,7 +31,7 @@ impl QueryRoot {
         ctx: &Context<'_>,
         filter: Option<ContactFilterInput>,
         order: Option<ContactOrderInput>,
-        #[graphql(default = 50)] first: Option<i32>,
+        #[graphql(default_with = "Some(DEFAULT_FIRST)")] first: Option<i64>,
         after: Option<String>,
     ) -> Result<ContactConnection> {
         contacts(ctx, filter, order, first, after)
@@ -48,7 +50,7 @@ async fn contacts(
     ctx: &Context<'_>,
     filter: Option<ContactFilterInput>,
     order: Option<ContactOrderInput>,
-    first: Option<i32>,
+    first: Option<i64>,
     after: Option<String>,
 ) -> Result<ContactConnection, ApiError> {
     let first = first.unwrap_or(DEFAULT_FIRST);

@@ -35,6 +35,12 @@ impl ScalarType for DateTime {
         Ok(DateTime::from_unix(parsed.timestamp()))
     }
 
+    /// Makes validation refuse a malformed date-time before execution, with an error that
+    /// names the argument (`filter.createdAt.from`).
+    fn is_valid(value: &Value) -> bool {
+        matches!(value, Value::String(text) if chrono::DateTime::parse_from_rfc3339(text).is_ok())
+    }
+
     fn to_value(&self) -> Value {
         match Utc.timestamp_opt(self.unix_seconds, 0).single() {
             Some(t) => Value::String(t.to_rfc3339_opts(SecondsFormat::Secs, true)),

@@ -216,10 +216,10 @@ impl<'a> Walk<'a> {
                 .node
                 .get_argument("if")
                 .and_then(|value| self.boolean(&value.node));
-            match (directive.node.name.node.as_str(), condition) {
-                ("skip", Some(true)) | ("include", Some(false)) => false,
-                _ => true,
-            }
+            !matches!(
+                (directive.node.name.node.as_str(), condition),
+                ("skip", Some(true)) | ("include", Some(false))
+            )
         })
     }
 

@@ -1,0 +1,186 @@
+//! The binary, its subcommands, the checked-in schema and the compose file.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use amocrm_gateway::config::Cli;
+use clap::{CommandFactory, Parser};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_amocrm-gateway");
+
+fn repo_file(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/{name}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn schema_graphql_is_the_served_sdl() {
+    assert_eq!(
+        repo_file("schema.graphql"),
+        amocrm_gateway::graphql::sdl(),
+        "schema.graphql drifted: run `cargo run -- print-schema > schema.graphql`"
+    );
+}
+
+#[tokio::test]
+async fn print_schema_prints_the_checked_in_sdl() {
+    let output = Command::new(BIN)
+        .arg("print-schema")
+        .output()
+        .await
+        .expect("runs");
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        repo_file("schema.graphql")
+    );
+}
+
+#[tokio::test]
+async fn demo_mode_serves_the_fake_without_a_token() {
+    let mut child = Command::new(BIN)
+        .args(["--demo", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starts");
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = BufReader::new(stdout).lines();
+    // The printed URL is the signal that the gateway listens.
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("reads") {
+            if let Some(url) = line.strip_prefix("GraphiQL: ") {
+                return url.to_owned();
+            }
+        }
+        panic!("the demo exited without printing its URL");
+    })
+    .await
+    .expect("the demo starts");
+    let graphql = url.replace("/graphiql", "/graphql");
+    let body: serde_json::Value = reqwest::Client::new()
+        .post(&graphql)
+        .json(&json!({ "query": "{ contacts(first: 3) { nodes { id name leads { id } } } }" }))
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        body["data"]["contacts"]["nodes"].as_array().map(Vec::len),
+        Some(3),
+        "{body}"
+    );
+    child.kill().await.expect("stops");
+}
+
+#[tokio::test]
+async fn demo_with_an_upstream_is_a_startup_error() {
+    let output = Command::new(BIN)
+        .args(["--demo", "--upstream-url", "https://example.amocrm.ru"])
+        .output()
+        .await
+        .expect("runs");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--upstream-url"));
+}
+
+#[tokio::test]
+async fn without_an_upstream_the_gateway_says_what_to_set() {
+    let output = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("AMOCRM_BASE_URL")
+        .env_remove("GATEWAY_DEMO")
+        .output()
+        .await
+        .expect("runs");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("AMOCRM_BASE_URL"));
+}
+
+/// `env var -> (long flag, takes a value)` for the gateway and for each subcommand.
+fn env_twins(command: &clap::Command) -> HashMap<String, (String, bool)> {
+    command
+        .get_arguments()
+        .filter_map(|arg| {
+            let env = arg.get_env()?.to_str()?.to_owned();
+            let long = arg.get_long()?.to_owned();
+            let takes_value = arg.get_action().takes_values();
+            Some((env, (long, takes_value)))
+        })
+        .collect()
+}
+
+#[test]
+fn every_env_twin_follows_the_naming_rule() {
+    let root = Cli::command();
+    let commands = std::iter::once(&root).chain(root.get_subcommands());
+    for command in commands {
+        for (env, (long, _)) in env_twins(command) {
+            let expected = match long.as_str() {
+                "upstream-url" => "AMOCRM_BASE_URL".to_owned(),
+                "access-token" => "AMOCRM_ACCESS_TOKEN".to_owned(),
+                other => format!("GATEWAY_{}", other.replace('-', "_").to_uppercase()),
+            };
+            assert_eq!(env, expected, "--{long}");
+        }
+    }
+}
+
+#[test]
+fn the_compose_file_uses_only_flags_and_variables_the_binary_accepts() {
+    let text = repo_file("docker-compose.yml");
+    let compose: serde_json::Value = serde_norway::from_str(&text).expect("valid YAML");
+    let root = Cli::command();
+    let services = compose["services"].as_object().expect("services");
+    assert!(!services.is_empty());
+    for (name, service) in services {
+        let command: Vec<String> = service["command"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: command as a list"))
+            .iter()
+            .map(|a| a.as_str().expect("string").to_owned())
+            .collect();
+        let subcommand = command
+            .first()
+            .and_then(|first| root.find_subcommand(first));
+        let twins = env_twins(subcommand.unwrap_or(&root));
+        let mut args = vec!["amocrm-gateway".to_owned()];
+        args.extend(command.iter().cloned());
+        for (key, value) in service["environment"].as_object().into_iter().flatten() {
+            let (long, takes_value) = twins
+                .get(key)
+                .unwrap_or_else(|| panic!("{name}: {key} is not a variable the binary reads"));
+            let value = match value {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if *takes_value {
+                args.extend([format!("--{long}"), value]);
+            } else if value == "true" {
+                args.push(format!("--{long}"));
+            }
+        }
+        Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{name}: {args:?}: {e}"));
+    }
+    // The commented settings for a real account must stay valid too.
+    let known: Vec<String> = std::iter::once(&root)
+        .chain(root.get_subcommands())
+        .flat_map(env_twins)
+        .map(|(env, _)| env)
+        .collect();
+    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("GATEWAY_") || word.starts_with("AMOCRM_") {
+            assert!(
+                known.iter().any(|k| k == word),
+                "{word} is not a variable the binary reads"
+            );
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Bad input is refused before any upstream call, naming the argument; upstream failures of
+//! every shape become the documented codes, and the next request works.
+
+use std::time::Duration;
+
+use amocrm_gateway::fake_amocrm::{Failure, FakeOptions};
+use serde_json::json;
+
+use crate::support::{ADMIN_TOKEN, TestApp};
+
+#[tokio::test]
+async fn bad_input_is_bad_user_input_naming_the_argument_with_no_upstream_call() {
+    let app = TestApp::spawn().await;
+    let many_ids: Vec<String> = (1..=251).map(|i| format!("\"{i}\"")).collect();
+    let many_ids = many_ids.join(",");
+    let cases: Vec<(String, &str)> = vec![
+        ("{ contacts(first: 251) { nodes { id } } }".into(), "first"),
+        ("{ contacts(first: -1) { nodes { id } } }".into(), "first"),
+        ("{ contacts(first: 99999999999) { nodes { id } } }".into(), "first"),
+        (r#"{ contacts(after: "bm90IGEgY3Vyc29y") { nodes { id } } }"#.into(), "after"),
+        (r#"{ contacts(after: "%%%") { nodes { id } } }"#.into(), "after"),
+        (r#"{ contacts(filter: { ids: ["12", "abc"] }) { nodes { id } } }"#.into(), "filter.ids[1]"),
+        (r#"{ contacts(filter: { ids: [] }) { nodes { id } } }"#.into(), "filter.ids"),
+        (format!("{{ contacts(filter: {{ ids: [{many_ids}] }}) {{ nodes {{ id }} }} }}"), "filter.ids"),
+        (r#"{ contacts(filter: { responsibleUserIds: ["-3"] }) { nodes { id } } }"#.into(), "filter.responsibleUserIds[0]"),
+        (
+            r#"{ contacts(filter: { createdAt: { from: "2021-01-02T00:00:00Z", to: "2021-01-01T00:00:00Z" } }) { nodes { id } } }"#.into(),
+            "filter.createdAt",
+        ),
+        (r#"{ contacts(filter: { updatedAt: {} }) { nodes { id } } }"#.into(), "filter.updatedAt"),
+        (r#"{ contacts(filter: { createdAt: { from: "yesterday" } }) { nodes { id } } }"#.into(), "filter.createdAt.from"),
+        (r#"{ contacts(filter: { customFields: [{ fieldId: "5" }] }) { nodes { id } } }"#.into(), "filter.customFields[0]"),
+        (r#"{ contacts(filter: { customFields: [{ fieldId: "x", values: ["a"] }] }) { nodes { id } } }"#.into(), "filter.customFields[0].fieldId"),
+        (r#"{ contact(id: "abc") { id } }"#.into(), "id"),
+        (r#"{ contact(id: "0") { id } }"#.into(), "id"),
+        ("{ contacts { nodes { nope } } }".into(), "nope"),
+        ("{ contacts(order: { field: NAME }) { nodes { id } } }".into(), "order"),
+        ("{ contacts { nodes { id }".into(), ""),
+    ];
+    for (query, argument) in &cases {
+        let reply = app.query(Some(ADMIN_TOKEN), query).await;
+        assert_eq!(reply.status, 200, "{query}");
+        assert_eq!(
+            reply.codes(),
+            vec!["BAD_USER_INPUT"],
+            "{query}: {}",
+            reply.body
+        );
+        let message = reply.first_error()["message"].as_str().expect("message");
+        assert!(
+            message.contains(argument),
+            "{query}: {message:?} should name {argument}"
+        );
+        assert_eq!(reply.header("cache-control"), "no-store");
+    }
+    let variable = app
+        .query_with(
+            Some(ADMIN_TOKEN),
+            "query($first: Int) { contacts(first: $first) { nodes { id } } }",
+            json!({ "first": "many" }),
+        )
+        .await;
+    assert_eq!(variable.codes(), vec!["BAD_USER_INPUT"]);
+    let date = app
+        .query_with(
+            Some(ADMIN_TOKEN),
+            "query($t: DateTime) { contacts(filter: { updatedAt: { to: $t } }) { nodes { id } } }",
+            json!({ "t": "2021-13-45" }),
+        )
+        .await;
+    assert_eq!(date.codes(), vec!["BAD_USER_INPUT"]);
+    let message = date.first_error()["message"].as_str().expect("message");
+    assert!(message.contains("RFC 3339"), "{message}");
+    assert_eq!(app.upstream_calls(), 0, "no bad input reached amoCRM");
+}
+
+#[tokio::test]
+async fn argument_errors_carry_the_argument_path() {
+    let app = TestApp::spawn().await;
+    let reply = app
+        .query(
+            Some(ADMIN_TOKEN),
+            r#"{ contacts(filter: { ids: ["1", "x"] }) { nodes { id } } }"#,
+        )
+        .await;
+    assert_eq!(
+        reply.first_error()["extensions"]["argument"],
+        json!("filter.ids[1]")
+    );
+}
+
+#[tokio::test]
+async fn every_upstream_failure_shape_gets_its_code_and_the_next_request_works() {
+    let app = TestApp::spawn().await;
+    let cases = [
+        (
+            Failure::problem(400, "Bad Request", "invalid filter"),
+            "UPSTREAM_ERROR",
+            "invalid filter",
+        ),
+        (
+            Failure::problem(403, "Forbidden", "no rights"),
+            "FORBIDDEN",
+            "rights",
+        ),
+        (Failure::html(403), "FORBIDDEN", "blocked"),
+        (Failure::empty(403), "FORBIDDEN", "blocked"),
+        (Failure::html(429), "RATE_LIMITED", "429"),
+        (Failure::empty(500), "UPSTREAM_UNAVAILABLE", "500"),
+        (Failure::html(502), "UPSTREAM_UNAVAILABLE", "502"),
+        (
+            Failure::problem(404, "Not Found", "x"),
+            "UPSTREAM_ERROR",
+            "404",
+        ),
+        (
+            Failure::body(
+                "application/hal+json",
+                "{\"_embedded\": {\"contacts\": [tru",
+            ),
+            "UPSTREAM_ERROR",
+            "not JSON",
+        ),
+        (
+            Failure::body("text/html", "<html>maintenance</html>"),
+            "UPSTREAM_ERROR",
+            "not JSON",
+        ),
+        (
+            Failure::body("application/hal+json", "[1, 2, 3]"),
+            "UPSTREAM_ERROR",
+            "object",
+        ),
+        (
+            Failure::body(
+                "application/hal+json",
+                "{\"_embedded\": {\"contacts\": {}}}",
+            ),
+            "UPSTREAM_ERROR",
+            "list",
+        ),
+    ];
+    // Each request searches for something new, so that none is answered from the cache.
+    let search = |text: String| {
+        format!("{{ contacts(filter: {{ query: \"{text}\" }}) {{ nodes {{ id }} }} }}")
+    };
+    for (i, (failure, code, hint)) in cases.into_iter().enumerate() {
+        app.fake.fail_next([failure.clone()]);
+        let reply = app
+            .query(Some(ADMIN_TOKEN), &search(format!("failing {i}")))
+            .await;
+        assert_eq!(reply.codes(), vec![code], "{failure:?}");
+        let message = reply.first_error()["message"].as_str().expect("message");
+        assert!(message.contains(hint), "{failure:?}: {message}");
+        assert!(
+            !message.contains("<html"),
+            "raw bodies are never shown: {message}"
+        );
+        let calls = app.upstream_calls();
+        app.query(Some(ADMIN_TOKEN), &search(format!("next {i}")))
+            .await
+            .data();
+        assert_eq!(app.upstream_calls(), calls + 1);
+    }
+}
+
+#[tokio::test]
+async fn a_slow_upstream_times_out_as_unavailable() {
+    let options = FakeOptions {
+        latency: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(&["--upstream-timeout", "200ms"], options).await;
+    let reply = app
+        .query(Some(ADMIN_TOKEN), "{ contacts { nodes { id } } }")
+        .await;
+    assert_eq!(reply.codes(), vec!["UPSTREAM_UNAVAILABLE"]);
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_unavailable() {
+    let app = TestApp::spawn().await;
+    // A port that was free a moment ago and has nothing listening now.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let cli = <amocrm_gateway::config::Cli as clap::Parser>::try_parse_from([
+        "amocrm-gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream-url",
+        &format!("http://127.0.0.1:{port}"),
+    ])
+    .expect("flags");
+    let gateway = amocrm_gateway::Gateway::build(cli.serve)
+        .await
+        .expect("starts");
+    let addr = gateway.local_addr();
+    tokio::spawn(gateway.run(std::future::pending()));
+    let reply = TestApp::reply(
+        app.http()
+            .post(format!("http://{addr}/graphql"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({ "query": "{ contacts { nodes { id } } }" }))
+            .send()
+            .await
+            .expect("answer"),
+    )
+    .await;
+    assert_eq!(reply.codes(), vec!["UPSTREAM_UNAVAILABLE"]);
+}

@@ -1,0 +1,147 @@
+//! The HTTP surface: headers on /graphql, GET requests, GraphiQL, health, CORS, request ids.
+
+use amocrm_gateway::fake_amocrm::FakeOptions;
+
+use crate::support::{ADMIN_TOKEN, TestApp};
+
+const QUERY: &str = "{ contacts(first: 2) { nodes { id } } }";
+
+#[tokio::test]
+async fn graphql_responses_carry_cache_headers() {
+    let app = TestApp::spawn_with(&["--cache-ttl", "60s"], FakeOptions::default()).await;
+    let miss = app.query(Some(ADMIN_TOKEN), QUERY).await;
+    assert_eq!(miss.header("x-cache"), "MISS");
+    assert_eq!(miss.header("vary"), "Authorization");
+    let max_age: u64 = miss
+        .header("cache-control")
+        .strip_prefix("private, max-age=")
+        .and_then(|s| s.parse().ok())
+        .expect("private, max-age=N");
+    assert!((58..=60).contains(&max_age), "{max_age}");
+    let hit = app.query(Some(ADMIN_TOKEN), QUERY).await;
+    assert_eq!(hit.header("x-cache"), "HIT");
+    let introspection = app.query(None, "{ __typename }").await;
+    assert_eq!(
+        introspection.header("x-cache"),
+        "MISS",
+        "no cached data read"
+    );
+    assert_eq!(introspection.header("cache-control"), "private, max-age=0");
+}
+
+#[tokio::test]
+async fn request_ids_are_kept_or_generated() {
+    let app = TestApp::spawn().await;
+    let given = app
+        .http()
+        .post(app.url("/graphql"))
+        .header("x-request-id", "abc-123")
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({ "query": QUERY }))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(given.headers()["x-request-id"], "abc-123");
+    let generated = app.query(Some(ADMIN_TOKEN), QUERY).await;
+    assert_eq!(generated.header("x-request-id").len(), 36, "a UUID");
+}
+
+#[tokio::test]
+async fn queries_work_over_get() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .http()
+        .get(app.url("/graphql"))
+        .query(&[
+            (
+                "query",
+                "query Q($n: Int) { contacts(first: $n) { nodes { id } } }",
+            ),
+            ("operationName", "Q"),
+            ("variables", r#"{"n": 3}"#),
+        ])
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("answer");
+    let reply = TestApp::reply(response).await;
+    assert_eq!(
+        reply.data()["contacts"]["nodes"].as_array().map(Vec::len),
+        Some(3)
+    );
+}
+
+#[tokio::test]
+async fn graphiql_health_and_the_root_redirect() {
+    let app = TestApp::spawn().await;
+    let page = app
+        .http()
+        .get(app.url("/graphiql"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("html");
+    assert!(html.contains("query Contacts($first: Int = 10, $after: String)"));
+    assert!(html.contains("leads { id }"));
+    assert!(html.contains("\"endpoint\":\"/graphql\""));
+    let redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .get(app.url("/"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(redirect.headers()["location"], "/graphiql");
+    let health = app
+        .http()
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.text().await.expect("body"), "ok");
+}
+
+#[tokio::test]
+async fn cors_allows_only_configured_origins() {
+    let closed = TestApp::spawn().await;
+    let preflight = |app: &TestApp, origin: &'static str| {
+        app.http()
+            .request(reqwest::Method::OPTIONS, app.url("/graphql"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+    };
+    let response = preflight(&closed, "https://app.example.com")
+        .await
+        .expect("answer");
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+
+    let open = TestApp::spawn_with(
+        &["--cors-origin", "https://app.example.com"],
+        FakeOptions::default(),
+    )
+    .await;
+    let allowed = preflight(&open, "https://app.example.com")
+        .await
+        .expect("answer");
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let other = preflight(&open, "https://evil.example.com")
+        .await
+        .expect("answer");
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}

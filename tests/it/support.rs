@@ -1,0 +1,172 @@
+//! Spawns the fake amoCRM and a gateway in front of it, both on port 0, and talks GraphQL to the
+//! gateway over real HTTP. Nothing here mocks the gateway: assertions are on what reached the
+//! fake.
+
+use std::net::SocketAddr;
+
+use amocrm_gateway::Gateway;
+use amocrm_gateway::config::Cli;
+use amocrm_gateway::fake_amocrm::{FakeAmoCrm, FakeOptions, RecordedRequest};
+use clap::Parser;
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+pub use amocrm_gateway::fake_amocrm::{ADMIN_TOKEN, MANAGER_TOKEN, MANAGER_USER_ID, UNPAID_TOKEN};
+
+pub struct TestApp {
+    pub fake: FakeAmoCrm,
+    pub addr: SocketAddr,
+    http: reqwest::Client,
+    _stop: oneshot::Sender<()>,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn data(&self) -> &Value {
+        assert!(
+            self.body.get("errors").is_none(),
+            "unexpected errors: {}",
+            self.body
+        );
+        &self.body["data"]
+    }
+
+    /// The codes of all errors, in order.
+    pub fn codes(&self) -> Vec<String> {
+        self.body["errors"]
+            .as_array()
+            .map(|errors| {
+                errors
+                    .iter()
+                    .map(|e| {
+                        e["extensions"]["code"]
+                            .as_str()
+                            .unwrap_or("<none>")
+                            .to_owned()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn first_error(&self) -> &Value {
+        &self.body["errors"][0]
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl TestApp {
+    /// A gateway that forwards each caller's token to a default fake.
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(&[], FakeOptions::default()).await
+    }
+
+    /// A gateway started with these extra command-line flags, in front of a fake with `options`.
+    pub async fn spawn_with(flags: &[&str], options: FakeOptions) -> TestApp {
+        let fake = FakeAmoCrm::start(([127, 0, 0, 1], 0).into(), options)
+            .await
+            .expect("the fake binds a free port");
+        let base_url = fake.base_url();
+        let mut args = vec![
+            "amocrm-gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream-url",
+            &base_url,
+        ];
+        args.extend_from_slice(flags);
+        let cli = Cli::try_parse_from(args).expect("valid flags");
+        let gateway = Gateway::build(cli.serve).await.expect("the gateway starts");
+        let addr = gateway.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(gateway.run(async {
+            let _ = stopped.await;
+        }));
+        TestApp {
+            fake,
+            addr,
+            http: reqwest::Client::new(),
+            _stop: stop,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn query(&self, token: Option<&str>, query: &str) -> Reply {
+        self.query_with(token, query, json!({})).await
+    }
+
+    pub async fn query_with(&self, token: Option<&str>, query: &str, variables: Value) -> Reply {
+        let mut request = self
+            .http
+            .post(self.url("/graphql"))
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        Self::reply(request.send().await.expect("the gateway answers")).await
+    }
+
+    pub async fn reply(response: reqwest::Response) -> Reply {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("a body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The contacts-list calls the fake received.
+    pub fn contact_calls(&self) -> Vec<RecordedRequest> {
+        self.fake
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == "/api/v4/contacts")
+            .collect()
+    }
+
+    pub fn upstream_calls(&self) -> usize {
+        self.fake.requests().len()
+    }
+}
+
+/// The ids in a connection's `nodes` or `edges`, as numbers.
+pub fn ids(connection: &Value) -> Vec<u64> {
+    let nodes = match connection.get("nodes") {
+        Some(nodes) => nodes.as_array().cloned().unwrap_or_default(),
+        None => connection["edges"]
+            .as_array()
+            .map(|edges| edges.iter().map(|e| e["node"].clone()).collect())
+            .unwrap_or_default(),
+    };
+    nodes
+        .iter()
+        .map(|n| {
+            n["id"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .expect("numeric id")
+        })
+        .collect()
+}
