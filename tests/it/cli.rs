@@ -42,26 +42,8 @@ async fn print_schema_prints_the_checked_in_sdl() {
 
 #[tokio::test]
 async fn demo_mode_serves_the_fake_without_a_token() {
-    let mut child = Command::new(BIN)
-        .args(["--demo", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starts");
-    let stdout = child.stdout.take().expect("piped");
-    let mut lines = BufReader::new(stdout).lines();
-    // The printed URL is the signal that the gateway listens.
-    let url = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("reads") {
-            if let Some(url) = line.strip_prefix("GraphiQL: ") {
-                return url.to_owned();
-            }
-        }
-        panic!("the demo exited without printing its URL");
-    })
-    .await
-    .expect("the demo starts");
+    let (mut child, url) =
+        spawn_printing(&["--demo", "--listen", "127.0.0.1:0"], "GraphiQL: ").await;
     let graphql = url.replace("/graphiql", "/graphql");
     let body: serde_json::Value = reqwest::Client::new()
         .post(&graphql)
@@ -76,6 +58,65 @@ async fn demo_mode_serves_the_fake_without_a_token() {
         body["data"]["contacts"]["nodes"].as_array().map(Vec::len),
         Some(3),
         "{body}"
+    );
+    child.kill().await.expect("stops");
+}
+
+/// Starts the binary and returns it with the URL it printed after `prefix` once listening.
+async fn spawn_printing(args: &[&str], prefix: &str) -> (tokio::process::Child, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starts");
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = BufReader::new(stdout).lines();
+    // The printed URL is the signal that the process listens.
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("reads") {
+            if let Some(url) = line.strip_prefix(prefix) {
+                return url.to_owned();
+            }
+        }
+        panic!("{args:?} exited without printing {prefix:?}");
+    })
+    .await
+    .expect("the process starts");
+    (child, url)
+}
+
+#[tokio::test]
+async fn the_fake_runs_alone() {
+    let (mut child, url) = spawn_printing(
+        &["fake-amocrm", "--listen", "127.0.0.1:0", "--contacts", "30"],
+        "fake amoCRM on ",
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let page: serde_json::Value = client
+        .get(format!("{url}/api/v4/contacts?limit=250"))
+        .bearer_auth(amocrm_gateway::fake_amocrm::ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        page["_embedded"]["contacts"].as_array().map(Vec::len),
+        Some(30)
+    );
+    let anonymous = client
+        .get(format!("{url}/api/v4/contacts"))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(
+        anonymous.headers()["content-type"],
+        "application/problem+json"
     );
     child.kill().await.expect("stops");
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use amocrm_gateway::fake_amocrm::{Failure, FakeOptions};
 use serde_json::json;
 
-use crate::support::{ADMIN_TOKEN, TestApp};
+use crate::support::{ADMIN_TOKEN, TestApp, start_gateway};
 
 #[tokio::test]
 async fn bad_input_is_bad_user_input_naming_the_argument_with_no_upstream_call() {
@@ -184,19 +184,7 @@ async fn an_unreachable_upstream_is_unavailable() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = closed.local_addr().expect("addr").port();
     drop(closed);
-    let cli = <amocrm_gateway::config::Cli as clap::Parser>::try_parse_from([
-        "amocrm-gateway",
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream-url",
-        &format!("http://127.0.0.1:{port}"),
-    ])
-    .expect("flags");
-    let gateway = amocrm_gateway::Gateway::build(cli.serve)
-        .await
-        .expect("starts");
-    let addr = gateway.local_addr();
-    tokio::spawn(gateway.run(std::future::pending()));
+    let (addr, _stop) = start_gateway(&format!("http://127.0.0.1:{port}"), &[]).await;
     let reply = TestApp::reply(
         app.http()
             .post(format!("http://{addr}/graphql"))
@@ -208,4 +196,43 @@ async fn an_unreachable_upstream_is_unavailable() {
     )
     .await;
     assert_eq!(reply.codes(), vec!["UPSTREAM_UNAVAILABLE"]);
+}
+
+#[tokio::test]
+async fn one_odd_contact_never_fails_its_page() {
+    let app = TestApp::spawn().await;
+    let page = json!({
+        "_page": 1,
+        "_links": {},
+        "_embedded": { "contacts": [
+            { "id": 1, "name": "Fine", "created_at": 1585758065 },
+            { "name": "no id at all" },
+            { "id": "2", "name": 42, "first_name": null, "is_deleted": "maybe", "created_at": "soon",
+              "custom_fields_values": [{ "field_id": 5, "values": [{ "value": { "nested": true }, "enum": "WORK" }] },
+                                       "not an object"],
+              "_embedded": { "tags": [{ "id": 3 }], "catalog_elements": [{ "id": 4, "quantity": 1.5 }] } },
+            7
+        ] }
+    });
+    app.fake
+        .fail_next([Failure::body("application/hal+json", page.to_string())]);
+    let reply = app
+        .query(
+            Some(ADMIN_TOKEN),
+            "{ contacts { nodes { id name firstName isDeleted createdAt tags { id name }
+                customFieldsValues { fieldId values { value enumCode } } catalogElements { id quantity } } } }",
+        )
+        .await;
+    assert_eq!(
+        reply.data()["contacts"]["nodes"],
+        json!([
+            { "id": "1", "name": "Fine", "firstName": "", "isDeleted": false,
+              "createdAt": "2020-04-01T16:21:05Z", "tags": [], "customFieldsValues": [],
+              "catalogElements": [] },
+            { "id": "2", "name": "", "firstName": "", "isDeleted": false,
+              "createdAt": "1970-01-01T00:00:00Z", "tags": [{ "id": "3", "name": "" }],
+              "customFieldsValues": [{ "fieldId": "5", "values": [{ "value": { "nested": true }, "enumCode": "WORK" }] }],
+              "catalogElements": [{ "id": "4", "quantity": 1.5 }] }
+        ])
+    );
 }

@@ -78,22 +78,7 @@ impl TestApp {
         let fake = FakeAmoCrm::start(([127, 0, 0, 1], 0).into(), options)
             .await
             .expect("the fake binds a free port");
-        let base_url = fake.base_url();
-        let mut args = vec![
-            "amocrm-gateway",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream-url",
-            &base_url,
-        ];
-        args.extend_from_slice(flags);
-        let cli = Cli::try_parse_from(args).expect("valid flags");
-        let gateway = Gateway::build(cli.serve).await.expect("the gateway starts");
-        let addr = gateway.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(gateway.run(async {
-            let _ = stopped.await;
-        }));
+        let (addr, stop) = start_gateway(&fake.base_url(), flags).await;
         TestApp {
             fake,
             addr,
@@ -149,6 +134,29 @@ impl TestApp {
     pub fn upstream_calls(&self) -> usize {
         self.fake.requests().len()
     }
+}
+
+/// Starts a gateway in front of `upstream_url` on a free port; it stops when the sender drops.
+pub async fn start_gateway(
+    upstream_url: &str,
+    flags: &[&str],
+) -> (SocketAddr, oneshot::Sender<()>) {
+    let mut args = vec![
+        "amocrm-gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream-url",
+        upstream_url,
+    ];
+    args.extend_from_slice(flags);
+    let cli = Cli::try_parse_from(args).expect("valid flags");
+    let gateway = Gateway::build(cli.serve).await.expect("the gateway starts");
+    let addr = gateway.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(gateway.run(async {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
 }
 
 /// The ids in a connection's `nodes` or `edges`, as numbers.
