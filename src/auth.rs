@@ -32,6 +32,56 @@ pub struct Credentials {
     pub scope: Scope,
 }
 
+/// An operator's secret (scope secret, webhook secret, admin token). Never printed, and
+/// compared in constant time.
+#[derive(Clone)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    pub fn new(secret: &str) -> Self {
+        Secret(secret.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Compares digests rather than the strings, so that neither the position of the first
+    /// difference nor the secret's length shows in the time taken.
+    pub fn matches(&self, candidate: &str) -> bool {
+        use sha2::Digest;
+        let expected = Sha256::digest(self.0.as_bytes());
+        let given = Sha256::digest(candidate.as_bytes());
+        expected
+            .iter()
+            .zip(given.iter())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header, if it has that form.
+pub fn bearer_token(header: Option<&[u8]>) -> Result<&str, AuthError> {
+    let header = header.ok_or(AuthError::MissingToken)?;
+    let header = std::str::from_utf8(header).map_err(|_| AuthError::MalformedHeader)?;
+    let header = header.trim();
+    let (scheme, token) = header.split_once(' ').unwrap_or((header, ""));
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::MalformedHeader);
+    }
+    if token.is_empty() {
+        return Err(AuthError::MissingToken);
+    }
+    Ok(token)
+}
+
 /// The key for hashing forwarded tokens into scopes. Never printed.
 pub struct ScopeKey([u8; 32]);
 
@@ -96,17 +146,7 @@ impl AuthMode {
         match self {
             AuthMode::ServerToken(credentials) => Ok(credentials.clone()),
             AuthMode::Forward(key) => {
-                let header = authorization.ok_or(AuthError::MissingToken)?;
-                let header = std::str::from_utf8(header).map_err(|_| AuthError::MalformedHeader)?;
-                let header = header.trim();
-                let (scheme, token) = header.split_once(' ').unwrap_or((header, ""));
-                let token = token.trim();
-                if !scheme.eq_ignore_ascii_case("bearer") {
-                    return Err(AuthError::MalformedHeader);
-                }
-                if token.is_empty() {
-                    return Err(AuthError::MissingToken);
-                }
+                let token = bearer_token(authorization)?;
                 Ok(Credentials {
                     scope: key.scope_of(token),
                     token: AccessToken::new(token),
@@ -131,6 +171,15 @@ mod tests {
             .credentials(Some(b"Bearer alpha"))
             .expect("valid");
         assert_eq!(a.scope, again.scope, "the same secret gives the same scope");
+    }
+
+    #[test]
+    fn secrets_match_only_themselves() {
+        let secret = Secret::new("s3cret");
+        assert!(secret.matches("s3cret"));
+        assert!(!secret.matches("s3cre"));
+        assert!(!secret.matches(""));
+        assert!(!format!("{secret:?}").contains("s3cret"));
     }
 
     #[test]

@@ -9,10 +9,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use url::Url;
 
 use crate::amocrm::AccessToken;
+use crate::auth::Secret;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_FAKE_LISTEN: &str = "127.0.0.1:8081";
 pub const DEFAULT_CACHE_TTL: &str = "60s";
+pub const DEFAULT_CACHE_STALE_TTL: &str = "10m";
+pub const DEFAULT_CACHE_MAX_AGE: &str = "10m";
 pub const DEFAULT_CACHE_MAX_BYTES: &str = "256MiB";
 pub const DEFAULT_UPSTREAM_PAGE_SIZE: &str = "250";
 pub const DEFAULT_UPSTREAM_TIMEOUT: &str = "10s";
@@ -68,8 +71,8 @@ pub struct ServeConfig {
     pub access_token: Option<AccessToken>,
 
     /// Key for hashing forwarded tokens into cache scopes; random per process when not given.
-    #[arg(long, env = "GATEWAY_SCOPE_SECRET", hide_env_values = true, value_parser = parse_token)]
-    pub scope_secret: Option<AccessToken>,
+    #[arg(long, env = "GATEWAY_SCOPE_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub scope_secret: Option<Secret>,
 
     /// Start the built-in fake amoCRM on a loopback port and serve it with its admin token.
     #[arg(long, env = "GATEWAY_DEMO", conflicts_with_all = ["upstream_url", "access_token"])]
@@ -78,6 +81,14 @@ pub struct ServeConfig {
     /// How long an upstream page stays fresh.
     #[arg(long, env = "GATEWAY_CACHE_TTL", default_value = DEFAULT_CACHE_TTL, value_parser = humantime::parse_duration)]
     pub cache_ttl: Duration,
+
+    /// How long a page may still be served stale after its TTL while it is revalidated.
+    #[arg(long, env = "GATEWAY_CACHE_STALE_TTL", default_value = DEFAULT_CACHE_STALE_TTL, value_parser = humantime::parse_duration)]
+    pub cache_stale_ttl: Duration,
+
+    /// The longest a page is kept after its last full download (probes cannot see deletions).
+    #[arg(long, env = "GATEWAY_CACHE_MAX_AGE", default_value = DEFAULT_CACHE_MAX_AGE, value_parser = humantime::parse_duration)]
+    pub cache_max_age: Duration,
 
     /// Memory budget of all caches together (bytes or IEC units: 64MiB, 1GiB).
     #[arg(long, env = "GATEWAY_CACHE_MAX_BYTES", default_value = DEFAULT_CACHE_MAX_BYTES, value_parser = parse_bytes)]
@@ -104,6 +115,14 @@ pub struct ServeConfig {
         value_delimiter = ','
     )]
     pub cors_origins: Vec<String>,
+
+    /// Enables `POST /webhooks/amocrm/{secret}` with this secret in the path.
+    #[arg(long, env = "GATEWAY_WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub webhook_secret: Option<Secret>,
+
+    /// Enables `POST /admin/cache/purge` for callers sending `Authorization: Bearer <token>`.
+    #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub admin_token: Option<Secret>,
 }
 
 /// Running the fake amoCRM alone.
@@ -128,6 +147,14 @@ fn parse_token(value: &str) -> Result<AccessToken, String> {
         return Err("must not be empty".to_owned());
     }
     Ok(AccessToken::new(value))
+}
+
+fn parse_secret(value: &str) -> Result<Secret, String> {
+    let value = value.trim();
+    if value.len() < 8 {
+        return Err("must be at least 8 characters".to_owned());
+    }
+    Ok(Secret::new(value))
 }
 
 fn parse_upstream_url(value: &str) -> Result<Url, String> {

@@ -11,20 +11,24 @@
 //!   [`server::Gateway`] separates binding from serving.
 //! - [`auth`]: whose token calls amoCRM, and the credential scope cached data belongs to.
 //! - [`graphql`]: the client boundary (schema, selections, paging, error codes). Builds no URLs.
-//! - [`cache`]: moka page cache between the boundaries; coalesces concurrent misses.
+//! - [`cache`]: moka caches between the boundaries: upstream pages (stale-while-revalidate,
+//!   probes, stale-if-error, relation reuse) and whole responses; coalesces concurrent misses.
 //! - [`amocrm`]: the upstream boundary (typed queries, client, tolerant models). Knows no
 //!   GraphQL.
+//! - [`metrics`]: Prometheus metrics, one recorder per gateway.
 //! - [`fake_amocrm`]: a faithful fake of the upstream, for `--demo` and the tests.
 //!
 //! ## Request flow
+//! 0. An operation identical to a recent one is answered from [`cache::ResponseCache`] while
+//!    every page it was built from is unchanged and fresh.
 //! 1. `server` resolves the caller's [`auth::Credentials`] and puts a fresh
 //!    [`graphql::RequestContext`] (credentials, DataLoader, cache report) into the request.
 //! 2. Before execution, `graphql::selection` plans the operation: which relations each root field
 //!    selects (following fragments, aliases, `@skip`/`@include`) and every `contact(id:)` id.
 //! 3. Resolvers validate arguments into an [`amocrm::ContactList`], and `graphql::connection` cuts
 //!    the requested window out of fixed-size upstream pages.
-//! 4. [`cache::PageCache`] answers each page from moka, or calls [`amocrm::AmoClient`] once for all
-//!    concurrent askers of the same `(scope, request)`.
+//! 4. [`cache::PageCache`] answers each page from moka (stale ones while one background refresh
+//!    revalidates them), or calls [`amocrm::AmoClient`] once for all concurrent askers.
 //! 5. Errors become `extensions.code` in one place (`graphql::error`); `server` sets `x-cache`
 //!    and `Cache-Control` from the request's cache report.
 
@@ -34,6 +38,7 @@ pub mod cache;
 pub mod config;
 pub mod fake_amocrm;
 pub mod graphql;
+pub mod metrics;
 pub mod server;
 
 pub use server::Gateway;

@@ -6,23 +6,28 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use std::time::Duration;
+
+use async_graphql_axum::GraphQLRequest;
 use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, header};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use bytes::Bytes;
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::amocrm::{AccessToken, AmoClient, ClientConfig, PageSize};
-use crate::auth::{AuthMode, ScopeKey};
-use crate::cache::{PAGE_CACHE_SHARE_PERCENT, PageCache};
+use crate::amocrm::webhook::{self, Entity};
+use crate::amocrm::{AccessToken, AmoClient, ClientConfig, ContactId, PageSize, Relation};
+use crate::auth::{AuthMode, ScopeKey, Secret, bearer_token};
+use crate::cache::{CacheReport, CacheStatus, Caches, Freshness, Invalidation, ResponseKey};
 use crate::config::ServeConfig;
 use crate::fake_amocrm::{self, FakeAmoCrm, FakeOptions};
 use crate::graphql::{self, GatewaySchema, RequestContext};
+use crate::metrics::Metrics;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -60,15 +65,20 @@ pub enum StartupError {
     HttpClient(#[from] reqwest::Error),
     #[error("invalid --cors-origin {0:?}: must be an origin such as https://app.example.com, or *")]
     CorsOrigin(String),
+    #[error("--cache-max-age ({max_age:?}) must not be shorter than --cache-ttl ({ttl:?})")]
+    MaxAgeBelowTtl { max_age: Duration, ttl: Duration },
 }
 
 #[derive(Clone)]
 struct AppState {
     schema: GatewaySchema,
     auth: Arc<AuthMode>,
-    pages: PageCache,
+    caches: Caches,
     page_size: PageSize,
     graphiql: Arc<str>,
+    metrics: Metrics,
+    webhook_secret: Option<Secret>,
+    admin_token: Option<Secret>,
 }
 
 /// A gateway bound to its port, ready to serve.
@@ -108,19 +118,36 @@ impl Gateway {
             (url, auth, None)
         };
 
-        let client = AmoClient::new(ClientConfig {
-            base_url: upstream_url,
-            connect_timeout: config.upstream_connect_timeout,
-            request_timeout: config.upstream_timeout,
-        })?;
-        let page_budget = config.cache_max_bytes / 100 * PAGE_CACHE_SHARE_PERCENT;
+        if config.cache_max_age < config.cache_ttl {
+            return Err(StartupError::MaxAgeBelowTtl {
+                max_age: config.cache_max_age,
+                ttl: config.cache_ttl,
+            });
+        }
+        let metrics = Metrics::new();
+        let client = AmoClient::new(
+            ClientConfig {
+                base_url: upstream_url,
+                connect_timeout: config.upstream_connect_timeout,
+                request_timeout: config.upstream_timeout,
+            },
+            metrics.clone(),
+        )?;
+        let freshness = Freshness {
+            ttl: config.cache_ttl,
+            stale_ttl: config.cache_stale_ttl,
+            max_age: config.cache_max_age,
+        };
         let forwarding = matches!(auth, AuthMode::Forward(_));
         let state = AppState {
             schema: graphql::schema(),
             auth: Arc::new(auth),
-            pages: PageCache::new(client, config.cache_ttl, page_budget),
+            caches: Caches::new(client, freshness, config.cache_max_bytes, metrics.clone()),
             page_size: PageSize::new(u64::from(config.upstream_page_size)).unwrap_or(PageSize::MAX),
             graphiql: graphiql_page(forwarding).into(),
+            metrics,
+            webhook_secret: config.webhook_secret.clone(),
+            admin_token: config.admin_token.clone(),
         };
         let router = router(state, &config.cors_origins)?;
         let listener =
@@ -167,7 +194,15 @@ fn router(state: AppState, cors_origins: &[String]) -> Result<Router, StartupErr
         .route("/graphiql", get(graphiql))
         .route("/", get(|| async { Redirect::temporary("/graphiql") }))
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(state);
+        .route("/metrics", get(metrics));
+    // These routes exist only when their secret is configured.
+    if state.webhook_secret.is_some() {
+        router = router.route("/webhooks/amocrm/{secret}", post(amocrm_webhook));
+    }
+    if state.admin_token.is_some() {
+        router = router.route("/admin/cache/purge", post(purge_cache));
+    }
+    let mut router = router.with_state(state);
     if !cors_origins.is_empty() {
         router = router.layer(cors(cors_origins)?);
     }
@@ -214,35 +249,183 @@ async fn graphql_handler(
     headers: HeaderMap,
     request: GraphQLRequest,
 ) -> Response {
+    let request = request.into_inner();
     let authorization = headers
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes);
-    let context = RequestContext::new(
-        state.auth.credentials(authorization),
-        state.pages.clone(),
-        state.page_size,
-    );
-    let report = context.report_handle();
-    let response = state
-        .schema
-        .execute(request.into_inner().data(context))
-        .await;
+    let credentials = state.auth.credentials(authorization);
 
-    let cache_control = if response.is_ok() {
-        let max_age = report.fresh_for().map_or(0, |fresh| fresh.as_secs());
-        format!("private, max-age={max_age}")
+    let stored_as = credentials.as_ref().ok().map(|credentials| {
+        ResponseKey::new(
+            &credentials.scope,
+            &request.query,
+            request.operation_name.as_deref(),
+            &request.variables,
+        )
+    });
+    if let Some(key) = &stored_as
+        && let Some((body, fresh_for)) = state.caches.responses.get(key, &state.caches.pages).await
+    {
+        state.metrics.graphql_request("cached");
+        return graphql_response(body, true, CacheStatus::Hit, Some(fresh_for));
+    }
+
+    let context = RequestContext::new(credentials, state.caches.pages.clone(), state.page_size);
+    let report: Arc<CacheReport> = context.report_handle();
+    let response = state.schema.execute(request.data(context)).await;
+    let ok = response.is_ok();
+    let body = Bytes::from(
+        serde_json::to_vec(&response).expect("a GraphQL response always serializes to JSON"),
+    );
+    state
+        .metrics
+        .graphql_request(if ok { "ok" } else { "error" });
+    if ok
+        && report.status() != CacheStatus::Stale
+        && let Some(key) = stored_as
+    {
+        state
+            .caches
+            .responses
+            .put(key, body.clone(), report.deps())
+            .await;
+    }
+    graphql_response(body, ok, report.status(), report.fresh_for())
+}
+
+fn graphql_response(
+    body: Bytes,
+    ok: bool,
+    status: CacheStatus,
+    fresh_for: Option<Duration>,
+) -> Response {
+    let cache_control = if ok {
+        format!("private, max-age={}", fresh_for.map_or(0, |f| f.as_secs()))
     } else {
         "no-store".to_owned()
     };
-    let mut http = GraphQLResponse::from(response).into_response();
-    let headers = http.headers_mut();
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_str(&cache_control).expect("built from ASCII digits and words"),
     );
     headers.insert(header::VARY, HeaderValue::from_static("Authorization"));
-    headers.insert(X_CACHE, HeaderValue::from_static(report.status().as_str()));
-    http
+    headers.insert(X_CACHE, HeaderValue::from_static(status.as_str()));
+    response
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    state.caches.publish_sizes().await;
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// amoCRM's webhooks: drop what the events make stale. Answers 200 at once, also for events
+/// the gateway does not use, because amoCRM retries anything else.
+async fn amocrm_webhook(
+    State(state): State<AppState>,
+    Path(secret): Path<String>,
+    body: Bytes,
+) -> Response {
+    if !state
+        .webhook_secret
+        .as_ref()
+        .is_some_and(|expected| expected.matches(&secret))
+    {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let events = match webhook::parse(&body) {
+        Ok(events) => events,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let mut invalidations: Vec<Invalidation> = events
+        .iter()
+        .filter_map(|event| {
+            // Adding, deleting or restoring a lead or customer changes which ids the contacts
+            // linked to it embed; other events about them change nothing a contact page holds.
+            let links_change = matches!(event.action.as_str(), "add" | "delete" | "restore");
+            match event.entity {
+                Entity::Contact(id) => Some(Invalidation::Contact(id)),
+                Entity::Lead(_) if links_change => Some(Invalidation::Relation(Relation::Leads)),
+                Entity::Customer(_) if links_change => {
+                    Some(Invalidation::Relation(Relation::Customers))
+                }
+                Entity::Lead(_) | Entity::Customer(_) | Entity::Company(_) | Entity::Other => None,
+            }
+        })
+        .collect();
+    invalidations.dedup();
+    // One contact event already drops every contact page.
+    if let Some(contact) = invalidations
+        .iter()
+        .find(|i| matches!(i, Invalidation::Contact(_)))
+    {
+        invalidations = vec![*contact];
+    }
+    for invalidation in invalidations {
+        state.caches.invalidate(invalidation);
+    }
+    (StatusCode::OK, "ok").into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct PurgeParams {
+    contact_id: Option<String>,
+}
+
+/// `POST /admin/cache/purge[?contact_id=N]`, for operators.
+async fn purge_cache(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<PurgeParams>,
+) -> Response {
+    let authorized = bearer_token(
+        headers
+            .get(header::AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
+    )
+    .is_ok_and(|token| {
+        state
+            .admin_token
+            .as_ref()
+            .is_some_and(|admin| admin.matches(token))
+    });
+    if !authorized {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            axum::Json(serde_json::json!({ "error": "send Authorization: Bearer <admin token>" })),
+        )
+            .into_response();
+    }
+    let (invalidation, answer) = match params.contact_id.as_deref() {
+        None => (Invalidation::All, serde_json::json!({ "purged": "all" })),
+        Some(id) => match id.trim().parse::<u64>() {
+            Ok(id) if id > 0 => (
+                Invalidation::Contact(ContactId::new(id)),
+                serde_json::json!({ "purged": "contact", "contactId": id.to_string() }),
+            ),
+            _ => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(serde_json::json!({
+                        "error": "contact_id must be a numeric amoCRM id"
+                    })),
+                )
+                    .into_response();
+            }
+        },
+    };
+    state.caches.invalidate(invalidation);
+    axum::Json(answer).into_response()
 }
 
 async fn graphiql(State(state): State<AppState>) -> Html<String> {

@@ -6,7 +6,11 @@ use reqwest::{StatusCode, header};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
-use super::{AmoError, ContactsPage, ContactsQuery, ForbiddenReason, model};
+use super::{
+    AmoError, ContactFilter, ContactList, ContactsPage, ContactsQuery, ForbiddenReason, PageSize,
+    Relations, TimeRange, model,
+};
+use crate::metrics::Metrics;
 
 /// Bodies larger than this are refused rather than buffered: a full page of 250 contacts with
 /// every relation is a few hundred KiB, so this only ever stops a broken or hostile upstream.
@@ -52,10 +56,18 @@ pub struct AmoClient {
     http: reqwest::Client,
     base_url: Url,
     request_timeout: Duration,
+    metrics: Metrics,
+}
+
+/// A successful answer: the body (`None` for 204) and when amoCRM says it answered.
+struct Answer {
+    body: Option<Vec<u8>>,
+    /// Unix seconds from amoCRM's `Date` header, or our clock when it has none.
+    upstream_time: i64,
 }
 
 impl AmoClient {
-    pub fn new(config: ClientConfig) -> Result<Self, reqwest::Error> {
+    pub fn new(config: ClientConfig, metrics: Metrics) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
@@ -65,6 +77,7 @@ impl AmoClient {
             http,
             base_url: config.base_url,
             request_timeout: config.request_timeout,
+            metrics,
         })
     }
 
@@ -75,12 +88,43 @@ impl AmoClient {
         token: &AccessToken,
         query: &ContactsQuery,
     ) -> Result<ContactsPage, AmoError> {
-        match self
+        let answer = self
             .get(token, CONTACTS_ENDPOINT, &query.to_params())
-            .await?
-        {
-            Some(body) => model::decode_contacts_page(&body),
-            None => Ok(ContactsPage::default()),
+            .await?;
+        let mut page = match answer.body {
+            Some(body) => model::decode_contacts_page(&body)?,
+            None => ContactsPage::default(),
+        };
+        page.upstream_time = answer.upstream_time;
+        Ok(page)
+    }
+
+    /// The documented cheap question: did any contact this token can see change since `since`
+    /// (Unix seconds)? `GET /api/v4/contacts?filter[updated_at][from]=since&limit=1` answers 204
+    /// when nothing did. Deletions do not show up in it.
+    pub async fn contacts_changed_since(
+        &self,
+        token: &AccessToken,
+        since: i64,
+    ) -> Result<bool, AmoError> {
+        let probe = ContactsQuery {
+            list: ContactList {
+                filter: ContactFilter {
+                    updated_at: TimeRange::new(Some(since), None),
+                    ..ContactFilter::default()
+                },
+                ..ContactList::default()
+            },
+            page: 1,
+            limit: PageSize::new(1).expect("1 is a valid page size"),
+            relations: Relations::NONE,
+        };
+        let answer = self
+            .get(token, CONTACTS_ENDPOINT, &probe.to_params())
+            .await?;
+        match answer.body {
+            None => Ok(false),
+            Some(body) => Ok(!model::decode_contacts_page(&body)?.contacts.is_empty()),
         }
     }
 
@@ -90,7 +134,7 @@ impl AmoClient {
         token: &AccessToken,
         endpoint: &'static str,
         params: &[(String, String)],
-    ) -> Result<Option<Vec<u8>>, AmoError> {
+    ) -> Result<Answer, AmoError> {
         let mut url = self.base_url.clone();
         url.set_path(endpoint);
         let started = std::time::Instant::now();
@@ -102,9 +146,21 @@ impl AmoClient {
             .header(header::ACCEPT, "application/hal+json, application/json")
             .send()
             .await
-            .map_err(|e| self.transport_error(&e))?;
+            .map_err(|e| {
+                let error = self.transport_error(&e);
+                self.metrics
+                    .upstream_request(endpoint, error.transport_label(), started.elapsed());
+                error
+            })?;
 
         let status = response.status();
+        let upstream_time = response
+            .headers()
+            .get(header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or_else(unix_now, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         let upstream_request_id = response
             .headers()
             .get("x-request-id")
@@ -146,6 +202,8 @@ impl AmoClient {
             ))
         };
 
+        self.metrics
+            .upstream_request(endpoint, status.as_str(), started.elapsed());
         let elapsed_ms = started.elapsed().as_millis();
         match &outcome {
             Ok(_) => tracing::debug!(
@@ -164,7 +222,10 @@ impl AmoClient {
                 "amoCRM call failed"
             ),
         }
-        outcome
+        outcome.map(|body| Answer {
+            body,
+            upstream_time,
+        })
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> AmoError {
@@ -187,6 +248,12 @@ impl AmoClient {
             BodyError::Transport(e) => self.transport_error(&e),
         }
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 enum BodyError {

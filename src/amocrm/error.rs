@@ -53,9 +53,21 @@ pub enum AmoError {
 
     #[error("amoCRM sent a response that could not be read: {0}")]
     Decode(String),
+
+    #[error("the call to amoCRM was aborted")]
+    Aborted,
 }
 
 impl AmoError {
+    /// The `status` label of a call that got no HTTP status.
+    pub fn transport_label(&self) -> &'static str {
+        match self {
+            Self::Timeout(_) => "timeout",
+            Self::Connect => "connect",
+            _ => "transport",
+        }
+    }
+
     /// Whether retrying later could succeed: the failure says something about the upstream or the
     /// network, not about the caller or the request.
     pub fn is_transient(&self) -> bool {
@@ -67,6 +79,7 @@ impl AmoError {
                 | Self::Connect
                 | Self::Transport
                 | Self::Decode(_)
+                | Self::Aborted
                 | Self::Forbidden {
                     reason: ForbiddenReason::AccountBlocked,
                     ..

@@ -9,6 +9,7 @@ mod client;
 mod error;
 pub mod model;
 mod query;
+pub mod webhook;
 
 pub use client::{AccessToken, AmoClient, ClientConfig};
 pub use error::{AmoError, ForbiddenReason};

@@ -38,8 +38,12 @@ pub struct ContactsPage {
     /// Whether amoCRM linked a next page. It sometimes does when the next page is empty, so this
     /// is a hint, not a promise.
     pub has_next_link: bool,
-    /// Size of the body it was decoded from: a cheap, honest proxy for its memory weight.
-    pub body_bytes: usize,
+    /// An estimate of the heap the decoded page occupies, for weighing it in a cache.
+    pub heap_bytes: usize,
+    /// A hash of the body: equal bodies mean an unchanged page.
+    pub content_hash: u64,
+    /// When amoCRM answered, in Unix seconds by its own clock (its `Date` header).
+    pub upstream_time: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -125,7 +129,7 @@ pub fn decode_contacts_page(body: &[u8]) -> Result<ContactsPage, AmoError> {
             ));
         }
     };
-    let contacts = items
+    let contacts: Vec<Arc<Contact>> = items
         .iter()
         .filter_map(|item| {
             let contact = item.as_object().and_then(decode_contact);
@@ -140,11 +144,86 @@ pub fn decode_contacts_page(body: &[u8]) -> Result<ContactsPage, AmoError> {
         .and_then(|links| links.get("next"))
         .and_then(|next| next.get("href"))
         .is_some_and(Value::is_string);
+    let heap_bytes = contacts
+        .iter()
+        .map(|c: &Arc<Contact>| c.heap_bytes())
+        .sum::<usize>()
+        + contacts.capacity() * std::mem::size_of::<Arc<Contact>>();
     Ok(ContactsPage {
         contacts,
         has_next_link,
-        body_bytes: body.len(),
+        heap_bytes,
+        content_hash: {
+            use std::hash::{DefaultHasher, Hasher};
+            let mut hasher = DefaultHasher::new();
+            hasher.write(body);
+            hasher.finish()
+        },
+        upstream_time: 0,
     })
+}
+
+impl Contact {
+    /// Roughly what this contact occupies on the heap, its own struct included.
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let string = |s: &String| s.capacity();
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
+        // Arc header and allocator rounding.
+        let overhead = 32;
+        overhead
+            + size_of::<Contact>()
+            + string(&self.name)
+            + string(&self.first_name)
+            + string(&self.last_name)
+            + self
+                .custom_fields_values
+                .iter()
+                .map(|f| {
+                    size_of::<CustomFieldValue>()
+                        + opt(&f.field_name)
+                        + opt(&f.field_code)
+                        + opt(&f.field_type)
+                        + f.values
+                            .iter()
+                            .map(|v| {
+                                size_of::<CustomFieldValueItem>()
+                                    + json_heap_bytes(&v.value)
+                                    + opt(&v.enum_code)
+                            })
+                            .sum::<usize>()
+                })
+                .sum::<usize>()
+            + self
+                .tags
+                .iter()
+                .map(|t| size_of::<Tag>() + string(&t.name) + opt(&t.color))
+                .sum::<usize>()
+            + (self.companies.capacity() + self.leads.capacity() + self.customers.capacity())
+                * size_of::<EntityRef>()
+            + self
+                .catalog_elements
+                .iter()
+                .map(|e| {
+                    size_of::<CatalogElementRef>() + e.metadata.as_ref().map_or(0, json_heap_bytes)
+                })
+                .sum::<usize>()
+    }
+}
+
+fn json_heap_bytes(value: &Value) -> usize {
+    use std::mem::size_of;
+    match value {
+        Value::String(s) => s.capacity(),
+        Value::Array(items) => {
+            items.capacity() * size_of::<Value>() + items.iter().map(json_heap_bytes).sum::<usize>()
+        }
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| k.capacity() + size_of::<(String, Value)>() + 16 + json_heap_bytes(v))
+            .sum(),
+        _ => 0,
+    }
 }
 
 fn decode_contact(c: &Map<String, Value>) -> Option<Contact> {

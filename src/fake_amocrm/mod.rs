@@ -139,7 +139,7 @@ impl Failure {
 }
 
 struct FakeState {
-    contacts: Vec<FakeContact>,
+    contacts: std::sync::RwLock<Vec<FakeContact>>,
     latency_ms: AtomicU64,
     requests: Mutex<Vec<RecordedRequest>>,
     failures: Mutex<Vec<Failure>>,
@@ -210,7 +210,7 @@ impl FakeAmoCrm {
     pub fn visible_ids(&self, token: &str) -> Vec<u64> {
         let viewer = Viewer::from_token(Some(token));
         self.state
-            .contacts
+            .read_contacts()
             .iter()
             .filter(|c| viewer.as_ref().is_ok_and(|v| v.sees(c)))
             .map(|c| c.id)
@@ -218,8 +218,24 @@ impl FakeAmoCrm {
     }
 
     /// The fake's data, to compute expected answers in tests.
-    pub fn contacts(&self) -> &[FakeContact] {
-        &self.state.contacts
+    pub fn contacts(&self) -> Vec<FakeContact> {
+        self.state.read_contacts().clone()
+    }
+
+    /// Renames a contact as a user would: `updated_at` becomes now.
+    pub fn rename_contact(&self, id: u64, name: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let mut contacts = self
+            .state
+            .contacts
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(contact) = contacts.iter_mut().find(|c| c.id == id) {
+            contact.name = name.to_owned();
+            contact.updated_at = now;
+        }
     }
 }
 
@@ -246,12 +262,18 @@ pub async fn serve(
 impl FakeState {
     fn new(addr: SocketAddr, options: &FakeOptions) -> Self {
         FakeState {
-            contacts: data::generate(options.contacts),
+            contacts: std::sync::RwLock::new(data::generate(options.contacts)),
             latency_ms: AtomicU64::new(u64::try_from(options.latency.as_millis()).unwrap_or(0)),
             requests: Mutex::new(Vec::new()),
             failures: Mutex::new(Vec::new()),
             base_url: format!("http://{addr}"),
         }
+    }
+}
+
+impl FakeState {
+    fn read_contacts(&self) -> std::sync::RwLockReadGuard<'_, Vec<FakeContact>> {
+        self.contacts.read().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -368,8 +390,8 @@ async fn list_contacts(
         Ok(params) => params,
         Err(detail) => return problem(StatusCode::BAD_REQUEST, "Bad Request", &detail),
     };
-    let mut matches: Vec<&FakeContact> = state
-        .contacts
+    let contacts = state.read_contacts();
+    let mut matches: Vec<&FakeContact> = contacts
         .iter()
         .filter(|c| viewer.sees(c) && params.matches(c))
         .collect();
@@ -431,7 +453,11 @@ async fn contact_by_id(
         return problem(StatusCode::NOT_FOUND, "Not Found", "unknown endpoint");
     };
     let with = with_set(&query);
-    match state.contacts.iter().find(|c| c.id == id && viewer.sees(c)) {
+    match state
+        .read_contacts()
+        .iter()
+        .find(|c| c.id == id && viewer.sees(c))
+    {
         Some(contact) => hal(contact.to_json(&with, &state.base_url)),
         None => StatusCode::NO_CONTENT.into_response(),
     }

@@ -87,7 +87,7 @@ impl Upstream {
         };
         Ok(self
             .pages
-            .contacts(&self.credentials, query, &self.report)
+            .get(&self.credentials, query, &self.report)
             .await?)
     }
 
@@ -148,7 +148,7 @@ impl Loader<ByIdKey> for ContactsById {
             let relations = query.relations;
             let page = self
                 .pages
-                .contacts(&self.credentials, query, &self.report)
+                .get(&self.credentials, query, &self.report)
                 .await?;
             Ok::<_, Arc<AmoError>>((relations, page))
         }))

@@ -55,7 +55,8 @@ fn upstream_code(error: &AmoError) -> &'static str {
         AmoError::Server { .. }
         | AmoError::Timeout(_)
         | AmoError::Connect
-        | AmoError::Transport => "UPSTREAM_UNAVAILABLE",
+        | AmoError::Transport
+        | AmoError::Aborted => "UPSTREAM_UNAVAILABLE",
         AmoError::BadRequest { .. }
         | AmoError::UnknownEndpoint { .. }
         | AmoError::UnexpectedStatus { .. }

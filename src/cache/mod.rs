@@ -1,0 +1,154 @@
+//! The caches between the two boundaries: GraphQL asks them for upstream pages (and whole
+//! responses), they answer from moka or call amoCRM once for all concurrent askers.
+//!
+//! - [`pages`]: upstream pages with stale-while-revalidate, cheap revalidation by probe,
+//!   stale-if-error and relation reuse.
+//! - [`responses`]: whole GraphQL responses, valid only while the pages they were built from are
+//!   fresh and unchanged.
+//!
+//! Every key starts with the credential scope: two tokens never share an entry, because amoCRM
+//! shows each user only what their rights allow. Errors are never cached.
+
+mod flight;
+pub mod pages;
+pub mod responses;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+pub use pages::{Freshness, PageCache, PageDep};
+pub use responses::{ResponseCache, ResponseKey};
+
+use crate::amocrm::{AmoClient, ContactId, Relation};
+use crate::metrics::Metrics;
+
+/// Shares of `--cache-max-bytes`, in percent. Pages are what saves upstream calls; responses
+/// only save CPU, so they get the smaller share.
+pub const PAGE_CACHE_SHARE_PERCENT: u64 = 75;
+pub const RESPONSE_CACHE_SHARE_PERCENT: u64 = 25;
+
+/// Where a response's data came from, reported as `x-cache`. Ordered by severity: the most
+/// severe status of the pages a response used is the response's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CacheStatus {
+    Hit,
+    Miss,
+    Stale,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Stale => "STALE",
+        }
+    }
+}
+
+/// Collects, for one GraphQL request, how its pages were obtained, how long the oldest stays
+/// fresh, and which page versions it used (what a stored response depends on).
+#[derive(Debug, Default)]
+pub struct CacheReport(Mutex<ReportState>);
+
+#[derive(Debug, Default)]
+struct ReportState {
+    status: Option<CacheStatus>,
+    fresh_for: Option<Duration>,
+    deps: Vec<PageDep>,
+}
+
+impl CacheReport {
+    pub(crate) fn record(&self, status: CacheStatus, fresh_for: Duration, dep: PageDep) {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        state.status = state.status.max(Some(status));
+        state.fresh_for = Some(state.fresh_for.map_or(fresh_for, |f| f.min(fresh_for)));
+        if !state.deps.contains(&dep) {
+            state.deps.push(dep);
+        }
+    }
+
+    /// The overall status; a response that read no cached data is a miss.
+    pub fn status(&self) -> CacheStatus {
+        self.lock().status.unwrap_or(CacheStatus::Miss)
+    }
+
+    /// Freshness left on the oldest page used (zero once anything stale was served).
+    pub fn fresh_for(&self) -> Option<Duration> {
+        let state = self.lock();
+        if state.status == Some(CacheStatus::Stale) {
+            return Some(Duration::ZERO);
+        }
+        state.fresh_for
+    }
+
+    /// The page versions the response was built from.
+    pub fn deps(&self) -> Vec<PageDep> {
+        self.lock().deps.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReportState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What changed upstream, from a webhook or an operator's purge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    /// Forget everything.
+    All,
+    /// A contact changed: any list may now include or exclude it, so every contact page of
+    /// every scope goes, and with them the responses built from them.
+    Contact(ContactId),
+    /// Links to this relation were added or removed: pages that embed it go.
+    Relation(Relation),
+}
+
+/// All of the gateway's caches, sharing one memory budget.
+#[derive(Clone)]
+pub struct Caches {
+    pub pages: PageCache,
+    pub responses: ResponseCache,
+    metrics: Metrics,
+}
+
+impl Caches {
+    pub fn new(client: AmoClient, freshness: Freshness, max_bytes: u64, metrics: Metrics) -> Self {
+        let share = |percent: u64| max_bytes / 100 * percent;
+        Caches {
+            pages: PageCache::new(
+                client,
+                freshness,
+                share(PAGE_CACHE_SHARE_PERCENT),
+                metrics.clone(),
+            ),
+            responses: ResponseCache::new(
+                share(RESPONSE_CACHE_SHARE_PERCENT),
+                freshness.ttl,
+                metrics.clone(),
+            ),
+            metrics,
+        }
+    }
+
+    pub fn invalidate(&self, invalidation: Invalidation) {
+        tracing::info!(?invalidation, "invalidating cached data");
+        match invalidation {
+            Invalidation::All | Invalidation::Contact(_) => self.pages.invalidate_all(),
+            Invalidation::Relation(relation) => self.pages.invalidate_embedding(relation),
+        }
+        // Responses also check their pages on every hit; dropping them here frees their
+        // memory at once.
+        self.responses.invalidate_all();
+    }
+
+    /// Publishes entry counts and weights to the metrics.
+    pub async fn publish_sizes(&self) {
+        let (entries, bytes) = self.pages.size().await;
+        self.metrics
+            .cache_size(crate::metrics::CacheName::Pages, entries, bytes);
+        let (entries, bytes) = self.responses.size().await;
+        self.metrics
+            .cache_size(crate::metrics::CacheName::Responses, entries, bytes);
+    }
+}

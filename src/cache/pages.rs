@@ -1,0 +1,516 @@
+//! Upstream pages by `(scope, list, page, limit)`.
+//!
+//! An entry is fresh for `ttl` after it was last validated, then servable stale for `stale_ttl`
+//! while one background refresh revalidates it, and never kept longer than `max_age` after its
+//! last full download (deletions are invisible to the probe, so only a download proves them).
+//!
+//! Revalidation asks amoCRM the cheap question first: did any contact this scope can see change
+//! since the page was downloaded? A 204 renews the entry without downloading it, and the answer
+//! is reused for every other entry of the scope downloaded at or after the probed time.
+//!
+//! The relation set is not part of the key: an entry records the relations it was fetched
+//! with, and answers any request that needs a subset of them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::future::Cache;
+
+use super::flight::Flights;
+use super::{CacheReport, CacheStatus};
+use crate::amocrm::{
+    AmoClient, AmoError, ContactList, ContactsPage, ContactsQuery, PageSize, Relation, Relations,
+};
+use crate::auth::{Credentials, Scope};
+use crate::metrics::{CacheName, Lookup, Metrics, Refresh};
+
+/// Subtracted from the download time a probe asks about, for the second granularity of
+/// `updated_at` and of the `Date` header: asking a little too far back only costs a download.
+const PROBE_MARGIN_SECS: i64 = 2;
+/// After a failed refresh, the stale copy is served without new attempts for this long, so an
+/// outage is not met with a refresh per request.
+const REFRESH_BACKOFF: Duration = Duration::from_secs(5);
+/// What a cached page costs besides its decoded contacts: key, entry, moka's bookkeeping.
+const ENTRY_OVERHEAD_BYTES: usize = 512;
+/// How many probe outcomes (one per scope) are remembered.
+const MAX_PROBE_SCOPES: u64 = 10_000;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Freshness {
+    pub ttl: Duration,
+    pub stale_ttl: Duration,
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PageKey {
+    scope: Scope,
+    list: ContactList,
+    page: u32,
+    limit: PageSize,
+}
+
+impl PageKey {
+    fn new(scope: &Scope, query: &ContactsQuery) -> Self {
+        PageKey {
+            scope: scope.clone(),
+            list: query.list.clone(),
+            page: query.page,
+            limit: query.limit,
+        }
+    }
+
+    fn query(&self, relations: Relations) -> ContactsQuery {
+        ContactsQuery {
+            list: self.list.clone(),
+            page: self.page,
+            limit: self.limit,
+            relations,
+        }
+    }
+}
+
+/// A page version a response was built from: the response is valid while that version is
+/// cached and fresh.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PageDep {
+    key: PageKey,
+    version: u64,
+}
+
+impl PageDep {
+    pub fn heap_bytes(&self) -> usize {
+        std::mem::size_of::<PageDep>()
+            + self.key.list.search.as_ref().map_or(0, String::len)
+            + self.key.list.filter.ids.len() * 8
+    }
+}
+
+#[derive(Debug)]
+struct PageEntry {
+    page: Arc<ContactsPage>,
+    relations: Relations,
+    downloaded_at: Instant,
+    /// Last download or probe that showed the page current; freshness counts from here.
+    validated_at: Instant,
+    /// No refresh before this, after one failed.
+    retry_after: Option<Instant>,
+}
+
+impl PageEntry {
+    fn downloaded(page: ContactsPage, relations: Relations) -> Self {
+        let now = Instant::now();
+        PageEntry {
+            page: Arc::new(page),
+            relations,
+            downloaded_at: now,
+            validated_at: now,
+            retry_after: None,
+        }
+    }
+
+    fn version(&self) -> u64 {
+        self.page.content_hash
+    }
+
+    fn fresh_until(&self, f: &Freshness) -> Instant {
+        (self.validated_at + f.ttl).min(self.downloaded_at + f.max_age)
+    }
+
+    fn expires_at(&self, f: &Freshness) -> Instant {
+        (self.validated_at + f.ttl + f.stale_ttl).min(self.downloaded_at + f.max_age)
+    }
+
+    /// A probe is only worth it while a renewal would still leave a full TTL before `max_age`;
+    /// past that, download instead of probing into a renewal that soon expires.
+    fn worth_probing(&self, f: &Freshness, now: Instant) -> bool {
+        now + f.ttl < self.downloaded_at + f.max_age
+    }
+
+    fn renewed(&self, validated_at: Instant) -> Self {
+        PageEntry {
+            page: self.page.clone(),
+            relations: self.relations,
+            downloaded_at: self.downloaded_at,
+            validated_at,
+            retry_after: None,
+        }
+    }
+
+    fn backing_off(&self, until: Instant) -> Self {
+        PageEntry {
+            retry_after: Some(until),
+            ..self.renewed(self.validated_at)
+        }
+    }
+}
+
+struct PageExpiry(Freshness);
+
+impl Expiry<PageKey, Arc<PageEntry>> for PageExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &PageKey,
+        entry: &Arc<PageEntry>,
+        now: Instant,
+    ) -> Option<Duration> {
+        Some(entry.expires_at(&self.0).saturating_duration_since(now))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &PageKey,
+        entry: &Arc<PageEntry>,
+        now: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.expires_at(&self.0).saturating_duration_since(now))
+    }
+}
+
+type FlightResult = Result<Arc<PageEntry>, Arc<AmoError>>;
+
+/// The last "nothing changed" answer of a scope: no contact it can see changed between `since`
+/// and `sent_at`.
+#[derive(Debug, Clone, Copy)]
+struct Unchanged {
+    since: i64,
+    sent_at: Instant,
+}
+
+type ProbeSlot = Arc<tokio::sync::Mutex<Option<Unchanged>>>;
+
+/// Upstream pages, fetched at most once per validity window however many ask. Cheap to clone.
+#[derive(Clone)]
+pub struct PageCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: AmoClient,
+    entries: Cache<PageKey, Arc<PageEntry>>,
+    flights: Arc<Flights<PageKey, FlightResult>>,
+    /// One slot per scope: probes of a scope run one at a time and share their answer.
+    probes: Cache<Scope, ProbeSlot>,
+    freshness: Freshness,
+    /// Bumped by every invalidation: work started before it must not store what it fetched.
+    epoch: AtomicU64,
+    metrics: Metrics,
+}
+
+impl PageCache {
+    pub fn new(client: AmoClient, freshness: Freshness, max_bytes: u64, metrics: Metrics) -> Self {
+        let evictions = metrics.clone();
+        let entries = Cache::builder()
+            .name("pages")
+            .max_capacity(max_bytes)
+            .weigher(|_key: &PageKey, entry: &Arc<PageEntry>| {
+                u32::try_from(entry.page.heap_bytes + ENTRY_OVERHEAD_BYTES).unwrap_or(u32::MAX)
+            })
+            .expire_after(PageExpiry(freshness))
+            .support_invalidation_closures()
+            .eviction_listener(move |_key, _entry, cause| {
+                if cause.was_evicted() {
+                    evictions.cache_eviction(CacheName::Pages);
+                }
+            })
+            .build();
+        let probes = Cache::builder()
+            .max_capacity(MAX_PROBE_SCOPES)
+            .time_to_idle(freshness.max_age.max(freshness.ttl))
+            .build();
+        PageCache {
+            inner: Arc::new(Inner {
+                client,
+                entries,
+                flights: Flights::new(|| Err(Arc::new(AmoError::Aborted))),
+                probes,
+                freshness,
+                epoch: AtomicU64::new(0),
+                metrics,
+            }),
+        }
+    }
+
+    /// One page of contacts with at least `query.relations` embedded: fresh from the cache,
+    /// stale from the cache while it is refreshed in the background, or from amoCRM.
+    pub async fn get(
+        &self,
+        credentials: &Credentials,
+        query: ContactsQuery,
+        report: &CacheReport,
+    ) -> Result<Arc<ContactsPage>, Arc<AmoError>> {
+        let inner = &self.inner;
+        let key = PageKey::new(&credentials.scope, &query);
+        let needed = query.relations;
+        let mut counted = false;
+        // Twice at most: a joined flight may have fetched fewer relations than needed.
+        for _ in 0..3 {
+            let cached = inner.entries.get(&key).await;
+            let relations = match &cached {
+                Some(entry) if covers(entry.relations, needed) => {
+                    let now = Instant::now();
+                    let fresh_until = entry.fresh_until(&inner.freshness);
+                    let dep = PageDep {
+                        key: key.clone(),
+                        version: entry.version(),
+                    };
+                    if now < fresh_until {
+                        inner.metrics.cache_lookup(CacheName::Pages, Lookup::Hit);
+                        report.record(CacheStatus::Hit, fresh_until - now, dep);
+                    } else {
+                        inner.metrics.cache_lookup(CacheName::Pages, Lookup::Stale);
+                        report.record(CacheStatus::Stale, Duration::ZERO, dep);
+                        self.refresh_in_background(&key, credentials, entry.clone());
+                    }
+                    return Ok(entry.page.clone());
+                }
+                // Fetch the union: two clients alternating between relation sets of one page
+                // would otherwise replace each other's entry on every request.
+                Some(entry) => entry.relations.union(needed),
+                None => needed,
+            };
+            if !counted {
+                inner.metrics.cache_lookup(CacheName::Pages, Lookup::Miss);
+                counted = true;
+            }
+            let (flight, joined) = inner.flights.join_or_start(key.clone(), || {
+                download(
+                    self.inner.clone(),
+                    key.clone(),
+                    credentials.clone(),
+                    relations,
+                )
+            });
+            if joined {
+                inner.metrics.coalesced_waiter(CacheName::Pages);
+            }
+            let entry = flight.await?;
+            if covers(entry.relations, needed) {
+                let fresh_for = entry
+                    .fresh_until(&inner.freshness)
+                    .saturating_duration_since(Instant::now());
+                let dep = PageDep {
+                    key: key.clone(),
+                    version: entry.version(),
+                };
+                report.record(CacheStatus::Miss, fresh_for, dep);
+                return Ok(entry.page.clone());
+            }
+        }
+        // Relation sets kept changing under us; answer this request without the cache.
+        let page = inner
+            .client
+            .contacts(&credentials.token, &key.query(needed))
+            .await
+            .map_err(Arc::new)?;
+        Ok(Arc::new(page))
+    }
+
+    /// Freshness left on `dep`'s page if that version is still cached and fresh.
+    pub async fn fresh_for(&self, dep: &PageDep) -> Option<Duration> {
+        let entry = self.inner.entries.get(&dep.key).await?;
+        if entry.version() != dep.version {
+            return None;
+        }
+        entry
+            .fresh_until(&self.inner.freshness)
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
+    }
+
+    pub fn invalidate_all(&self) {
+        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+        self.inner.entries.invalidate_all();
+    }
+
+    /// Drops the pages that embed `relation`.
+    pub fn invalidate_embedding(&self, relation: Relation) {
+        self.inner
+            .invalidate_where(move |_, entry| entry.relations.contains(relation));
+    }
+
+    /// Entries and their weight, once pending maintenance has run.
+    pub async fn size(&self) -> (u64, u64) {
+        self.inner.entries.run_pending_tasks().await;
+        (
+            self.inner.entries.entry_count(),
+            self.inner.entries.weighted_size(),
+        )
+    }
+
+    fn refresh_in_background(
+        &self,
+        key: &PageKey,
+        credentials: &Credentials,
+        stale: Arc<PageEntry>,
+    ) {
+        if stale
+            .retry_after
+            .is_some_and(|until| Instant::now() < until)
+        {
+            return;
+        }
+        // A running flight (refresh or download) already brings news of this page.
+        let _ = self.inner.flights.join_or_start(key.clone(), || {
+            refresh(self.inner.clone(), key.clone(), credentials.clone(), stale)
+        });
+    }
+}
+
+fn covers(cached: Relations, needed: Relations) -> bool {
+    cached.union(needed) == cached
+}
+
+impl Inner {
+    fn invalidate_where(
+        &self,
+        predicate: impl Fn(&PageKey, &Arc<PageEntry>) -> bool + Send + Sync + 'static,
+    ) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        if let Err(e) = self.entries.invalidate_entries_if(predicate) {
+            // Only possible without `support_invalidation_closures`, which is set above.
+            tracing::error!(error = %e, "could not invalidate cache entries; dropping all");
+            self.entries.invalidate_all();
+        }
+    }
+
+    /// Stores `entry` unless an invalidation happened since `epoch`: then what was fetched may
+    /// predate the change, and the next request must fetch again.
+    async fn store(&self, epoch: u64, key: PageKey, entry: Arc<PageEntry>) {
+        if self.epoch.load(Ordering::SeqCst) == epoch {
+            self.entries.insert(key, entry).await;
+        }
+    }
+
+    /// What a failed upstream call means for the cached data of its scope.
+    fn forget_after(&self, error: &AmoError, key: &PageKey) {
+        // The token is dead: nothing it fetched may be served any more.
+        if let AmoError::Unauthorized { .. } = error {
+            let scope = key.scope.clone();
+            tracing::warn!("amoCRM answered 401: dropping every cached page of that token");
+            self.invalidate_where(move |k, _| k.scope == scope);
+        }
+    }
+
+    /// Whether amoCRM changed nothing this scope can see since `since`, as of when? `Some`
+    /// carries the time the answering probe was sent, `None` means something changed.
+    async fn unchanged_since(
+        &self,
+        credentials: &Credentials,
+        since: i64,
+        newer_than: Instant,
+    ) -> Result<Option<(Instant, Refresh)>, AmoError> {
+        let slot: ProbeSlot = self
+            .probes
+            .get_with(credentials.scope.clone(), async { ProbeSlot::default() })
+            .await;
+        let mut last = slot.lock().await;
+        if let Some(known) = *last
+            && known.since <= since
+            && known.sent_at > newer_than
+        {
+            return Ok(Some((known.sent_at, Refresh::ProbeReused)));
+        }
+        let sent_at = Instant::now();
+        if self
+            .client
+            .contacts_changed_since(&credentials.token, since)
+            .await?
+        {
+            *last = None;
+            return Ok(None);
+        }
+        *last = Some(Unchanged { since, sent_at });
+        Ok(Some((sent_at, Refresh::ProbeUnchanged)))
+    }
+}
+
+/// A foreground download: the page with `relations`, stored for everyone.
+async fn download(
+    inner: Arc<Inner>,
+    key: PageKey,
+    credentials: Credentials,
+    relations: Relations,
+) -> FlightResult {
+    let epoch = inner.epoch.load(Ordering::SeqCst);
+    match inner
+        .client
+        .contacts(&credentials.token, &key.query(relations))
+        .await
+    {
+        Ok(page) => {
+            let entry = Arc::new(PageEntry::downloaded(page, relations));
+            inner.store(epoch, key, entry.clone()).await;
+            Ok(entry)
+        }
+        Err(error) => {
+            inner.forget_after(&error, &key);
+            Err(Arc::new(error))
+        }
+    }
+}
+
+/// Revalidates a stale entry: a probe when that can spare the download, the download otherwise.
+async fn refresh(
+    inner: Arc<Inner>,
+    key: PageKey,
+    credentials: Credentials,
+    stale: Arc<PageEntry>,
+) -> FlightResult {
+    let epoch = inner.epoch.load(Ordering::SeqCst);
+    let freshness = inner.freshness;
+    let outcome = async {
+        if stale.worth_probing(&freshness, Instant::now()) {
+            let since = stale.page.upstream_time - PROBE_MARGIN_SECS;
+            match inner
+                .unchanged_since(&credentials, since, stale.validated_at)
+                .await?
+            {
+                Some((validated_at, how)) => {
+                    inner.metrics.cache_refresh(CacheName::Pages, how);
+                    return Ok(Arc::new(stale.renewed(validated_at)));
+                }
+                None => inner
+                    .metrics
+                    .cache_refresh(CacheName::Pages, Refresh::ProbeChanged),
+            }
+        }
+        let page = inner
+            .client
+            .contacts(&credentials.token, &key.query(stale.relations))
+            .await?;
+        inner
+            .metrics
+            .cache_refresh(CacheName::Pages, Refresh::Downloaded);
+        Ok::<_, AmoError>(Arc::new(PageEntry::downloaded(page, stale.relations)))
+    }
+    .await;
+
+    match outcome {
+        Ok(entry) => {
+            inner.store(epoch, key, entry.clone()).await;
+            Ok(entry)
+        }
+        Err(error) => {
+            inner
+                .metrics
+                .cache_refresh(CacheName::Pages, Refresh::Failed);
+            if error.is_transient() {
+                // Stale-if-error: the copy stays servable until its window ends.
+                tracing::warn!(%error, "refreshing a cached page failed; serving the stale copy");
+                let backing_off = Arc::new(stale.backing_off(Instant::now() + REFRESH_BACKOFF));
+                inner.store(epoch, key, backing_off).await;
+            } else {
+                // An answer about the caller (401, 402, a rights 403): the copy must not be
+                // served as if nothing happened.
+                tracing::warn!(%error, "refreshing a cached page was refused; dropping it");
+                inner.entries.invalidate(&key).await;
+                inner.forget_after(&error, &key);
+            }
+            Err(Arc::new(error))
+        }
+    }
+}
