@@ -134,6 +134,55 @@ impl TestApp {
     pub fn upstream_calls(&self) -> usize {
         self.fake.requests().len()
     }
+
+    /// The value of one series of `/metrics`, e.g.
+    /// `gateway_cache_lookups_total{cache="pages",result="hit"}`; 0 when not yet recorded.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0.0, |value| value.trim().parse().expect("a number"))
+    }
+
+    /// Waits until `series` reaches `at_least`: the signal that background work finished.
+    pub async fn wait_for_metric(&self, series: &str, at_least: f64) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if self.metric(series).await >= at_least {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{series} never reached {at_least}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn post(&self, path: &str, bearer: Option<&str>, body: &str) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_owned());
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("the gateway answers")
+    }
+}
+
+/// Lets a cache TTL pass: the passing of time is what these tests are about.
+pub async fn outlive(ttl: std::time::Duration) {
+    tokio::time::sleep(ttl + std::time::Duration::from_millis(100)).await;
 }
 
 /// Starts a gateway in front of `upstream_url` on a free port; it stops when the sender drops.
