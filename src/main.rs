@@ -7,6 +7,9 @@ use amocrm_gateway::config::{Cli, Command, LogFormat};
 use amocrm_gateway::fake_amocrm::{self, FakeOptions};
 use amocrm_gateway::{Gateway, graphql};
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

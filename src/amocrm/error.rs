@@ -53,9 +53,6 @@ pub enum AmoError {
 
     #[error("amoCRM sent a response that could not be read: {0}")]
     Decode(String),
-
-    #[error("the call to amoCRM was aborted")]
-    Aborted,
 }
 
 impl AmoError {
@@ -79,7 +76,6 @@ impl AmoError {
                 | Self::Connect
                 | Self::Transport
                 | Self::Decode(_)
-                | Self::Aborted
                 | Self::Forbidden {
                     reason: ForbiddenReason::AccountBlocked,
                     ..

@@ -1,7 +1,9 @@
 //! Single-flight: concurrent askers for one key share one piece of work, errors included.
 //!
-//! The work runs as its own task, so it finishes (and fills the cache) even when every asker
-//! has gone away, and a background refresh and a foreground miss of one key never run twice.
+//! The askers drive the work themselves (no hand-off to another task on the path of a miss),
+//! and the in-flight map holds it only weakly: when every asker has gone away the work is
+//! dropped like any cancelled request, and the next asker starts afresh. Work nobody waits for,
+//! such as a background refresh, gets a task of its own to drive it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -9,14 +11,12 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
-use futures::future::{BoxFuture, Shared};
+use futures::future::{BoxFuture, Shared, WeakShared};
 
 pub type Flight<V> = Shared<BoxFuture<'static, V>>;
 
 pub struct Flights<K, V: Clone> {
-    in_flight: Mutex<HashMap<K, Flight<V>>>,
-    /// What a flight yields if its task dies (it never should: tasks do not panic).
-    on_abort: fn() -> V,
+    in_flight: Mutex<HashMap<K, WeakShared<BoxFuture<'static, V>>>>,
 }
 
 impl<K, V> Flights<K, V>
@@ -24,10 +24,9 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    pub fn new(on_abort: fn() -> V) -> Arc<Self> {
+    pub fn new() -> Arc<Self> {
         Arc::new(Flights {
             in_flight: Mutex::new(HashMap::new()),
-            on_abort,
         })
     }
 
@@ -37,28 +36,42 @@ where
         F: Future<Output = V> + Send + 'static,
     {
         let mut in_flight = self.lock();
-        if let Some(flight) = in_flight.get(&key) {
-            return (flight.clone(), true);
+        if let Some(flight) = in_flight.get(&key).and_then(WeakShared::upgrade) {
+            return (flight, true);
         }
-        let flights = self.clone();
+        let flights = Arc::downgrade(self);
         let landing = key.clone();
         let work = work();
-        // The task removes its key once done; it cannot before the insert below, because it
+        // The flight removes its key once done; it cannot before the insert below, because it
         // needs the lock held here.
-        let task = tokio::spawn(async move {
+        let flight = async move {
             let value = work.await;
-            flights.lock().remove(&landing);
+            if let Some(flights) = flights.upgrade() {
+                flights.lock().remove(&landing);
+            }
             value
-        });
-        let on_abort = self.on_abort;
-        let flight = async move { task.await.unwrap_or_else(|_| on_abort()) }
-            .boxed()
-            .shared();
-        in_flight.insert(key, flight.clone());
+        }
+        .boxed()
+        .shared();
+        let weak = flight
+            .downgrade()
+            .expect("a flight that was never polled has not completed");
+        in_flight.insert(key, weak);
         (flight, false)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Flight<V>>> {
+    /// Joins or starts the flight for `key`, driven by a task of its own.
+    pub fn join_or_spawn<F>(self: &Arc<Self>, key: K, work: impl FnOnce() -> F)
+    where
+        F: Future<Output = V> + Send + 'static,
+    {
+        let (flight, joined) = self.join_or_start(key, work);
+        if !joined {
+            tokio::spawn(flight);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, WeakShared<BoxFuture<'static, V>>>> {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -71,7 +84,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_askers_share_one_run_and_a_finished_flight_lands() {
-        let flights: Arc<Flights<u8, usize>> = Flights::new(|| 0);
+        let flights: Arc<Flights<u8, usize>> = Flights::new();
         let runs = Arc::new(AtomicUsize::new(0));
         let (gate, opened) = tokio::sync::oneshot::channel::<()>();
         let runs_in = runs.clone();
@@ -88,5 +101,26 @@ mod tests {
         let (third, joined) = flights.join_or_start(1, || async { 7 });
         assert!(!joined, "a landed flight is gone");
         assert_eq!(third.await, 7);
+    }
+
+    #[tokio::test]
+    async fn a_flight_every_asker_left_is_dropped_and_started_again() {
+        let flights: Arc<Flights<u8, usize>> = Flights::new();
+        let (first, _) = flights.join_or_start(1, std::future::pending::<usize>);
+        drop(first);
+        let (again, joined) = flights.join_or_start(1, || async { 5 });
+        assert!(!joined);
+        assert_eq!(again.await, 5);
+    }
+
+    #[tokio::test]
+    async fn a_spawned_flight_runs_with_nobody_waiting() {
+        let flights: Arc<Flights<u8, usize>> = Flights::new();
+        let (done, finished) = tokio::sync::oneshot::channel();
+        flights.join_or_spawn(1, move || async move {
+            let _ = done.send(());
+            1
+        });
+        finished.await.expect("the spawned flight ran");
     }
 }

@@ -225,7 +225,7 @@ impl PageCache {
             inner: Arc::new(Inner {
                 client,
                 entries,
-                flights: Flights::new(|| Err(Arc::new(AmoError::Aborted))),
+                flights: Flights::new(),
                 probes,
                 freshness,
                 epoch: AtomicU64::new(0),
@@ -354,7 +354,7 @@ impl PageCache {
             return;
         }
         // A running flight (refresh or download) already brings news of this page.
-        let _ = self.inner.flights.join_or_start(key.clone(), || {
+        self.inner.flights.join_or_spawn(key.clone(), || {
             refresh(self.inner.clone(), key.clone(), credentials.clone(), stale)
         });
     }

@@ -105,6 +105,9 @@ pub struct FakeContact {
     pub lead_ids: Vec<u64>,
     pub customer_ids: Vec<u64>,
     pub catalog_elements: Vec<FakeCatalogLink>,
+    /// Lowercased names and field values, what amoCRM's `query` searches; kept up to date by
+    /// [`FakeContact::reindex`].
+    search_text: String,
 }
 
 #[derive(Debug, Clone)]
@@ -215,7 +218,12 @@ pub fn generate(count: usize) -> Vec<FakeContact> {
                         price_id: rng.chance(70).then_some(500_001),
                     })
                     .collect(),
+                search_text: String::new(),
             }
+        })
+        .map(|mut contact| {
+            contact.reindex();
+            contact
         })
         .collect()
 }
@@ -331,8 +339,13 @@ fn custom_fields(rng: &mut Rng, i: u64) -> Vec<FakeField> {
 }
 
 impl FakeContact {
-    /// The text amoCRM's `query` searches: names and custom field values.
+    /// Whether amoCRM's `query` finds this contact: a substring of its names or field values.
     pub fn matches_search(&self, needle_lowercase: &str) -> bool {
+        self.search_text.contains(needle_lowercase)
+    }
+
+    /// Rebuilds the searched text after a change.
+    pub fn reindex(&mut self) {
         let field_texts = self
             .custom_fields
             .iter()
@@ -342,15 +355,15 @@ impl FakeContact {
                 Value::String(s) => s.to_lowercase(),
                 other => other.to_string(),
             });
-        [
-            &self.name,
+        let names = [
+            self.name.as_str(),
             self.first_name.as_deref().unwrap_or(""),
             self.last_name.as_deref().unwrap_or(""),
         ]
         .into_iter()
-        .map(|s| s.to_lowercase())
-        .chain(field_texts)
-        .any(|text| text.contains(needle_lowercase))
+        .map(str::to_lowercase);
+        // A separator no search contains keeps a match inside one value.
+        self.search_text = names.chain(field_texts).collect::<Vec<_>>().join("\u{0}");
     }
 
     /// The values of one custom field, as the strings a filter compares with.

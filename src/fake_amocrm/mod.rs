@@ -235,6 +235,7 @@ impl FakeAmoCrm {
         if let Some(contact) = contacts.iter_mut().find(|c| c.id == id) {
             contact.name = name.to_owned();
             contact.updated_at = now;
+            contact.reindex();
         }
     }
 }
@@ -348,7 +349,10 @@ async fn admit(
     });
     let latency = state.latency_ms.load(Ordering::Relaxed);
     if latency > 0 {
-        tokio::time::sleep(Duration::from_millis(latency)).await;
+        // A thread's sleep is precise to microseconds where tokio's timer rounds up to the next
+        // millisecond: benchmarks that subtract this latency need it exact.
+        let latency = Duration::from_millis(latency);
+        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(latency)).await;
     }
     let failure = {
         let mut failures = lock(&state.failures);

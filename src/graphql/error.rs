@@ -55,8 +55,7 @@ fn upstream_code(error: &AmoError) -> &'static str {
         AmoError::Server { .. }
         | AmoError::Timeout(_)
         | AmoError::Connect
-        | AmoError::Transport
-        | AmoError::Aborted => "UPSTREAM_UNAVAILABLE",
+        | AmoError::Transport => "UPSTREAM_UNAVAILABLE",
         AmoError::BadRequest { .. }
         | AmoError::UnknownEndpoint { .. }
         | AmoError::UnexpectedStatus { .. }

@@ -106,16 +106,37 @@ async fn a_page_is_fetched_again_after_its_ttl() {
 async fn a_wider_cached_page_answers_narrower_relation_sets() {
     let app = TestApp::spawn().await;
     let select = |fields: &str| format!("{{ contacts(first: 30) {{ nodes {{ id {fields} }} }} }}");
-    let wide = app.query(Some(ADMIN_TOKEN), &select("leads { id } customers { id }")).await;
-    assert_eq!(app.contact_calls()[0].param("with"), Some("leads,customers"));
+    let wide = app
+        .query(Some(ADMIN_TOKEN), &select("leads { id } customers { id }"))
+        .await;
+    assert_eq!(
+        app.contact_calls()[0].param("with"),
+        Some("leads,customers")
+    );
     let narrow = app.query(Some(ADMIN_TOKEN), &select("leads { id }")).await;
     let none = app.query(Some(ADMIN_TOKEN), &select("name")).await;
-    assert_eq!((narrow.header("x-cache"), none.header("x-cache")), ("HIT", "HIT"));
+    assert_eq!(
+        (narrow.header("x-cache"), none.header("x-cache")),
+        ("HIT", "HIT")
+    );
     assert_eq!(app.upstream_calls(), 1);
-    assert_eq!(narrow.data()["contacts"]["nodes"][0]["leads"], wide.data()["contacts"]["nodes"][0]["leads"]);
+    assert_eq!(
+        narrow.data()["contacts"]["nodes"][0]["leads"],
+        wide.data()["contacts"]["nodes"][0]["leads"]
+    );
     // Needing more than is cached fetches the union, which then answers every set.
-    app.query(Some(ADMIN_TOKEN), &select("catalogElements { id }")).await.data();
-    assert_eq!(app.contact_calls()[1].param("with"), Some("leads,customers,catalog_elements"));
-    app.query(Some(ADMIN_TOKEN), &select("customers { id } catalogElements { id }")).await.data();
+    app.query(Some(ADMIN_TOKEN), &select("catalogElements { id }"))
+        .await
+        .data();
+    assert_eq!(
+        app.contact_calls()[1].param("with"),
+        Some("leads,customers,catalog_elements")
+    );
+    app.query(
+        Some(ADMIN_TOKEN),
+        &select("customers { id } catalogElements { id }"),
+    )
+    .await
+    .data();
     assert_eq!(app.upstream_calls(), 2);
 }

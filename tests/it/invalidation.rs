@@ -29,7 +29,12 @@ async fn warm(app: &TestApp) {
 async fn cache_states(app: &TestApp) -> Vec<String> {
     let mut states = Vec::new();
     for token in [ADMIN_TOKEN, MANAGER_TOKEN] {
-        states.push(app.query(Some(token), QUERY).await.header("x-cache").to_owned());
+        states.push(
+            app.query(Some(token), QUERY)
+                .await
+                .header("x-cache")
+                .to_owned(),
+        );
     }
     states
 }
@@ -44,7 +49,8 @@ async fn an_identical_operation_is_answered_without_executing_it() {
     assert_eq!(second.body, first.body);
     assert_eq!(app.metric(CACHED).await, 1.0, "answered from stored bytes");
     assert_eq!(
-        app.metric("gateway_cache_lookups_total{cache=\"pages\",result=\"hit\"}").await,
+        app.metric("gateway_cache_lookups_total{cache=\"pages\",result=\"hit\"}")
+            .await,
         0.0,
         "no resolver ran"
     );
@@ -65,7 +71,10 @@ async fn responses_with_errors_are_not_stored() {
     let app = spawn().await;
     let query = r#"{ good: contacts(first: 2) { nodes { id } } bad: contact(id: "x") { id } }"#;
     for _ in 0..2 {
-        assert_eq!(app.query(Some(ADMIN_TOKEN), query).await.codes(), vec!["BAD_USER_INPUT"]);
+        assert_eq!(
+            app.query(Some(ADMIN_TOKEN), query).await.codes(),
+            vec!["BAD_USER_INPUT"]
+        );
     }
     assert_eq!(app.metric(CACHED).await, 0.0);
 }
@@ -95,15 +104,27 @@ async fn webhooks_with_a_wrong_secret_or_no_id_change_nothing() {
     let app = spawn().await;
     warm(&app).await;
     let wrong = app
-        .post("/webhooks/amocrm/not-the-secret", None, "contacts[update][0][id]=7000000")
+        .post(
+            "/webhooks/amocrm/not-the-secret",
+            None,
+            "contacts[update][0][id]=7000000",
+        )
         .await;
     assert_eq!(wrong.status(), 404);
     let unreadable = app
-        .post(&format!("/webhooks/amocrm/{SECRET}"), None, "account[subdomain]=demo")
+        .post(
+            &format!("/webhooks/amocrm/{SECRET}"),
+            None,
+            "account[subdomain]=demo",
+        )
         .await;
     assert_eq!(unreadable.status(), 400);
     let unused = app
-        .post(&format!("/webhooks/amocrm/{SECRET}"), None, "tasks[add][0][id]=5&leads[status][0][id]=9")
+        .post(
+            &format!("/webhooks/amocrm/{SECRET}"),
+            None,
+            "tasks[add][0][id]=5&leads[status][0][id]=9",
+        )
         .await;
     assert_eq!(unused.status(), 200, "amoCRM would retry anything else");
     assert_eq!(cache_states(&app).await, vec!["HIT", "HIT"]);
@@ -118,11 +139,25 @@ async fn a_lead_link_webhook_drops_only_pages_that_embed_leads() {
     app.query(Some(ADMIN_TOKEN), with_leads).await.data();
     app.query(Some(ADMIN_TOKEN), without).await.data();
     let answer = app
-        .post(&format!("/webhooks/amocrm/{SECRET}"), None, "leads[add][0][id]=20000000")
+        .post(
+            &format!("/webhooks/amocrm/{SECRET}"),
+            None,
+            "leads[add][0][id]=20000000",
+        )
         .await;
     assert_eq!(answer.status(), 200);
-    assert_eq!(app.query(Some(ADMIN_TOKEN), with_leads).await.header("x-cache"), "MISS");
-    assert_eq!(app.query(Some(ADMIN_TOKEN), without).await.header("x-cache"), "HIT");
+    assert_eq!(
+        app.query(Some(ADMIN_TOKEN), with_leads)
+            .await
+            .header("x-cache"),
+        "MISS"
+    );
+    assert_eq!(
+        app.query(Some(ADMIN_TOKEN), without)
+            .await
+            .header("x-cache"),
+        "HIT"
+    );
 }
 
 #[tokio::test]
@@ -130,26 +165,55 @@ async fn the_admin_purge_needs_the_admin_token() {
     let app = spawn().await;
     warm(&app).await;
     assert_eq!(app.post("/admin/cache/purge", None, "").await.status(), 401);
-    assert_eq!(app.post("/admin/cache/purge", Some("wrong-token"), "").await.status(), 401);
+    assert_eq!(
+        app.post("/admin/cache/purge", Some("wrong-token"), "")
+            .await
+            .status(),
+        401
+    );
     assert_eq!(cache_states(&app).await, vec!["HIT", "HIT"]);
-    let bad = app.post("/admin/cache/purge?contact_id=abc", Some(ADMIN), "").await;
+    let bad = app
+        .post("/admin/cache/purge?contact_id=abc", Some(ADMIN), "")
+        .await;
     assert_eq!(bad.status(), 400);
 
-    let one = app.post("/admin/cache/purge?contact_id=7000000", Some(ADMIN), "").await;
+    let one = app
+        .post("/admin/cache/purge?contact_id=7000000", Some(ADMIN), "")
+        .await;
     assert_eq!(one.status(), 200);
     let body: serde_json::Value = one.json().await.expect("json");
-    assert_eq!(body, serde_json::json!({ "purged": "contact", "contactId": "7000000" }));
+    assert_eq!(
+        body,
+        serde_json::json!({ "purged": "contact", "contactId": "7000000" })
+    );
     assert_eq!(cache_states(&app).await, vec!["MISS", "MISS"]);
 
     let all = app.post("/admin/cache/purge", Some(ADMIN), "").await;
     assert_eq!(all.status(), 200);
     assert_eq!(cache_states(&app).await, vec!["MISS", "MISS"]);
-    assert_eq!(ids(&app.query(Some(ADMIN_TOKEN), QUERY).await.data()["contacts"]).len(), 10);
+    assert_eq!(
+        ids(&app.query(Some(ADMIN_TOKEN), QUERY).await.data()["contacts"]).len(),
+        10
+    );
 }
 
 #[tokio::test]
 async fn without_their_secrets_the_routes_do_not_exist() {
     let app = TestApp::spawn().await;
-    assert_eq!(app.post("/webhooks/amocrm/anything", None, "contacts[update][0][id]=1").await.status(), 404);
-    assert_eq!(app.post("/admin/cache/purge", Some("anything"), "").await.status(), 404);
+    assert_eq!(
+        app.post(
+            "/webhooks/amocrm/anything",
+            None,
+            "contacts[update][0][id]=1"
+        )
+        .await
+        .status(),
+        404
+    );
+    assert_eq!(
+        app.post("/admin/cache/purge", Some("anything"), "")
+            .await
+            .status(),
+        404
+    );
 }

@@ -20,38 +20,77 @@ async fn counters_follow_what_happened() {
     join_all(queries.iter().map(|q| app.query(Some(ADMIN_TOKEN), q))).await;
     app.query(Some(ADMIN_TOKEN), &query(1)).await;
     app.fake.fail_next([Failure::empty(500)]);
-    app.query(Some(ADMIN_TOKEN), "{ contacts(filter: { query: \"x\" }) { nodes { id } } }")
-        .await;
+    app.query(
+        Some(ADMIN_TOKEN),
+        "{ contacts(filter: { query: \"x\" }) { nodes { id } } }",
+    )
+    .await;
 
-    let pages = |result: &str| format!("gateway_cache_lookups_total{{cache=\"pages\",result=\"{result}\"}}");
+    let pages = |result: &str| {
+        format!("gateway_cache_lookups_total{{cache=\"pages\",result=\"{result}\"}}")
+    };
     assert_eq!(app.metric(&pages("miss")).await, 11.0);
-    assert_eq!(app.metric(&pages("hit")).await, 0.0, "the repeat came from the response cache");
     assert_eq!(
-        app.metric("gateway_cache_lookups_total{cache=\"responses\",result=\"hit\"}").await,
-        1.0
-    );
-    assert_eq!(app.metric("gateway_cache_coalesced_waiters_total{cache=\"pages\"}").await, 9.0);
-    assert_eq!(
-        app.metric("gateway_upstream_requests_total{endpoint=\"/api/v4/contacts\",status=\"200\"}").await,
-        1.0
+        app.metric(&pages("hit")).await,
+        0.0,
+        "the repeat came from the response cache"
     );
     assert_eq!(
-        app.metric("gateway_upstream_requests_total{endpoint=\"/api/v4/contacts\",status=\"500\"}").await,
+        app.metric("gateway_cache_lookups_total{cache=\"responses\",result=\"hit\"}")
+            .await,
         1.0
     );
     assert_eq!(
-        app.metric("gateway_upstream_duration_seconds_count{endpoint=\"/api/v4/contacts\"}").await,
+        app.metric("gateway_cache_coalesced_waiters_total{cache=\"pages\"}")
+            .await,
+        9.0
+    );
+    assert_eq!(
+        app.metric("gateway_upstream_requests_total{endpoint=\"/api/v4/contacts\",status=\"200\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        app.metric("gateway_upstream_requests_total{endpoint=\"/api/v4/contacts\",status=\"500\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        app.metric("gateway_upstream_duration_seconds_count{endpoint=\"/api/v4/contacts\"}")
+            .await,
         2.0
     );
     assert!(
-        app.metric("gateway_upstream_duration_seconds_bucket{endpoint=\"/api/v4/contacts\",le=\"0.25\"}").await
+        app.metric(
+            "gateway_upstream_duration_seconds_bucket{endpoint=\"/api/v4/contacts\",le=\"0.25\"}"
+        )
+        .await
             >= 1.0
     );
-    assert_eq!(app.metric("gateway_graphql_requests_total{outcome=\"ok\"}").await, 10.0);
-    assert_eq!(app.metric("gateway_graphql_requests_total{outcome=\"cached\"}").await, 1.0);
-    assert_eq!(app.metric("gateway_graphql_requests_total{outcome=\"error\"}").await, 1.0);
-    assert_eq!(app.metric("gateway_cache_entries{cache=\"pages\"}").await, 1.0);
-    assert!(app.metric("gateway_cache_weighted_bytes{cache=\"pages\"}").await > 10_000.0);
+    assert_eq!(
+        app.metric("gateway_graphql_requests_total{outcome=\"ok\"}")
+            .await,
+        10.0
+    );
+    assert_eq!(
+        app.metric("gateway_graphql_requests_total{outcome=\"cached\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        app.metric("gateway_graphql_requests_total{outcome=\"error\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        app.metric("gateway_cache_entries{cache=\"pages\"}").await,
+        1.0
+    );
+    assert!(
+        app.metric("gateway_cache_weighted_bytes{cache=\"pages\"}")
+            .await
+            > 10_000.0
+    );
     let text = app
         .http()
         .get(app.url("/metrics"))
@@ -82,6 +121,14 @@ async fn evictions_are_counted_when_the_budget_is_small() {
         .await
         .data();
     }
-    assert!(app.metric("gateway_cache_evictions_total{cache=\"pages\"}").await >= 1.0);
-    assert!(app.metric("gateway_cache_weighted_bytes{cache=\"pages\"}").await <= 196_608.0);
+    assert!(
+        app.metric("gateway_cache_evictions_total{cache=\"pages\"}")
+            .await
+            >= 1.0
+    );
+    assert!(
+        app.metric("gateway_cache_weighted_bytes{cache=\"pages\"}")
+            .await
+            <= 196_608.0
+    );
 }

@@ -1,0 +1,474 @@
+//! Load benchmark: the gateway (the release binary, in its own process) against the fake amoCRM
+//! on loopback, next to a minimal axum handler serving the same bytes, all in one run.
+//!
+//!     cargo bench --bench load                 # hot, cold and memory
+//!     cargo bench --bench load -- hot          # or cold, or memory
+//!
+//! Every response body is checked for GraphQL errors; a run with any fails.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use amocrm_gateway::fake_amocrm::{ADMIN_TOKEN, FakeAmoCrm, FakeOptions};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const HOT_SECONDS: u64 = 5;
+const COLD_SECONDS: u64 = 3;
+const COLD_ROUNDS: usize = 5;
+const HOT_CLIENTS: usize = 16;
+const UPSTREAM_LATENCY: Duration = Duration::from_millis(20);
+/// The budget of the memory run; `LOAD_MEMORY_BUDGET_MIB` overrides it.
+const MEMORY_BUDGET_MIB: u64 = 64;
+const MEMORY_PAGES: usize = 1_500;
+
+const HOT_QUERY: &str = "{ contacts(first: 50) { edges { cursor node { id name updatedAt \
+    customFieldsValues { fieldId fieldCode values { value enumCode } } tags { id name } \
+    leads { id } } } pageInfo { hasNextPage endCursor } } }";
+
+fn main() {
+    let modes: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wants = |mode: &str| modes.is_empty() || modes.iter().any(|m| m == mode);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        if wants("hot") {
+            hot().await;
+        }
+        if wants("cold") {
+            cold().await;
+        }
+        if wants("memory") {
+            memory().await;
+        }
+    });
+}
+
+/// A runtime on its own thread, so that servers in this process are not scheduled behind the
+/// load generator. Dropped from async code, it is shut down by its thread, where that is allowed.
+struct Background {
+    handle: tokio::runtime::Handle,
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+fn background(workers: usize) -> Background {
+    let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        handle_tx
+            .send(runtime.handle().clone())
+            .expect("main waits");
+        let _ = stopped.recv();
+    });
+    Background {
+        handle: handle_rx.recv().expect("the runtime starts"),
+        _stop: stop,
+    }
+}
+
+struct Upstream {
+    fake: FakeAmoCrm,
+    _runtime: Background,
+}
+
+async fn start_fake(latency: Duration) -> Upstream {
+    let runtime = background(1);
+    let options = FakeOptions {
+        latency,
+        ..FakeOptions::default()
+    };
+    let fake = runtime
+        .handle
+        .spawn(FakeAmoCrm::start(([127, 0, 0, 1], 0).into(), options))
+        .await
+        .expect("spawned")
+        .expect("the fake starts");
+    Upstream {
+        fake,
+        _runtime: runtime,
+    }
+}
+
+struct GatewayProcess {
+    child: Child,
+    url: String,
+}
+
+impl GatewayProcess {
+    async fn start(upstream: &str, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_amocrm-gateway"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream-url",
+                upstream,
+                "--access-token",
+                ADMIN_TOKEN,
+            ])
+            .args(["--cache-ttl", "10m", "--cache-max-age", "10m"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the gateway binary starts");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let mut url = String::new();
+        while let Some(line) = lines.next_line().await.expect("reads") {
+            if let Some(graphiql) = line.strip_prefix("GraphiQL: ") {
+                url = graphiql.replace("/graphiql", "/graphql");
+                break;
+            }
+        }
+        assert!(!url.is_empty(), "the gateway printed no URL");
+        GatewayProcess { child, url }
+    }
+
+    fn rss_bytes(&self) -> u64 {
+        let pid = self.child.id().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_gzip()
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("a client")
+}
+
+/// Latencies of one run, and how many requests it made.
+struct Run {
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+impl Run {
+    fn rps(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted.get(index).copied().unwrap_or_default()
+    }
+}
+
+/// `clients` loops sending `request(n)` for `seconds`, with `n` unique across the run.
+async fn load<F, Fut>(clients: usize, seconds: u64, request: F) -> Run
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let request = Arc::new(request);
+    let counter = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let workers: Vec<_> = (0..clients)
+        .map(|_| {
+            let request = request.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    let sent = Instant::now();
+                    request(n).await;
+                    latencies.push(sent.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for worker in workers {
+        latencies.extend(worker.await.expect("a worker"));
+    }
+    Run {
+        latencies,
+        elapsed: started.elapsed(),
+    }
+}
+
+async fn post_graphql(client: &reqwest::Client, url: &str, query: &str) -> bytes::Bytes {
+    let body = client
+        .post(url)
+        .json(&serde_json::json!({ "query": query }))
+        .send()
+        .await
+        .expect("the gateway answers")
+        .bytes()
+        .await
+        .expect("a body");
+    assert!(
+        !body.windows(9).any(|w| w == b"\"errors\":"),
+        "a GraphQL error: {}",
+        String::from_utf8_lossy(&body)
+    );
+    body
+}
+
+/// A minimal axum handler that returns `body` for every POST: the ceiling for the hot path.
+async fn start_reference(body: bytes::Bytes) -> (SocketAddr, Background) {
+    let runtime = background(2);
+    let addr = runtime
+        .handle
+        .spawn(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let app = axum::Router::new().route(
+                "/graphql",
+                axum::routing::post(move || {
+                    let body = body.clone();
+                    async move { ([("content-type", "application/json")], body) }
+                }),
+            );
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            addr
+        })
+        .await
+        .expect("spawned");
+    (addr, runtime)
+}
+
+async fn hot() {
+    let upstream = start_fake(Duration::ZERO).await;
+    let gateway = GatewayProcess::start(&upstream.fake.base_url(), &[]).await;
+    let client = client();
+    let body = post_graphql(&client, &gateway.url, HOT_QUERY).await;
+    let (reference_addr, _reference) = start_reference(body.clone()).await;
+    let reference_url = format!("http://{reference_addr}/graphql");
+
+    let run = |url: String| {
+        let client = client.clone();
+        load(HOT_CLIENTS, HOT_SECONDS, move |_| {
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                post_graphql(&client, &url, HOT_QUERY).await;
+            }
+        })
+    };
+    let reference = run(reference_url).await;
+    let hot = run(gateway.url.clone()).await;
+    let upstream_calls = upstream.fake.requests().len();
+
+    println!(
+        "\n## hot: the same 50-contact query, {HOT_CLIENTS} clients, {HOT_SECONDS}s each, {} bytes a response",
+        body.len()
+    );
+    println!("| server | req/s | p50 | p99 |\n|---|---|---|---|");
+    for (name, r) in [
+        ("reference (axum, same bytes)", &reference),
+        ("gateway", &hot),
+    ] {
+        println!(
+            "| {name} | {:.0} | {:?} | {:?} |",
+            r.rps(),
+            r.percentile(0.5),
+            r.percentile(0.99)
+        );
+    }
+    println!(
+        "gateway/reference throughput: {:.0} %; upstream calls for {} requests: {upstream_calls}",
+        100.0 * hot.rps() / reference.rps(),
+        hot.latencies.len() + 1
+    );
+}
+
+async fn cold() {
+    let latency = std::env::var("LOAD_UPSTREAM_LATENCY_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map_or(UPSTREAM_LATENCY, Duration::from_millis);
+    let upstream = start_fake(latency).await;
+    let gateway = GatewayProcess::start(&upstream.fake.base_url(), &[]).await;
+    let client = client();
+    let base = upstream.fake.base_url();
+    println!(
+        "\n## cold: every request a distinct search, upstream latency {latency:?}; \
+         {COLD_ROUNDS} alternating rounds of {COLD_SECONDS}s direct, {COLD_SECONDS}s through the gateway"
+    );
+    println!(
+        "| clients | direct p50 | gateway p50 | added at p50 (median of rounds) | added at p99 (median) | upstream calls / gateway requests |\n|---|---|---|---|---|---|"
+    );
+    // Each search finds one contact by its e-mail; a counter keeps every search distinct.
+    let searches = Arc::new(AtomicU64::new(0));
+    for clients in [1, 8] {
+        let (mut added_p50, mut added_p99, mut direct_p50, mut gateway_p50) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut requests, mut calls) = (0, 0);
+        for _ in 0..COLD_ROUNDS {
+            let direct = {
+                let client = client.clone();
+                let base = base.clone();
+                load(clients, COLD_SECONDS, move |n| {
+                    let client = client.clone();
+                    let url = format!(
+                        "{base}/api/v4/contacts?page=1&limit=250&query=contact{}%40",
+                        n % 2400
+                    );
+                    async move {
+                        let response = client
+                            .get(url)
+                            .bearer_auth(ADMIN_TOKEN)
+                            .send()
+                            .await
+                            .expect("answers");
+                        response.bytes().await.expect("a body");
+                    }
+                })
+                .await
+            };
+            upstream.fake.clear_requests();
+            let through = {
+                let client = client.clone();
+                let url = gateway.url.clone();
+                let searches = searches.clone();
+                load(clients, COLD_SECONDS, move |_| {
+                    let client = client.clone();
+                    let url = url.clone();
+                    let n = searches.fetch_add(1, Ordering::Relaxed);
+                    // The e-mail picks the contact; the date range makes each search distinct.
+                    let query = format!(
+                        "{{ contacts(first: 50, filter: {{ query: \"contact{}@\", updatedAt: {{ from: \"{}\" }} }}) {{ nodes {{ id name }} }} }}",
+                        n % 2400,
+                        rfc3339(946_684_800 + n as i64),
+                    );
+                    async move {
+                        post_graphql(&client, &url, &query).await;
+                    }
+                })
+                .await
+            };
+            calls += upstream.fake.requests().len();
+            requests += through.latencies.len();
+            added_p50
+                .push(through.percentile(0.5).as_secs_f64() - direct.percentile(0.5).as_secs_f64());
+            added_p99.push(
+                through.percentile(0.99).as_secs_f64() - direct.percentile(0.99).as_secs_f64(),
+            );
+            direct_p50.push(direct.percentile(0.5).as_secs_f64());
+            gateway_p50.push(through.percentile(0.5).as_secs_f64());
+        }
+        let ms = |v: f64| format!("{:.2} ms", v * 1000.0);
+        println!(
+            "| {clients} | {} | {} | {} | {} | {calls} / {requests} |",
+            ms(median(&mut direct_p50)),
+            ms(median(&mut gateway_p50)),
+            ms(median(&mut added_p50)),
+            ms(median(&mut added_p99)),
+        );
+    }
+
+    // One distinct page asked by many clients at once, cold: one upstream call.
+    upstream.fake.clear_requests();
+    let query = "{ contacts(first: 50, filter: { query: \"Иван\" }) { nodes { id } } }";
+    let burst: Vec<_> = (0..64)
+        .map(|_| post_graphql(&client, &gateway.url, query))
+        .collect();
+    futures::future::join_all(burst).await;
+    println!(
+        "64 concurrent identical cold requests: {} upstream call(s)",
+        upstream.fake.requests().len()
+    );
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+async fn memory() {
+    let upstream = start_fake(Duration::ZERO).await;
+    let budget_mib: u64 = std::env::var("LOAD_MEMORY_BUDGET_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MEMORY_BUDGET_MIB);
+    let budget = format!("{budget_mib}MiB");
+    let gateway =
+        GatewayProcess::start(&upstream.fake.base_url(), &["--cache-max-bytes", &budget]).await;
+    let client = client();
+    let idle = gateway.rss_bytes();
+    let mut peak = idle;
+    let started = Instant::now();
+    // Distinct lists of up to 250 contacts with every relation: far more than the budget holds.
+    for i in 0..MEMORY_PAGES {
+        let query = format!(
+            "{{ contacts(first: 250, filter: {{ createdAt: {{ from: \"{}\" }} }}) {{ nodes {{ id name \
+             customFieldsValues {{ fieldId values {{ value enumCode }} }} tags {{ name }} leads {{ id }} \
+             customers {{ id }} catalogElements {{ id metadata }} }} }} }}",
+            rfc3339(1_585_000_000 + i as i64 * 3_000)
+        );
+        post_graphql(&client, &gateway.url, &query).await;
+        if i % 25 == 0 {
+            peak = peak.max(gateway.rss_bytes());
+        }
+    }
+    let end = gateway.rss_bytes();
+    peak = peak.max(end);
+    let metrics = client
+        .get(gateway.url.replace("/graphql", "/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let weighted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("gateway_cache_weighted_bytes"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "\n## memory: {MEMORY_PAGES} distinct full pages (every relation) through --cache-max-bytes {budget}"
+    );
+    println!(
+        "| RSS idle | RSS peak | RSS end | caches' weighted bytes | peak over budget |\n|---|---|---|---|---|"
+    );
+    println!(
+        "| {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+        mib(idle),
+        mib(peak),
+        mib(end),
+        weighted / (1 << 20) as f64,
+        mib(peak.saturating_sub(budget_mib << 20))
+    );
+    println!(
+        "({:.1}s, {} upstream calls)",
+        started.elapsed().as_secs_f64(),
+        upstream.fake.requests().len()
+    );
+}
+
+fn rfc3339(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .expect("a date in range")
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
