@@ -19,10 +19,10 @@
 //! - [`fake_amocrm`]: a faithful fake of the upstream, for `--demo` and the tests.
 //!
 //! ## Request flow
-//! 0. An operation identical to a recent one is answered from [`cache::ResponseCache`] while
-//!    every page it was built from is unchanged and fresh.
-//! 1. `server` resolves the caller's [`auth::Credentials`] and puts a fresh
-//!    [`graphql::RequestContext`] (credentials, DataLoader, cache report) into the request.
+//! 1. `server` resolves the caller's [`auth::Credentials`]. An operation identical to a recent
+//!    one is answered from [`cache::ResponseCache`] while every page it was built from is
+//!    unchanged and fresh; otherwise a fresh [`graphql::RequestContext`] (credentials,
+//!    DataLoader, cache report) goes into the request.
 //! 2. Before execution, `graphql::selection` plans the operation: which relations each root field
 //!    selects (following fragments, aliases, `@skip`/`@include`) and every `contact(id:)` id.
 //! 3. Resolvers validate arguments into an [`amocrm::ContactList`], and `graphql::connection` cuts
