@@ -22,6 +22,7 @@ const LATENCY_BUCKETS: [f64; 12] = [
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheName {
     Pages,
+    Entities,
     Responses,
 }
 
@@ -29,6 +30,7 @@ impl CacheName {
     pub fn as_str(self) -> &'static str {
         match self {
             CacheName::Pages => "pages",
+            CacheName::Entities => "entities",
             CacheName::Responses => "responses",
         }
     }

@@ -22,7 +22,9 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::amocrm::webhook::{self, Entity};
-use crate::amocrm::{AccessToken, AmoClient, ClientConfig, ContactId, PageSize, Relation};
+use crate::amocrm::{
+    AccessToken, AmoClient, ClientConfig, ContactId, EntityKind, PageSize, Relation,
+};
 use crate::auth::{AuthMode, ScopeKey, Secret, bearer_token};
 use crate::cache::{CacheReport, CacheStatus, Caches, Freshness, Invalidation, ResponseKey};
 use crate::config::ServeConfig;
@@ -32,6 +34,8 @@ use crate::metrics::Metrics;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+/// The longest duration any flag accepts: far beyond sense, far below overflow.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The example GraphiQL opens with: contacts with their leads, paged with variables.
 const EXAMPLE_QUERY: &str = r#"# Contacts with their leads, newest changes first.
@@ -66,6 +70,8 @@ pub enum StartupError {
     HttpClient(#[from] reqwest::Error),
     #[error("invalid --cors-origin {0:?}: must be an origin such as https://app.example.com, or *")]
     CorsOrigin(String),
+    #[error("{flag} ({value:?}) is longer than a year")]
+    DurationTooLong { flag: &'static str, value: Duration },
     #[error("--cache-max-age ({max_age:?}) must not be shorter than --cache-ttl ({ttl:?})")]
     MaxAgeBelowTtl { max_age: Duration, ttl: Duration },
 }
@@ -119,6 +125,20 @@ impl Gateway {
             (url, auth, None)
         };
 
+        for (flag, value) in [
+            ("--cache-ttl", config.cache_ttl),
+            ("--cache-stale-ttl", config.cache_stale_ttl),
+            ("--cache-max-age", config.cache_max_age),
+            ("--upstream-timeout", config.upstream_timeout),
+            (
+                "--upstream-connect-timeout",
+                config.upstream_connect_timeout,
+            ),
+        ] {
+            if value > MAX_DURATION {
+                return Err(StartupError::DurationTooLong { flag, value });
+            }
+        }
         if config.cache_max_age < config.cache_ttl {
             return Err(StartupError::MaxAgeBelowTtl {
                 max_age: config.cache_max_age,
@@ -272,13 +292,18 @@ async fn graphql_handler(
         )
     });
     if let Some(key) = &stored_as
-        && let Some((body, fresh_for)) = state.caches.responses.get(key, &state.caches.pages).await
+        && let Some((body, fresh_for)) = state.caches.responses.get(key, &state.caches).await
     {
         state.metrics.graphql_request("cached");
         return graphql_response(body, true, CacheStatus::Hit, Some(fresh_for));
     }
 
-    let context = RequestContext::new(credentials, state.caches.pages.clone(), state.page_size);
+    let context = RequestContext::new(
+        credentials,
+        state.caches.pages.clone(),
+        state.caches.entities.clone(),
+        state.page_size,
+    );
     let report: Arc<CacheReport> = context.report_handle();
     let response = state.schema.execute(request.data(context)).await;
     let ok = response.is_ok();
@@ -356,29 +381,42 @@ async fn amocrm_webhook(
         Ok(events) => events,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
-    let mut invalidations: Vec<Invalidation> = events
-        .iter()
-        .filter_map(|event| {
-            // Adding, deleting or restoring a lead or customer changes which ids the contacts
-            // linked to it embed; other events about them change nothing a contact page holds.
-            let links_change = matches!(event.action.as_str(), "add" | "delete" | "restore");
-            match event.entity {
-                Entity::Contact(id) => Some(Invalidation::Contact(id)),
-                Entity::Lead(_) if links_change => Some(Invalidation::Relation(Relation::Leads)),
-                Entity::Customer(_) if links_change => {
-                    Some(Invalidation::Relation(Relation::Customers))
+    let mut invalidations: Vec<Invalidation> = Vec::new();
+    for event in &events {
+        // Adding, deleting or restoring a lead or customer changes which ids the contacts
+        // linked to it embed; any event about it changes what is cached about it.
+        let links_change = matches!(event.action.as_str(), "add" | "delete" | "restore");
+        match event.entity {
+            Entity::Contact(id) => invalidations.push(Invalidation::Contact(id)),
+            Entity::Lead(id) => {
+                invalidations.push(Invalidation::Entity(EntityKind::Lead, id));
+                if links_change {
+                    invalidations.push(Invalidation::Relation(Relation::Leads));
                 }
-                Entity::Lead(_) | Entity::Customer(_) | Entity::Company(_) | Entity::Other => None,
             }
-        })
-        .collect();
+            Entity::Customer(id) => {
+                invalidations.push(Invalidation::Entity(EntityKind::Customer, id));
+                if links_change {
+                    invalidations.push(Invalidation::Relation(Relation::Customers));
+                }
+            }
+            Entity::Company(id) => {
+                invalidations.push(Invalidation::Entity(EntityKind::Company, id))
+            }
+            Entity::Other => {}
+        }
+    }
+    invalidations.sort_by_key(|i| format!("{i:?}"));
     invalidations.dedup();
     // One contact event already drops every contact page.
     if let Some(contact) = invalidations
         .iter()
         .find(|i| matches!(i, Invalidation::Contact(_)))
+        .copied()
     {
-        invalidations = vec![*contact];
+        invalidations
+            .retain(|i| !matches!(i, Invalidation::Contact(_) | Invalidation::Relation(_)));
+        invalidations.push(contact);
     }
     for invalidation in invalidations {
         state.caches.invalidate(invalidation);

@@ -6,6 +6,8 @@ use reqwest::{StatusCode, header};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+use super::entities::{self, EntityKind, RelatedEntity, User};
+use super::query::MAX_PAGE_SIZE;
 use super::{
     AmoError, ContactFilter, ContactList, ContactsPage, ContactsQuery, ForbiddenReason, PageSize,
     Relations, TimeRange, model,
@@ -21,6 +23,8 @@ const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 const MAX_DETAIL_CHARS: usize = 300;
 
 const CONTACTS_ENDPOINT: &str = "/api/v4/contacts";
+const USERS_ENDPOINT: &str = "/api/v4/users";
+const MAX_USER_PAGES: u32 = 100;
 
 /// An amoCRM access token. It never prints: `Debug` shows a placeholder.
 #[derive(Clone)]
@@ -62,7 +66,8 @@ pub struct AmoClient {
 /// A successful answer: the body (`None` for 204) and when amoCRM says it answered.
 struct Answer {
     body: Option<Vec<u8>>,
-    /// Unix seconds from amoCRM's `Date` header, or our clock when it has none.
+    /// Unix seconds from amoCRM's `Date` header (or our clock when it has none), less the time
+    /// the request took: no change after this can be missing from the answer.
     upstream_time: i64,
 }
 
@@ -89,7 +94,12 @@ impl AmoClient {
         query: &ContactsQuery,
     ) -> Result<ContactsPage, AmoError> {
         let answer = self
-            .get(token, CONTACTS_ENDPOINT, &query.to_params())
+            .get(
+                token,
+                CONTACTS_ENDPOINT,
+                CONTACTS_ENDPOINT,
+                &query.to_params(),
+            )
             .await?;
         let mut page = match answer.body {
             Some(body) => model::decode_contacts_page(&body)?,
@@ -120,7 +130,12 @@ impl AmoClient {
             relations: Relations::NONE,
         };
         let answer = self
-            .get(token, CONTACTS_ENDPOINT, &probe.to_params())
+            .get(
+                token,
+                CONTACTS_ENDPOINT,
+                CONTACTS_ENDPOINT,
+                &probe.to_params(),
+            )
             .await?;
         match answer.body {
             None => Ok(false),
@@ -128,15 +143,58 @@ impl AmoClient {
         }
     }
 
+    /// Linked entities of one kind by id, at most one page (250) of ids per call. Ids amoCRM
+    /// does not return are deleted or not visible to the token.
+    pub async fn entities(
+        &self,
+        token: &AccessToken,
+        kind: EntityKind,
+        ids: &[u64],
+    ) -> Result<Vec<RelatedEntity>, AmoError> {
+        let mut params = kind.id_params(ids);
+        params.push(("limit".to_owned(), MAX_PAGE_SIZE.to_string()));
+        let answer = self.get(token, kind.route(), &kind.path(), &params).await?;
+        match answer.body {
+            Some(body) => entities::decode_entities(kind, &body),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Every user of the account, page by page. amoCRM has no id filter for users and answers
+    /// 403 to tokens of non-admins.
+    pub async fn users(&self, token: &AccessToken) -> Result<Vec<User>, AmoError> {
+        let mut users = Vec::new();
+        // A bound for a broken upstream that links next pages forever.
+        for page in 1..=MAX_USER_PAGES {
+            let params = [
+                ("page".to_owned(), page.to_string()),
+                ("limit".to_owned(), MAX_PAGE_SIZE.to_string()),
+            ];
+            let answer = self
+                .get(token, USERS_ENDPOINT, USERS_ENDPOINT, &params)
+                .await?;
+            let Some(body) = answer.body else { break };
+            let listed = entities::decode_users(&body)?;
+            let full = listed.items.len() == usize::from(MAX_PAGE_SIZE);
+            users.extend(listed.items);
+            if !(full && listed.has_next_link) {
+                break;
+            }
+        }
+        Ok(users)
+    }
+
     /// Sends one GET and returns the body of a 2xx answer, or `None` for "no content".
+    /// `endpoint` is the route template that logs and metrics name; `path` the concrete path.
     async fn get(
         &self,
         token: &AccessToken,
         endpoint: &'static str,
+        path: &str,
         params: &[(String, String)],
     ) -> Result<Answer, AmoError> {
         let mut url = self.base_url.clone();
-        url.set_path(endpoint);
+        url.set_path(path);
         let started = std::time::Instant::now();
         let response = self
             .http
@@ -160,7 +218,9 @@ impl AmoClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| httpdate::parse_http_date(v).ok())
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or_else(unix_now, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            .map_or_else(unix_now, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            // amoCRM read the data some time before it answered: count the whole request.
+            - i64::try_from(started.elapsed().as_secs() + 1).unwrap_or(i64::MAX);
         let upstream_request_id = response
             .headers()
             .get("x-request-id")

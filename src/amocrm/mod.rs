@@ -6,12 +6,14 @@
 //! JSON tolerantly.
 
 mod client;
+pub mod entities;
 mod error;
 pub mod model;
 mod query;
 pub mod webhook;
 
 pub use client::{AccessToken, AmoClient, ClientConfig};
+pub use entities::{EntityKind, RelatedEntity, User};
 pub use error::{AmoError, ForbiddenReason};
 pub use model::{Contact, ContactId, ContactsPage};
 pub use query::{

@@ -292,7 +292,7 @@ fn decode_contact(c: &Map<String, Value>) -> Option<Contact> {
         custom_fields_values: c
             .get("custom_fields_values")
             .and_then(Value::as_array)
-            .map(|fields| tight(fields.iter().filter_map(decode_custom_field)))
+            .map(|fields| decode_custom_fields(fields))
             .unwrap_or_default(),
         tags: tight(embedded_list("tags").iter().filter_map(|t| {
             let t = t.as_object()?;
@@ -316,6 +316,10 @@ fn decode_contact(c: &Map<String, Value>) -> Option<Contact> {
             })
         })),
     })
+}
+
+pub(super) fn decode_custom_fields(fields: &[Value]) -> Vec<CustomFieldValue> {
+    tight(fields.iter().filter_map(decode_custom_field))
 }
 
 fn decode_custom_field(field: &Value) -> Option<CustomFieldValue> {
@@ -343,7 +347,7 @@ fn decode_custom_field(field: &Value) -> Option<CustomFieldValue> {
 }
 
 /// Ids arrive as numbers, but a numeric string is accepted too.
-fn as_u64(v: &Value) -> Option<u64> {
+pub(super) fn as_u64(v: &Value) -> Option<u64> {
     match v {
         Value::Number(n) => n.as_u64(),
         Value::String(s) => s.trim().parse().ok(),
@@ -360,7 +364,7 @@ fn as_f64(v: &Value) -> Option<f64> {
     .filter(|f: &f64| f.is_finite())
 }
 
-fn int(obj: &Map<String, Value>, key: &str) -> Option<i64> {
+pub(super) fn int(obj: &Map<String, Value>, key: &str) -> Option<i64> {
     match obj.get(key)? {
         Value::Number(n) => n.as_i64(),
         Value::String(s) => s.trim().parse().ok(),
@@ -376,7 +380,7 @@ fn string(obj: &Map<String, Value>, key: &str) -> String {
     opt_string(obj, key).unwrap_or_default()
 }
 
-fn opt_string(obj: &Map<String, Value>, key: &str) -> Option<String> {
+pub(super) fn opt_string(obj: &Map<String, Value>, key: &str) -> Option<String> {
     obj.get(key).and_then(Value::as_str).map(str::to_owned)
 }
 

@@ -8,15 +8,42 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared, WeakShared};
 
 pub type Flight<V> = Shared<BoxFuture<'static, V>>;
 
+type InFlight<K, V> = HashMap<K, (u64, WeakShared<BoxFuture<'static, V>>)>;
+
 pub struct Flights<K, V: Clone> {
-    in_flight: Mutex<HashMap<K, WeakShared<BoxFuture<'static, V>>>>,
+    /// Each flight with the number it was started under, so that it only ever removes itself.
+    in_flight: Mutex<InFlight<K, V>>,
+    started: AtomicU64,
+}
+
+/// Removes its flight from the map when the flight ends: completed, or dropped by the last
+/// asker that went away.
+struct Landing<K: Hash + Eq, V: Clone> {
+    flights: Weak<Flights<K, V>>,
+    key: Option<K>,
+    number: u64,
+}
+
+impl<K: Hash + Eq, V: Clone> Drop for Landing<K, V> {
+    fn drop(&mut self) {
+        if let (Some(flights), Some(key)) = (self.flights.upgrade(), self.key.take()) {
+            let mut in_flight = flights.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            if in_flight
+                .get(&key)
+                .is_some_and(|(number, _)| *number == self.number)
+            {
+                in_flight.remove(&key);
+            }
+        }
+    }
 }
 
 impl<K, V> Flights<K, V>
@@ -27,6 +54,7 @@ where
     pub fn new() -> Arc<Self> {
         Arc::new(Flights {
             in_flight: Mutex::new(HashMap::new()),
+            started: AtomicU64::new(0),
         })
     }
 
@@ -36,19 +64,21 @@ where
         F: Future<Output = V> + Send + 'static,
     {
         let mut in_flight = self.lock();
-        if let Some(flight) = in_flight.get(&key).and_then(WeakShared::upgrade) {
+        if let Some(flight) = in_flight.get(&key).and_then(|(_, weak)| weak.upgrade()) {
             return (flight, true);
         }
-        let flights = Arc::downgrade(self);
-        let landing = key.clone();
+        let number = self.started.fetch_add(1, Ordering::Relaxed);
+        let landing = Landing {
+            flights: Arc::downgrade(self),
+            key: Some(key.clone()),
+            number,
+        };
         let work = work();
-        // The flight removes its key once done; it cannot before the insert below, because it
-        // needs the lock held here.
+        // The landing removes the key when the flight ends; it cannot before the insert below,
+        // because it needs the lock held here.
         let flight = async move {
             let value = work.await;
-            if let Some(flights) = flights.upgrade() {
-                flights.lock().remove(&landing);
-            }
+            drop(landing);
             value
         }
         .boxed()
@@ -56,7 +86,7 @@ where
         let weak = flight
             .downgrade()
             .expect("a flight that was never polled has not completed");
-        in_flight.insert(key, weak);
+        in_flight.insert(key, (number, weak));
         (flight, false)
     }
 
@@ -71,7 +101,7 @@ where
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, WeakShared<BoxFuture<'static, V>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InFlight<K, V>> {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -108,6 +138,10 @@ mod tests {
         let flights: Arc<Flights<u8, usize>> = Flights::new();
         let (first, _) = flights.join_or_start(1, std::future::pending::<usize>);
         drop(first);
+        assert!(
+            flights.lock().is_empty(),
+            "a flight nobody awaits leaves no trace"
+        );
         let (again, joined) = flights.join_or_start(1, || async { 5 });
         assert!(!joined);
         assert_eq!(again.await, 5);

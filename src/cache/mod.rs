@@ -9,6 +9,7 @@
 //! Every key starts with the credential scope: two tokens never share an entry, because amoCRM
 //! shows each user only what their rights allow. Errors are never cached.
 
+pub mod entities;
 mod flight;
 pub mod pages;
 pub mod responses;
@@ -16,16 +17,35 @@ pub mod responses;
 use std::sync::Mutex;
 use std::time::Duration;
 
+pub use entities::{Answer, Cached, EntityCache, EntityKey};
 pub use pages::{Freshness, PageCache, PageDep};
 pub use responses::{ResponseCache, ResponseKey};
 
-use crate::amocrm::{AmoClient, ContactId, Relation};
+use crate::amocrm::{AmoClient, ContactId, EntityKind, Relation};
 use crate::metrics::Metrics;
 
-/// Shares of `--cache-max-bytes`, in percent. Pages are what saves upstream calls; responses
-/// only save CPU, so they get the smaller share.
-pub const PAGE_CACHE_SHARE_PERCENT: u64 = 75;
+/// Shares of `--cache-max-bytes`, in percent. Pages and entities are what saves upstream calls;
+/// responses only save CPU.
+pub const PAGE_CACHE_SHARE_PERCENT: u64 = 60;
+pub const ENTITY_CACHE_SHARE_PERCENT: u64 = 15;
 pub const RESPONSE_CACHE_SHARE_PERCENT: u64 = 25;
+
+/// A version of cached data a response was built from: the response stays valid while every
+/// one of them is cached, unchanged and fresh.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Dep {
+    Page(Box<PageDep>),
+    Entity(EntityKey, u64),
+}
+
+impl Dep {
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Dep::Page(page) => page.heap_bytes(),
+            Dep::Entity(..) => std::mem::size_of::<Dep>(),
+        }
+    }
+}
 
 /// Where a response's data came from, reported as `x-cache`. Ordered by severity: the most
 /// severe status of the pages a response used is the response's.
@@ -55,11 +75,11 @@ pub struct CacheReport(Mutex<ReportState>);
 struct ReportState {
     status: Option<CacheStatus>,
     fresh_for: Option<Duration>,
-    deps: Vec<PageDep>,
+    deps: Vec<Dep>,
 }
 
 impl CacheReport {
-    pub(crate) fn record(&self, status: CacheStatus, fresh_for: Duration, dep: PageDep) {
+    pub(crate) fn record(&self, status: CacheStatus, fresh_for: Duration, dep: Dep) {
         let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
         state.status = state.status.max(Some(status));
         state.fresh_for = Some(state.fresh_for.map_or(fresh_for, |f| f.min(fresh_for)));
@@ -82,8 +102,8 @@ impl CacheReport {
         state.fresh_for
     }
 
-    /// The page versions the response was built from.
-    pub fn deps(&self) -> Vec<PageDep> {
+    /// The versions of cached data the response was built from.
+    pub fn deps(&self) -> Vec<Dep> {
         self.lock().deps.clone()
     }
 
@@ -102,12 +122,15 @@ pub enum Invalidation {
     Contact(ContactId),
     /// Links to this relation were added or removed: pages that embed it go.
     Relation(Relation),
+    /// A linked entity changed: what is cached about it goes.
+    Entity(EntityKind, u64),
 }
 
 /// All of the gateway's caches, sharing one memory budget.
 #[derive(Clone)]
 pub struct Caches {
     pub pages: PageCache,
+    pub entities: EntityCache,
     pub responses: ResponseCache,
     metrics: Metrics,
 }
@@ -117,9 +140,15 @@ impl Caches {
         let share = |percent: u64| max_bytes / 100 * percent;
         Caches {
             pages: PageCache::new(
-                client,
+                client.clone(),
                 freshness,
                 share(PAGE_CACHE_SHARE_PERCENT),
+                metrics.clone(),
+            ),
+            entities: EntityCache::new(
+                client,
+                freshness,
+                share(ENTITY_CACHE_SHARE_PERCENT),
                 metrics.clone(),
             ),
             responses: ResponseCache::new(
@@ -134,8 +163,13 @@ impl Caches {
     pub fn invalidate(&self, invalidation: Invalidation) {
         tracing::info!(?invalidation, "invalidating cached data");
         match invalidation {
-            Invalidation::All | Invalidation::Contact(_) => self.pages.invalidate_all(),
+            Invalidation::All => {
+                self.pages.invalidate_all();
+                self.entities.invalidate_all();
+            }
+            Invalidation::Contact(_) => self.pages.invalidate_all(),
             Invalidation::Relation(relation) => self.pages.invalidate_embedding(relation),
+            Invalidation::Entity(kind, id) => self.entities.invalidate(kind, id),
         }
         // Responses also check their pages on every hit; dropping them here frees their
         // memory at once.
@@ -147,6 +181,9 @@ impl Caches {
         let (entries, bytes) = self.pages.size().await;
         self.metrics
             .cache_size(crate::metrics::CacheName::Pages, entries, bytes);
+        let (entries, bytes) = self.entities.size().await;
+        self.metrics
+            .cache_size(crate::metrics::CacheName::Entities, entries, bytes);
         let (entries, bytes) = self.responses.size().await;
         self.metrics
             .cache_size(crate::metrics::CacheName::Responses, entries, bytes);

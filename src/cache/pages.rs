@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use moka::Expiry;
 use moka::future::Cache;
+use moka::ops::compute::Op;
 
 use super::flight::Flights;
-use super::{CacheReport, CacheStatus};
+use super::{CacheReport, CacheStatus, Dep};
 use crate::amocrm::{
     AmoClient, AmoError, ContactList, ContactsPage, ContactsQuery, PageSize, Relation, Relations,
 };
@@ -191,7 +192,12 @@ pub struct PageCache {
 struct Inner {
     client: AmoClient,
     entries: Cache<PageKey, Arc<PageEntry>>,
-    flights: Arc<Flights<PageKey, FlightResult>>,
+    /// Keyed with the epoch they started in: a request after an invalidation never joins work
+    /// that began before it.
+    flights: Arc<Flights<(PageKey, u64), FlightResult>>,
+    /// Scopes that have stored pages: dropping a scope that never stored any (a stream of
+    /// invalid tokens) must cost nothing.
+    populated: Cache<Scope, ()>,
     /// One slot per scope: probes of a scope run one at a time and share their answer.
     probes: Cache<Scope, ProbeSlot>,
     freshness: Freshness,
@@ -221,11 +227,16 @@ impl PageCache {
             .max_capacity(MAX_PROBE_SCOPES)
             .time_to_idle(freshness.max_age.max(freshness.ttl))
             .build();
+        let populated = Cache::builder()
+            .max_capacity(MAX_PROBE_SCOPES)
+            .time_to_idle(freshness.max_age.max(freshness.ttl) + freshness.stale_ttl)
+            .build();
         PageCache {
             inner: Arc::new(Inner {
                 client,
                 entries,
                 flights: Flights::new(),
+                populated,
                 probes,
                 freshness,
                 epoch: AtomicU64::new(0),
@@ -246,7 +257,7 @@ impl PageCache {
         let key = PageKey::new(&credentials.scope, &query);
         let needed = query.relations;
         let mut counted = false;
-        // Twice at most: a joined flight may have fetched fewer relations than needed.
+        // A joined flight may have fetched fewer relations than needed: try a few times.
         for _ in 0..3 {
             let cached = inner.entries.get(&key).await;
             let relations = match &cached {
@@ -259,10 +270,14 @@ impl PageCache {
                     };
                     if now < fresh_until {
                         inner.metrics.cache_lookup(CacheName::Pages, Lookup::Hit);
-                        report.record(CacheStatus::Hit, fresh_until - now, dep);
+                        report.record(
+                            CacheStatus::Hit,
+                            fresh_until - now,
+                            Dep::Page(Box::new(dep)),
+                        );
                     } else {
                         inner.metrics.cache_lookup(CacheName::Pages, Lookup::Stale);
-                        report.record(CacheStatus::Stale, Duration::ZERO, dep);
+                        report.record(CacheStatus::Stale, Duration::ZERO, Dep::Page(Box::new(dep)));
                         self.refresh_in_background(&key, credentials, entry.clone());
                     }
                     return Ok(entry.page.clone());
@@ -276,12 +291,14 @@ impl PageCache {
                 inner.metrics.cache_lookup(CacheName::Pages, Lookup::Miss);
                 counted = true;
             }
-            let (flight, joined) = inner.flights.join_or_start(key.clone(), || {
+            let epoch = inner.epoch.load(Ordering::SeqCst);
+            let (flight, joined) = inner.flights.join_or_start((key.clone(), epoch), || {
                 download(
                     self.inner.clone(),
                     key.clone(),
                     credentials.clone(),
                     relations,
+                    epoch,
                 )
             });
             if joined {
@@ -296,16 +313,28 @@ impl PageCache {
                     key: key.clone(),
                     version: entry.version(),
                 };
-                report.record(CacheStatus::Miss, fresh_for, dep);
+                report.record(CacheStatus::Miss, fresh_for, Dep::Page(Box::new(dep)));
                 return Ok(entry.page.clone());
             }
         }
-        // Relation sets kept changing under us; answer this request without the cache.
-        let page = inner
+        // Relation sets kept changing under us; answer this request without the cache, and say
+        // so: nothing of it is fresh for anyone to keep.
+        let page = match inner
             .client
             .contacts(&credentials.token, &key.query(needed))
             .await
-            .map_err(Arc::new)?;
+        {
+            Ok(page) => page,
+            Err(error) => {
+                inner.forget_after(&error, &key).await;
+                return Err(Arc::new(error));
+            }
+        };
+        let dep = PageDep {
+            key,
+            version: page.content_hash,
+        };
+        report.record(CacheStatus::Miss, Duration::ZERO, Dep::Page(Box::new(dep)));
         Ok(Arc::new(page))
     }
 
@@ -354,8 +383,15 @@ impl PageCache {
             return;
         }
         // A running flight (refresh or download) already brings news of this page.
-        self.inner.flights.join_or_spawn(key.clone(), || {
-            refresh(self.inner.clone(), key.clone(), credentials.clone(), stale)
+        let epoch = self.inner.epoch.load(Ordering::SeqCst);
+        self.inner.flights.join_or_spawn((key.clone(), epoch), || {
+            refresh(
+                self.inner.clone(),
+                key.clone(),
+                credentials.clone(),
+                stale,
+                epoch,
+            )
         });
     }
 }
@@ -365,11 +401,20 @@ fn covers(cached: Relations, needed: Relations) -> bool {
 }
 
 impl Inner {
+    /// Drops matching pages everywhere, and makes work in flight store nothing: what it fetched
+    /// may predate the change.
     fn invalidate_where(
         &self,
         predicate: impl Fn(&PageKey, &Arc<PageEntry>) -> bool + Send + Sync + 'static,
     ) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.drop_where(predicate);
+    }
+
+    fn drop_where(
+        &self,
+        predicate: impl Fn(&PageKey, &Arc<PageEntry>) -> bool + Send + Sync + 'static,
+    ) {
         if let Err(e) = self.entries.invalidate_entries_if(predicate) {
             // Only possible without `support_invalidation_closures`, which is set above.
             tracing::error!(error = %e, "could not invalidate cache entries; dropping all");
@@ -377,21 +422,59 @@ impl Inner {
         }
     }
 
-    /// Stores `entry` unless an invalidation happened since `epoch`: then what was fetched may
-    /// predate the change, and the next request must fetch again.
+    /// Stores `entry` unless an invalidation happened since `epoch`; checked again after the
+    /// insert, which an invalidation may overtake.
     async fn store(&self, epoch: u64, key: PageKey, entry: Arc<PageEntry>) {
-        if self.epoch.load(Ordering::SeqCst) == epoch {
-            self.entries.insert(key, entry).await;
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            return;
         }
+        let scope = key.scope.clone();
+        self.entries.insert(key.clone(), entry).await;
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            self.entries.invalidate(&key).await;
+        }
+        self.populated.insert(scope, ()).await;
     }
 
-    /// What a failed upstream call means for the cached data of its scope.
-    fn forget_after(&self, error: &AmoError, key: &PageKey) {
-        // The token is dead: nothing it fetched may be served any more.
-        if let AmoError::Unauthorized { .. } = error {
-            let scope = key.scope.clone();
-            tracing::warn!("amoCRM answered 401: dropping every cached page of that token");
-            self.invalidate_where(move |k, _| k.scope == scope);
+    /// Replaces `stale` with `fresh` (or removes it) only if `stale` is still what is cached: a
+    /// refresh must not overwrite what a newer download stored meanwhile.
+    async fn replace(
+        &self,
+        epoch: u64,
+        key: PageKey,
+        stale: &Arc<PageEntry>,
+        fresh: Option<Arc<PageEntry>>,
+    ) {
+        let current_epoch = &self.epoch;
+        self.entries
+            .entry(key)
+            .and_compute_with(|current| async move {
+                let unchanged = current.is_some_and(|c| Arc::ptr_eq(c.value(), stale))
+                    && current_epoch.load(Ordering::SeqCst) == epoch;
+                match (unchanged, fresh) {
+                    (false, _) => Op::Nop,
+                    (true, Some(fresh)) => Op::Put(fresh),
+                    (true, None) => Op::Remove,
+                }
+            })
+            .await;
+    }
+
+    /// What a failed upstream call means for the cached data of its scope. Answers about the
+    /// caller are never hidden behind a cached copy.
+    async fn forget_after(&self, error: &AmoError, key: &PageKey) {
+        match error {
+            // A dead token or an unpaid account: nothing the scope fetched may be served.
+            AmoError::Unauthorized { .. } | AmoError::PaymentRequired => {
+                let scope = key.scope.clone();
+                if self.populated.contains_key(&scope) {
+                    tracing::warn!(%error, "dropping every cached page of that token");
+                    self.populated.invalidate(&scope).await;
+                    self.drop_where(move |k, _| k.scope == scope);
+                }
+            }
+            error if !error.is_transient() => self.entries.invalidate(key).await,
+            _ => {}
         }
     }
 
@@ -411,6 +494,7 @@ impl Inner {
         if let Some(known) = *last
             && known.since <= since
             && known.sent_at > newer_than
+            && known.sent_at + self.freshness.ttl > Instant::now()
         {
             return Ok(Some((known.sent_at, Refresh::ProbeReused)));
         }
@@ -434,8 +518,8 @@ async fn download(
     key: PageKey,
     credentials: Credentials,
     relations: Relations,
+    epoch: u64,
 ) -> FlightResult {
-    let epoch = inner.epoch.load(Ordering::SeqCst);
     match inner
         .client
         .contacts(&credentials.token, &key.query(relations))
@@ -447,7 +531,7 @@ async fn download(
             Ok(entry)
         }
         Err(error) => {
-            inner.forget_after(&error, &key);
+            inner.forget_after(&error, &key).await;
             Err(Arc::new(error))
         }
     }
@@ -459,8 +543,14 @@ async fn refresh(
     key: PageKey,
     credentials: Credentials,
     stale: Arc<PageEntry>,
+    epoch: u64,
 ) -> FlightResult {
-    let epoch = inner.epoch.load(Ordering::SeqCst);
+    // Someone may have refreshed or replaced it since it was seen stale.
+    if let Some(current) = inner.entries.get(&key).await
+        && !Arc::ptr_eq(&current, &stale)
+    {
+        return Ok(current);
+    }
     let freshness = inner.freshness;
     let outcome = async {
         if stale.worth_probing(&freshness, Instant::now()) {
@@ -491,7 +581,7 @@ async fn refresh(
 
     match outcome {
         Ok(entry) => {
-            inner.store(epoch, key, entry.clone()).await;
+            inner.replace(epoch, key, &stale, Some(entry.clone())).await;
             Ok(entry)
         }
         Err(error) => {
@@ -502,13 +592,11 @@ async fn refresh(
                 // Stale-if-error: the copy stays servable until its window ends.
                 tracing::warn!(%error, "refreshing a cached page failed; serving the stale copy");
                 let backing_off = Arc::new(stale.backing_off(Instant::now() + REFRESH_BACKOFF));
-                inner.store(epoch, key, backing_off).await;
+                inner.replace(epoch, key, &stale, Some(backing_off)).await;
             } else {
-                // An answer about the caller (401, 402, a rights 403): the copy must not be
-                // served as if nothing happened.
                 tracing::warn!(%error, "refreshing a cached page was refused; dropping it");
-                inner.entries.invalidate(&key).await;
-                inner.forget_after(&error, &key);
+                inner.replace(epoch, key.clone(), &stale, None).await;
+                inner.forget_after(&error, &key).await;
             }
             Err(Arc::new(error))
         }

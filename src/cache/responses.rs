@@ -13,7 +13,7 @@ use bytes::Bytes;
 use moka::future::Cache;
 use sha2::{Digest, Sha256};
 
-use super::pages::{PageCache, PageDep};
+use super::{Caches, Dep};
 use crate::auth::Scope;
 use crate::metrics::{CacheName, Lookup, Metrics};
 
@@ -50,7 +50,7 @@ impl ResponseKey {
 #[derive(Debug)]
 struct StoredResponse {
     body: Bytes,
-    deps: Vec<PageDep>,
+    deps: Vec<Dep>,
 }
 
 #[derive(Clone)]
@@ -69,7 +69,7 @@ impl ResponseCache {
             .max_capacity(max_bytes)
             .time_to_live(ttl)
             .weigher(|_key: &ResponseKey, stored: &Arc<StoredResponse>| {
-                let deps: usize = stored.deps.iter().map(PageDep::heap_bytes).sum();
+                let deps: usize = stored.deps.iter().map(Dep::heap_bytes).sum();
                 u32::try_from(stored.body.len() + deps + ENTRY_OVERHEAD_BYTES).unwrap_or(u32::MAX)
             })
             .eviction_listener(move |_key, _value, cause| {
@@ -81,9 +81,9 @@ impl ResponseCache {
         ResponseCache { entries, metrics }
     }
 
-    /// The stored bytes and the freshness left on their oldest page, if every page they were
+    /// The stored bytes and the freshness left on their oldest data, if everything they were
     /// built from is still cached, unchanged and fresh.
-    pub async fn get(&self, key: &ResponseKey, pages: &PageCache) -> Option<(Bytes, Duration)> {
+    pub async fn get(&self, key: &ResponseKey, caches: &Caches) -> Option<(Bytes, Duration)> {
         let Some(stored) = self.entries.get(key).await else {
             self.metrics
                 .cache_lookup(CacheName::Responses, Lookup::Miss);
@@ -91,10 +91,14 @@ impl ResponseCache {
         };
         let mut fresh_for = Duration::MAX;
         for dep in &stored.deps {
-            match pages.fresh_for(dep).await {
+            let left = match dep {
+                Dep::Page(page) => caches.pages.fresh_for(page).await,
+                Dep::Entity(key, version) => caches.entities.fresh_for(key, *version).await,
+            };
+            match left {
                 Some(left) => fresh_for = fresh_for.min(left),
                 None => {
-                    // A page changed, went stale or went away: so does the response.
+                    // Something it was built from changed, went stale or went away.
                     self.entries.invalidate(key).await;
                     self.metrics
                         .cache_lookup(CacheName::Responses, Lookup::Miss);
@@ -108,7 +112,7 @@ impl ResponseCache {
 
     /// Stores a response built from `deps`. One that read no page is cheap to build again and
     /// has nothing to expire with, so it is not stored.
-    pub async fn put(&self, key: ResponseKey, body: Bytes, deps: Vec<PageDep>) {
+    pub async fn put(&self, key: ResponseKey, body: Bytes, deps: Vec<Dep>) {
         if deps.is_empty() {
             return;
         }

@@ -1,11 +1,22 @@
 //! GraphQL objects: thin wrappers over the upstream models, plus the Relay connection types.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use async_graphql::{ID, Json, Object, SimpleObject};
+use async_graphql::{
+    Context, ErrorExtensions, ID, Json, Object, PathSegment, Pos, QueryPathSegment, SimpleObject,
+};
+use tokio::sync::OnceCell;
 
+use super::context::RequestContext;
+use super::error::ApiError;
 use super::scalars::DateTime;
-use crate::amocrm::model;
+use crate::amocrm::{EntityKind, RelatedEntity, model};
+use crate::cache::{Answer, Cached};
+
+/// amoCRM's fixed status ids for closed leads.
+const STATUS_WON: u64 = 142;
+const STATUS_LOST: u64 = 143;
 
 fn id(value: u64) -> ID {
     ID(value.to_string())
@@ -90,13 +101,18 @@ impl Contact {
         self.0
             .companies
             .iter()
-            .map(|c| Company { id: c.id })
+            .map(|c| Company(Linked::new(EntityKind::Company, c.id)))
             .collect()
     }
 
-    /// Leads linked to the contact. Selecting this adds `leads` to the upstream `with`.
+    /// Leads linked to the contact. Selecting this adds `leads` to the upstream `with`;
+    /// selecting more than their `id` loads them, in one batch for the whole operation.
     async fn leads(&self) -> Vec<Lead> {
-        self.0.leads.iter().map(|l| Lead { id: l.id }).collect()
+        self.0
+            .leads
+            .iter()
+            .map(|l| Lead(Linked::new(EntityKind::Lead, l.id)))
+            .collect()
     }
 
     /// Customers linked to the contact. Selecting this adds `customers` to the upstream `with`.
@@ -104,15 +120,157 @@ impl Contact {
         self.0
             .customers
             .iter()
-            .map(|c| Customer { id: c.id })
+            .map(|c| Customer(Linked::new(EntityKind::Customer, c.id)))
             .collect()
     }
 
     /// Catalog elements linked to the contact. Selecting this adds `catalog_elements` to the
     /// upstream `with`.
     async fn catalog_elements(&self) -> Vec<CatalogElement<'_>> {
-        self.0.catalog_elements.iter().map(CatalogElement).collect()
+        self.0
+            .catalog_elements
+            .iter()
+            .map(|link| CatalogElement {
+                link,
+                element: Linked::new(
+                    EntityKind::CatalogElement {
+                        catalog_id: link.catalog_id,
+                    },
+                    link.id,
+                ),
+            })
+            .collect()
     }
+
+    /// The user responsible for the contact. Its `name` and `email` come from the account's
+    /// users list, which amoCRM shows only to admins: for other tokens this is null with a
+    /// `FORBIDDEN` error.
+    async fn responsible_user(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
+        let id = self.0.responsible_user_id;
+        if id == 0 {
+            return Ok(None);
+        }
+        let wants_details = {
+            let fields = ctx.look_ahead();
+            fields.field("name").exists() || fields.field("email").exists()
+        };
+        if !wants_details {
+            return Ok(Some(User { id, user: None }));
+        }
+        let user = async {
+            let upstream = request(ctx)?.upstream()?;
+            match upstream.users().await {
+                Answer::Cached(Cached::Users(users)) => users
+                    .get(&id)
+                    .cloned()
+                    .map(|user| User {
+                        id,
+                        user: Some(user),
+                    })
+                    .ok_or(ApiError::NotFound { noun: "user", id }),
+                Answer::Cached(Cached::Forbidden(error)) | Answer::Failed(error) => {
+                    Err(ApiError::Upstream(error))
+                }
+                Answer::Cached(Cached::Missing | Cached::Entity(_)) => {
+                    Err(ApiError::NotFound { noun: "user", id })
+                }
+            }
+        };
+        user.await.map(Some).map_err(|e| e.extend())
+    }
+}
+
+fn request<'a>(ctx: &Context<'a>) -> Result<&'a RequestContext, ApiError> {
+    ctx.data_opt::<RequestContext>()
+        .ok_or(ApiError::Internal("the request carries no RequestContext"))
+}
+
+/// A linked entity: its id comes embedded in the contact, its details are loaded (in batches,
+/// see `Upstream::prefetch`) when a field beyond the id is selected.
+struct Linked {
+    kind: EntityKind,
+    id: u64,
+    details: OnceCell<Option<Arc<RelatedEntity>>>,
+    reported: AtomicBool,
+}
+
+impl Linked {
+    fn new(kind: EntityKind, id: u64) -> Self {
+        Linked {
+            kind,
+            id,
+            details: OnceCell::new(),
+            reported: AtomicBool::new(false),
+        }
+    }
+
+    fn id(&self) -> ID {
+        id(self.id)
+    }
+
+    /// The entity, or `None` after reporting why not: once per entity, at the entity's path,
+    /// while each detail field just resolves to null and the rest of the response stays.
+    async fn details(&self, ctx: &Context<'_>) -> Option<&RelatedEntity> {
+        self.details
+            .get_or_init(|| async {
+                let answer = match request(ctx).and_then(RequestContext::upstream) {
+                    Ok(upstream) => upstream.linked(self.kind, self.id).await,
+                    Err(error) => {
+                        self.report(ctx, error);
+                        return None;
+                    }
+                };
+                match answer {
+                    Answer::Cached(Cached::Entity(entity)) => Some(entity),
+                    Answer::Cached(Cached::Forbidden(error)) | Answer::Failed(error) => {
+                        self.report(ctx, ApiError::Upstream(error));
+                        None
+                    }
+                    Answer::Cached(Cached::Missing | Cached::Users(_)) => {
+                        self.report(
+                            ctx,
+                            ApiError::NotFound {
+                                noun: self.kind.noun(),
+                                id: self.id,
+                            },
+                        );
+                        None
+                    }
+                }
+            })
+            .await
+            .as_deref()
+    }
+
+    fn report(&self, ctx: &Context<'_>, error: ApiError) {
+        if self.reported.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let mut error = error.extend().into_server_error(Pos::default());
+        error.locations.clear();
+        error.path = entity_path(ctx);
+        ctx.add_error(error);
+    }
+}
+
+/// The path of the entity whose detail field `ctx` resolves: the field's parent.
+fn entity_path(ctx: &Context<'_>) -> Vec<PathSegment> {
+    let Some(entity) = ctx.path_node.as_ref().and_then(|field| field.parent) else {
+        return Vec::new();
+    };
+    let mut path: Vec<PathSegment> = std::iter::once(entity)
+        .chain(entity.parents())
+        .map(|node| match node.segment {
+            QueryPathSegment::Index(index) => PathSegment::Index(index),
+            QueryPathSegment::Name(name) => PathSegment::Field(name.to_owned()),
+        })
+        .collect();
+    path.reverse();
+    path
+}
+
+fn date(seconds: Option<i64>) -> Option<DateTime> {
+    seconds.map(DateTime::from_unix)
 }
 
 /// The values of one custom field of a contact.
@@ -181,62 +339,203 @@ impl Tag<'_> {
     }
 }
 
-pub struct Company {
-    id: u64,
-}
+/// A company linked to a contact.
+pub struct Company(Linked);
 
 #[Object]
 impl Company {
     async fn id(&self) -> ID {
-        id(self.id)
+        self.0.id()
+    }
+
+    async fn name(&self, ctx: &Context<'_>) -> Option<&str> {
+        self.0.details(ctx).await?.name.as_deref()
+    }
+
+    async fn responsible_user_id(&self, ctx: &Context<'_>) -> Option<ID> {
+        self.0.details(ctx).await?.responsible_user_id.map(id)
+    }
+
+    async fn created_at(&self, ctx: &Context<'_>) -> Option<DateTime> {
+        date(self.0.details(ctx).await?.created_at)
+    }
+
+    async fn updated_at(&self, ctx: &Context<'_>) -> Option<DateTime> {
+        date(self.0.details(ctx).await?.updated_at)
+    }
+
+    async fn custom_fields_values(&self, ctx: &Context<'_>) -> Option<Vec<CustomFieldValue<'_>>> {
+        let entity = self.0.details(ctx).await?;
+        Some(
+            entity
+                .custom_fields_values
+                .iter()
+                .map(CustomFieldValue)
+                .collect(),
+        )
     }
 }
 
-pub struct Lead {
-    id: u64,
-}
+/// A lead (deal) linked to a contact.
+pub struct Lead(Linked);
 
 #[Object]
 impl Lead {
     async fn id(&self) -> ID {
-        id(self.id)
+        self.0.id()
+    }
+
+    async fn name(&self, ctx: &Context<'_>) -> Option<&str> {
+        self.0.details(ctx).await?.name.as_deref()
+    }
+
+    /// The deal's price, in the account's currency.
+    async fn price(&self, ctx: &Context<'_>) -> Option<i64> {
+        self.0.details(ctx).await?.price
+    }
+
+    async fn status_id(&self, ctx: &Context<'_>) -> Option<ID> {
+        self.0.details(ctx).await?.status_id.map(id)
+    }
+
+    async fn pipeline_id(&self, ctx: &Context<'_>) -> Option<ID> {
+        self.0.details(ctx).await?.pipeline_id.map(id)
+    }
+
+    async fn responsible_user_id(&self, ctx: &Context<'_>) -> Option<ID> {
+        self.0.details(ctx).await?.responsible_user_id.map(id)
+    }
+
+    async fn created_at(&self, ctx: &Context<'_>) -> Option<DateTime> {
+        date(self.0.details(ctx).await?.created_at)
+    }
+
+    async fn updated_at(&self, ctx: &Context<'_>) -> Option<DateTime> {
+        date(self.0.details(ctx).await?.updated_at)
+    }
+
+    async fn closed_at(&self, ctx: &Context<'_>) -> Option<DateTime> {
+        date(self.0.details(ctx).await?.closed_at)
+    }
+
+    async fn is_deleted(&self, ctx: &Context<'_>) -> Option<bool> {
+        Some(self.0.details(ctx).await?.is_deleted.unwrap_or(false))
+    }
+
+    async fn custom_fields_values(&self, ctx: &Context<'_>) -> Option<Vec<CustomFieldValue<'_>>> {
+        let entity = self.0.details(ctx).await?;
+        Some(
+            entity
+                .custom_fields_values
+                .iter()
+                .map(CustomFieldValue)
+                .collect(),
+        )
+    }
+
+    /// Closed as won (amoCRM status 142).
+    async fn is_won(&self, ctx: &Context<'_>) -> Option<bool> {
+        Some(self.0.details(ctx).await?.status_id == Some(STATUS_WON))
+    }
+
+    /// Closed as lost (amoCRM status 143).
+    async fn is_lost(&self, ctx: &Context<'_>) -> Option<bool> {
+        Some(self.0.details(ctx).await?.status_id == Some(STATUS_LOST))
     }
 }
 
-pub struct Customer {
-    id: u64,
-}
+/// A customer (periodic purchases) linked to a contact.
+pub struct Customer(Linked);
 
 #[Object]
 impl Customer {
     async fn id(&self) -> ID {
-        id(self.id)
+        self.0.id()
+    }
+
+    async fn name(&self, ctx: &Context<'_>) -> Option<&str> {
+        self.0.details(ctx).await?.name.as_deref()
+    }
+
+    /// The expected price of the next purchase.
+    async fn next_price(&self, ctx: &Context<'_>) -> Option<i64> {
+        self.0.details(ctx).await?.next_price
+    }
+
+    /// The expected date of the next purchase.
+    async fn next_date(&self, ctx: &Context<'_>) -> Option<DateTime> {
+        date(self.0.details(ctx).await?.next_date)
+    }
+
+    async fn status_id(&self, ctx: &Context<'_>) -> Option<ID> {
+        self.0.details(ctx).await?.status_id.map(id)
+    }
+
+    async fn responsible_user_id(&self, ctx: &Context<'_>) -> Option<ID> {
+        self.0.details(ctx).await?.responsible_user_id.map(id)
+    }
+
+    async fn created_at(&self, ctx: &Context<'_>) -> Option<DateTime> {
+        date(self.0.details(ctx).await?.created_at)
+    }
+
+    async fn updated_at(&self, ctx: &Context<'_>) -> Option<DateTime> {
+        date(self.0.details(ctx).await?.updated_at)
     }
 }
 
 /// A catalog element linked to a contact, with the link's own quantity and price field.
-pub struct CatalogElement<'a>(&'a model::CatalogElementRef);
+pub struct CatalogElement<'a> {
+    link: &'a model::CatalogElementRef,
+    element: Linked,
+}
 
 #[Object]
 impl CatalogElement<'_> {
     async fn id(&self) -> ID {
-        id(self.0.id)
+        id(self.link.id)
     }
 
     async fn catalog_id(&self) -> ID {
-        id(self.0.catalog_id)
+        id(self.link.catalog_id)
     }
 
     async fn quantity(&self) -> Option<f64> {
-        self.0.quantity
+        self.link.quantity
     }
 
     async fn price_id(&self) -> Option<ID> {
-        self.0.price_id.map(id)
+        self.link.price_id.map(id)
     }
 
     async fn metadata(&self) -> Option<Json<&serde_json::Value>> {
-        self.0.metadata.as_ref().map(Json)
+        self.link.metadata.as_ref().map(Json)
+    }
+
+    /// The element's name, loaded from its catalog.
+    async fn name(&self, ctx: &Context<'_>) -> Option<&str> {
+        self.element.details(ctx).await?.name.as_deref()
+    }
+}
+
+/// An amoCRM user.
+pub struct User {
+    id: u64,
+    user: Option<crate::amocrm::User>,
+}
+
+#[Object]
+impl User {
+    async fn id(&self) -> ID {
+        id(self.id)
+    }
+
+    async fn name(&self) -> Option<&str> {
+        self.user.as_ref()?.name.as_deref()
+    }
+
+    async fn email(&self) -> Option<&str> {
+        self.user.as_ref()?.email.as_deref()
     }
 }
 

@@ -8,12 +8,13 @@ use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
 use futures::future::try_join_all;
 
 use super::error::ApiError;
+use super::selection::Details;
 use crate::amocrm::{
-    AmoError, Contact, ContactId, ContactList, ContactsPage, ContactsQuery, MAX_FILTER_IDS,
-    PageSize, Relations,
+    AmoError, Contact, ContactId, ContactList, ContactsPage, ContactsQuery, EntityKind,
+    MAX_FILTER_IDS, PageSize, Relations,
 };
 use crate::auth::{AuthError, Credentials};
-use crate::cache::{CacheReport, PageCache};
+use crate::cache::{Answer, CacheReport, EntityCache, PageCache};
 
 /// Everything a resolver needs to reach amoCRM on behalf of this request's caller.
 pub struct RequestContext {
@@ -25,6 +26,7 @@ impl RequestContext {
     pub fn new(
         credentials: Result<Credentials, AuthError>,
         pages: PageCache,
+        entities: EntityCache,
         page_size: PageSize,
     ) -> Self {
         let report = Arc::new(CacheReport::default());
@@ -38,6 +40,17 @@ impl RequestContext {
                 tokio::spawn,
                 HashMapCache::default(),
             ),
+            linked: DataLoader::with_cache(
+                LinkedEntities {
+                    credentials: credentials.clone(),
+                    entities: entities.clone(),
+                    report: report.clone(),
+                },
+                tokio::spawn,
+                HashMapCache::default(),
+            ),
+            users: tokio::sync::OnceCell::new(),
+            entities,
             credentials,
             pages,
             page_size,
@@ -61,9 +74,14 @@ impl RequestContext {
 pub struct Upstream {
     credentials: Credentials,
     pages: PageCache,
+    entities: EntityCache,
     page_size: PageSize,
     report: Arc<CacheReport>,
     contacts_by_id: DataLoader<ContactsById, HashMapCache>,
+    /// Linked entities, memoized for this request (failures included, so that one failed
+    /// batch is not retried by every field that wanted it).
+    linked: DataLoader<LinkedEntities, HashMapCache>,
+    users: tokio::sync::OnceCell<Answer>,
 }
 
 impl Upstream {
@@ -102,6 +120,112 @@ impl Upstream {
         let keys = ids.iter().map(|&id| ByIdKey { id, relations });
         let found = self.contacts_by_id.load_many(keys).await?;
         Ok(found.into_iter().map(|(key, c)| (key.id, c)).collect())
+    }
+}
+
+impl Upstream {
+    /// amoCRM's answer about one linked entity.
+    pub async fn linked(&self, kind: EntityKind, id: u64) -> Answer {
+        match self.linked.load_one(LinkedKey { kind, id }).await {
+            Ok(Some(answer)) => answer,
+            // The loader answers every key it is given.
+            Ok(None) | Err(_) => Answer::Cached(crate::cache::Cached::Missing),
+        }
+    }
+
+    /// The scope's users, loaded once per request at most.
+    pub async fn users(&self) -> Answer {
+        self.users
+            .get_or_init(|| self.entities.users(&self.credentials, &self.report))
+            .await
+            .clone()
+    }
+
+    /// Loads, for all `contacts` at once, the linked entities whose details are selected: one
+    /// batch per kind (per catalog for catalog elements), the kinds concurrently. Run before the
+    /// nested fields resolve, so that they find everything in the request's memo and the batch
+    /// does not depend on a DataLoader's time window.
+    pub async fn prefetch(&self, contacts: &[Arc<Contact>], details: Details) {
+        let mut keys = Vec::new();
+        for contact in contacts {
+            if details.leads {
+                keys.extend(contact.leads.iter().map(|l| LinkedKey {
+                    kind: EntityKind::Lead,
+                    id: l.id,
+                }));
+            }
+            if details.customers {
+                keys.extend(contact.customers.iter().map(|c| LinkedKey {
+                    kind: EntityKind::Customer,
+                    id: c.id,
+                }));
+            }
+            if details.companies {
+                keys.extend(contact.companies.iter().map(|c| LinkedKey {
+                    kind: EntityKind::Company,
+                    id: c.id,
+                }));
+            }
+            if details.catalog_elements {
+                keys.extend(contact.catalog_elements.iter().map(|e| LinkedKey {
+                    kind: EntityKind::CatalogElement {
+                        catalog_id: e.catalog_id,
+                    },
+                    id: e.id,
+                }));
+            }
+        }
+        let users = async {
+            if details.responsible_user && !contacts.is_empty() {
+                self.users().await;
+            }
+        };
+        let linked = async {
+            if !keys.is_empty() {
+                let _ = self.linked.load_many(keys).await;
+            }
+        };
+        futures::join!(users, linked);
+    }
+}
+
+/// A linked entity to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct LinkedKey {
+    kind: EntityKind,
+    id: u64,
+}
+
+/// Loads linked entities through the entity cache, one batch per kind, kinds concurrently.
+struct LinkedEntities {
+    credentials: Credentials,
+    entities: EntityCache,
+    report: Arc<CacheReport>,
+}
+
+impl Loader<LinkedKey> for LinkedEntities {
+    type Value = Answer;
+    type Error = std::convert::Infallible;
+
+    async fn load(&self, keys: &[LinkedKey]) -> Result<HashMap<LinkedKey, Answer>, Self::Error> {
+        let mut by_kind: HashMap<EntityKind, Vec<u64>> = HashMap::new();
+        for key in keys {
+            by_kind.entry(key.kind).or_default().push(key.id);
+        }
+        let loads = by_kind.into_iter().map(|(kind, ids)| async move {
+            let answers = self
+                .entities
+                .entities(&self.credentials, kind, &ids, &self.report)
+                .await;
+            answers
+                .into_iter()
+                .map(move |(id, answer)| (LinkedKey { kind, id }, answer))
+        });
+        Ok(futures::future::join_all(loads)
+            .await
+            .into_iter()
+            .flatten()
+            .collect())
     }
 }
 

@@ -23,6 +23,10 @@ pub enum ApiError {
     #[error(transparent)]
     Upstream(#[from] Arc<AmoError>),
 
+    /// A linked entity amoCRM no longer returns: deleted, or not visible to this token.
+    #[error("amoCRM returned no {noun} {id}: it was deleted, or this token may not see it")]
+    NotFound { noun: &'static str, id: u64 },
+
     /// A bug: the schema was executed without the state it needs.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -41,6 +45,7 @@ impl ApiError {
             ApiError::BadInput { .. } => BAD_USER_INPUT,
             ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
             ApiError::Upstream(e) => upstream_code(e),
+            ApiError::NotFound { .. } => "NOT_FOUND",
             ApiError::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
     }

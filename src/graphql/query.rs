@@ -9,8 +9,8 @@ use super::contact::{Contact, ContactConnection, ContactEdge, PageInfo};
 use super::context::RequestContext;
 use super::error::ApiError;
 use super::input::{self, ContactFilterInput, ContactOrderInput};
-use super::selection::OperationPlan;
-use crate::amocrm::{ContactId, Relation, Relations};
+use super::selection::{ContactNeeds, Details, OperationPlan};
+use crate::amocrm::{ContactId, Relation};
 
 /// The most contacts one window may hold: one full amoCRM page.
 /// `first` is read as a 64-bit Int so that any integer a client sends reaches our own range
@@ -72,8 +72,8 @@ async fn contacts(
         None => 0,
     };
     let upstream = request(ctx)?.upstream()?;
-    let relations =
-        plan(ctx).map_or_else(all_relations, |plan| plan.relations_for(&response_key(ctx)));
+    let needs = plan(ctx).map_or_else(everything, |plan| plan.needs_of(&response_key(ctx)));
+    let relations = needs.relations;
 
     let window = Window {
         start,
@@ -91,6 +91,7 @@ async fn contacts(
     })
     .await?;
 
+    upstream.prefetch(&slice.items, needs.details).await;
     let edges: Vec<ContactEdge> = slice
         .items
         .into_iter()
@@ -117,16 +118,21 @@ async fn contact(ctx: &Context<'_>, id: ID) -> Result<Option<Contact>, ApiError>
     let id = ContactId::new(input::parse_id("id", &id)?);
     let upstream = request(ctx)?.upstream()?;
     let mut ids = BTreeSet::new();
-    let relations = match plan(ctx) {
+    let needs = match plan(ctx) {
         Some(plan) => {
-            let (batch, relations) = plan.contact_batch();
+            let (batch, needs) = plan.contact_batch();
             ids.extend(batch.iter().copied());
-            relations
+            needs
         }
-        None => all_relations(),
+        None => everything(),
     };
     ids.insert(id);
-    let found = upstream.contacts_by_id(&ids, relations).await?;
+    let found = upstream.contacts_by_id(&ids, needs.relations).await?;
+    // Every `contact` field prefetches for the whole batch: the first to get here loads, the
+    // others find it in the request's memo.
+    let mut batch: Vec<_> = found.values().cloned().collect();
+    batch.sort_by_key(|c| c.id);
+    upstream.prefetch(&batch, needs.details).await;
     Ok(found.get(&id).cloned().map(Contact))
 }
 
@@ -141,8 +147,17 @@ fn plan<'a>(ctx: &Context<'a>) -> Option<&'a OperationPlan> {
 
 /// Without a plan (the schema was built without its planning extension) asking for everything
 /// is the only choice that never returns a relation as empty when it is not.
-fn all_relations() -> Relations {
-    Relation::ALL.into_iter().collect()
+fn everything() -> ContactNeeds {
+    ContactNeeds {
+        relations: Relation::ALL.into_iter().collect(),
+        details: Details {
+            leads: true,
+            customers: true,
+            companies: true,
+            catalog_elements: true,
+            responsible_user: true,
+        },
+    }
 }
 
 fn response_key(ctx: &Context<'_>) -> String {

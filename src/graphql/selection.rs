@@ -27,16 +27,56 @@ fn relation_of(field_name: &str) -> Option<Relation> {
     }
 }
 
+/// Linked entities whose own data (more than their id) is selected, so they must be loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Details {
+    pub leads: bool,
+    pub customers: bool,
+    pub companies: bool,
+    pub catalog_elements: bool,
+    pub responsible_user: bool,
+}
+
+impl Details {
+    fn union(self, other: Details) -> Details {
+        Details {
+            leads: self.leads || other.leads,
+            customers: self.customers || other.customers,
+            companies: self.companies || other.companies,
+            catalog_elements: self.catalog_elements || other.catalog_elements,
+            responsible_user: self.responsible_user || other.responsible_user,
+        }
+    }
+}
+
+/// What the contacts under one root field need.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContactNeeds {
+    /// Relations for amoCRM's `with`.
+    pub relations: Relations,
+    /// Linked entities to load in batches.
+    pub details: Details,
+}
+
+impl ContactNeeds {
+    fn union(self, other: ContactNeeds) -> ContactNeeds {
+        ContactNeeds {
+            relations: self.relations.union(other.relations),
+            details: self.details.union(other.details),
+        }
+    }
+}
+
 /// What one operation needs from amoCRM, decided before it runs.
 #[derive(Debug, Default, Clone)]
 pub struct OperationPlan {
-    /// Relations needed under each root `contacts`/`contact` field, by response key (alias or
-    /// name), merged over every occurrence of that key.
-    relations_by_key: HashMap<String, Relations>,
+    /// Needs of each root `contacts`/`contact` field, by response key (alias or name), merged
+    /// over every occurrence of that key.
+    needs_by_key: HashMap<String, ContactNeeds>,
     /// Every id asked for by a root `contact(id:)` field, valid or not yet validated.
     contact_ids: BTreeSet<ContactId>,
-    /// The relations any root `contact` field needs: the batch loads them all at once.
-    contact_relations: Relations,
+    /// What any root `contact` field needs: the batch loads it all at once.
+    contact_needs: ContactNeeds,
 }
 
 impl OperationPlan {
@@ -59,38 +99,38 @@ impl OperationPlan {
         };
         for field in walk.fields(&operation.selection_set.node) {
             let key = field.response_key().node.to_string();
-            let relations = match field.name.node.as_str() {
-                "contacts" => walk.connection_relations(field),
+            let needs = match field.name.node.as_str() {
+                "contacts" => walk.connection_needs(field),
                 "contact" => {
-                    let relations = walk.contact_relations(&field.selection_set.node);
-                    plan.contact_relations = plan.contact_relations.union(relations);
+                    let needs = walk.contact_needs(&field.selection_set.node);
+                    plan.contact_needs = plan.contact_needs.union(needs);
                     if let Some(id) = field
                         .get_argument("id")
                         .and_then(|id| walk.contact_id(&id.node))
                     {
                         plan.contact_ids.insert(id);
                     }
-                    relations
+                    needs
                 }
                 _ => continue,
             };
-            let entry = plan.relations_by_key.entry(key).or_default();
-            *entry = entry.union(relations);
+            let entry = plan.needs_by_key.entry(key).or_default();
+            *entry = entry.union(needs);
         }
         plan
     }
 
-    /// The relations the root field with this response key needs.
-    pub fn relations_for(&self, response_key: &str) -> Relations {
-        self.relations_by_key
+    /// What the root field with this response key needs.
+    pub fn needs_of(&self, response_key: &str) -> ContactNeeds {
+        self.needs_by_key
             .get(response_key)
             .copied()
             .unwrap_or_default()
     }
 
-    /// All ids of the operation's `contact` fields, and the relations to load them with.
-    pub fn contact_batch(&self) -> (&BTreeSet<ContactId>, Relations) {
-        (&self.contact_ids, self.contact_relations)
+    /// All ids of the operation's `contact` fields, and what to load them with.
+    pub fn contact_batch(&self) -> (&BTreeSet<ContactId>, ContactNeeds) {
+        (&self.contact_ids, self.contact_needs)
     }
 }
 
@@ -180,32 +220,60 @@ impl<'a> Walk<'a> {
         }
     }
 
-    fn connection_relations(&self, connection: &'a Field) -> Relations {
-        let mut relations = Relations::NONE;
+    fn connection_needs(&self, connection: &'a Field) -> ContactNeeds {
+        let mut needs = ContactNeeds::default();
         for field in self.fields(&connection.selection_set.node) {
             match field.name.node.as_str() {
-                "nodes" => {
-                    relations = relations.union(self.contact_relations(&field.selection_set.node));
-                }
+                "nodes" => needs = needs.union(self.contact_needs(&field.selection_set.node)),
                 "edges" => {
                     for edge_field in self.fields(&field.selection_set.node) {
                         if edge_field.name.node == "node" {
-                            relations = relations
-                                .union(self.contact_relations(&edge_field.selection_set.node));
+                            needs = needs.union(self.contact_needs(&edge_field.selection_set.node));
                         }
                     }
                 }
                 _ => {}
             }
         }
-        relations
+        needs
     }
 
-    fn contact_relations(&self, contact: &'a SelectionSet) -> Relations {
-        self.fields(contact)
-            .into_iter()
-            .filter_map(|field| relation_of(field.name.node.as_str()))
-            .collect()
+    fn contact_needs(&self, contact: &'a SelectionSet) -> ContactNeeds {
+        let mut needs = ContactNeeds::default();
+        for field in self.fields(contact) {
+            let name = field.name.node.as_str();
+            if let Some(relation) = relation_of(name) {
+                needs.relations.insert(relation);
+            }
+            let selected = &field.selection_set.node;
+            // What amoCRM embeds with a contact needs no further call: the id of each linked
+            // entity, and for catalog elements also the link's own catalog, quantity and price.
+            let details = &mut needs.details;
+            match name {
+                "leads" => details.leads |= self.selects_beyond(selected, &["id"]),
+                "customers" => details.customers |= self.selects_beyond(selected, &["id"]),
+                "companies" => details.companies |= self.selects_beyond(selected, &["id"]),
+                "catalogElements" => {
+                    details.catalog_elements |= self.selects_beyond(
+                        selected,
+                        &["id", "catalogId", "quantity", "priceId", "metadata"],
+                    );
+                }
+                "responsibleUser" => {
+                    details.responsible_user |= self.selects_beyond(selected, &["id"]);
+                }
+                _ => {}
+            }
+        }
+        needs
+    }
+
+    /// Whether the selection asks for a field other than `known` (and `__typename`).
+    fn selects_beyond(&self, set: &'a SelectionSet, known: &[&str]) -> bool {
+        self.fields(set).into_iter().any(|field| {
+            let name = field.name.node.as_str();
+            name != "__typename" && !known.contains(&name)
+        })
     }
 
     /// `false` when `@skip(if: true)` or `@include(if: false)` applies. An argument that cannot
@@ -261,7 +329,7 @@ mod tests {
     }
 
     fn with(plan: &OperationPlan, key: &str) -> Option<String> {
-        plan.relations_for(key).with_param()
+        plan.needs_of(key).relations.with_param()
     }
 
     #[test]
@@ -302,11 +370,28 @@ mod tests {
             }"#,
             serde_json::json!({ "id": "7" }),
         );
-        let (ids, relations) = p.contact_batch();
+        let (ids, needs) = p.contact_batch();
         assert_eq!(
             ids.iter().map(|id| id.get()).collect::<Vec<_>>(),
             vec![1, 7]
         );
-        assert_eq!(relations.with_param().as_deref(), Some("leads"));
+        assert_eq!(needs.relations.with_param().as_deref(), Some("leads"));
+        assert_eq!(
+            needs.details,
+            Details::default(),
+            "ids alone need no loading"
+        );
+    }
+
+    #[test]
+    fn details_beyond_embedded_data_are_planned() {
+        let p = plan(
+            r#"{ contacts { nodes { leads { id __typename } companies { name }
+                 catalogElements { id quantity metadata } responsibleUser { ... on User { email } } } } }"#,
+            serde_json::json!({}),
+        );
+        let details = p.needs_of("contacts").details;
+        assert!(!details.leads && details.companies && !details.catalog_elements);
+        assert!(details.responsible_user && !details.customers);
     }
 }

@@ -1,0 +1,226 @@
+//! The entities linked to contacts — leads, customers, companies, catalog elements — and the
+//! account's users, loaded by id in batches.
+//!
+//! One decoded shape serves the four linked kinds: they share most fields, and the GraphQL
+//! layer exposes the ones each kind has. Decoding is as tolerant as for contacts.
+
+use serde_json::{Map, Value};
+
+use super::AmoError;
+use super::model::{self, CustomFieldValue};
+
+/// A kind of linked entity, and where amoCRM lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EntityKind {
+    Lead,
+    Customer,
+    Company,
+    /// Catalog elements are listed per catalog.
+    CatalogElement {
+        catalog_id: u64,
+    },
+}
+
+impl EntityKind {
+    /// The route template, for logs and metrics: never a concrete id.
+    pub fn route(self) -> &'static str {
+        match self {
+            EntityKind::Lead => "/api/v4/leads",
+            EntityKind::Customer => "/api/v4/customers",
+            EntityKind::Company => "/api/v4/companies",
+            EntityKind::CatalogElement { .. } => "/api/v4/catalogs/{catalog_id}/elements",
+        }
+    }
+
+    pub(super) fn path(self) -> String {
+        match self {
+            EntityKind::CatalogElement { catalog_id } => {
+                format!("/api/v4/catalogs/{catalog_id}/elements")
+            }
+            other => other.route().to_owned(),
+        }
+    }
+
+    /// The key of the list under `_embedded`.
+    fn embedded_key(self) -> &'static str {
+        match self {
+            EntityKind::Lead => "leads",
+            EntityKind::Customer => "customers",
+            EntityKind::Company => "companies",
+            EntityKind::CatalogElement { .. } => "elements",
+        }
+    }
+
+    /// The parameters that select `ids`: `filter[id][]` in general, but a top-level `id[]` for
+    /// catalog elements, as amoCRM's own client sends it.
+    pub(super) fn id_params(self, ids: &[u64]) -> Vec<(String, String)> {
+        let key = match self {
+            EntityKind::CatalogElement { .. } => "id[]",
+            _ => "filter[id][]",
+        };
+        ids.iter()
+            .map(|id| (key.to_owned(), id.to_string()))
+            .collect()
+    }
+
+    /// What a person calls one of these, for error messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            EntityKind::Lead => "lead",
+            EntityKind::Customer => "customer",
+            EntityKind::Company => "company",
+            EntityKind::CatalogElement { .. } => "catalog element",
+        }
+    }
+}
+
+/// A lead, customer, company or catalog element; fields a kind lacks stay empty.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RelatedEntity {
+    pub id: u64,
+    pub name: Option<String>,
+    /// Leads: the deal's price.
+    pub price: Option<i64>,
+    /// Customers: the next purchase's price and date.
+    pub next_price: Option<i64>,
+    pub next_date: Option<i64>,
+    pub status_id: Option<u64>,
+    pub pipeline_id: Option<u64>,
+    pub responsible_user_id: Option<u64>,
+    pub created_at: Option<i64>,
+    pub updated_at: Option<i64>,
+    pub closed_at: Option<i64>,
+    pub is_deleted: Option<bool>,
+    pub custom_fields_values: Vec<CustomFieldValue>,
+}
+
+impl RelatedEntity {
+    pub fn heap_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.name.as_ref().map_or(0, String::capacity)
+            + self
+                .custom_fields_values
+                .iter()
+                .map(|f| std::mem::size_of::<CustomFieldValue>() + 64 * (1 + f.values.len()))
+                .sum::<usize>()
+            + 64
+    }
+}
+
+/// An account user, as `GET /api/v4/users` lists them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub id: u64,
+    pub name: Option<String>,
+    pub email: Option<String>,
+}
+
+/// A page of a list, decoded: the items and whether amoCRM linked a next page.
+pub struct Listed<T> {
+    pub items: Vec<T>,
+    pub has_next_link: bool,
+}
+
+fn embedded_items<'a>(body: &'a Value, key: &str) -> Result<(&'a [Value], bool), AmoError> {
+    let root = body
+        .as_object()
+        .ok_or_else(|| AmoError::Decode("the body is not a JSON object".to_owned()))?;
+    let embedded = root
+        .get("_embedded")
+        .and_then(Value::as_object)
+        .ok_or_else(|| AmoError::Decode("the body has no `_embedded` object".to_owned()))?;
+    let items = match embedded.get(key) {
+        None | Some(Value::Null) => &[][..],
+        Some(Value::Array(items)) => items.as_slice(),
+        Some(_) => return Err(AmoError::Decode(format!("`_embedded.{key}` is not a list"))),
+    };
+    let has_next_link = root
+        .get("_links")
+        .and_then(|l| l.get("next"))
+        .and_then(|n| n.get("href"))
+        .is_some_and(Value::is_string);
+    Ok((items, has_next_link))
+}
+
+fn parse(body: &[u8]) -> Result<Value, AmoError> {
+    serde_json::from_slice(body)
+        .map_err(|e| AmoError::Decode(format!("the body is not JSON ({e})")))
+}
+
+/// Decodes a 200 body of a linked-entity list.
+pub fn decode_entities(kind: EntityKind, body: &[u8]) -> Result<Vec<RelatedEntity>, AmoError> {
+    let body = parse(body)?;
+    let (items, _) = embedded_items(&body, kind.embedded_key())?;
+    Ok(items
+        .iter()
+        .filter_map(Value::as_object)
+        .filter_map(decode_entity)
+        .collect())
+}
+
+fn decode_entity(e: &Map<String, Value>) -> Option<RelatedEntity> {
+    Some(RelatedEntity {
+        id: e.get("id").and_then(model::as_u64)?,
+        name: model::opt_string(e, "name"),
+        price: model::int(e, "price"),
+        next_price: model::int(e, "next_price"),
+        next_date: model::int(e, "next_date"),
+        status_id: e.get("status_id").and_then(model::as_u64),
+        pipeline_id: e.get("pipeline_id").and_then(model::as_u64),
+        responsible_user_id: e.get("responsible_user_id").and_then(model::as_u64),
+        created_at: model::int(e, "created_at"),
+        updated_at: model::int(e, "updated_at"),
+        closed_at: model::int(e, "closed_at"),
+        is_deleted: e.get("is_deleted").and_then(Value::as_bool),
+        custom_fields_values: e
+            .get("custom_fields_values")
+            .and_then(Value::as_array)
+            .map(|fields| model::decode_custom_fields(fields))
+            .unwrap_or_default(),
+    })
+}
+
+/// Decodes a 200 body of `GET /api/v4/users`.
+pub fn decode_users(body: &[u8]) -> Result<Listed<User>, AmoError> {
+    let body = parse(body)?;
+    let (items, has_next_link) = embedded_items(&body, "users")?;
+    let items = items
+        .iter()
+        .filter_map(Value::as_object)
+        .filter_map(|u| {
+            Some(User {
+                id: u.get("id").and_then(model::as_u64)?,
+                name: model::opt_string(u, "name"),
+                email: model::opt_string(u, "email"),
+            })
+        })
+        .collect();
+    Ok(Listed {
+        items,
+        has_next_link,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_leads_tolerantly() {
+        let body = br#"{"_embedded":{"leads":[{"id":1,"name":"Deal","price":"1500","status_id":142,
+            "custom_fields_values":null},{"name":"no id"},{"id":2,"price":{"odd":1}}]}}"#;
+        let leads = decode_entities(EntityKind::Lead, body).expect("decodes");
+        assert_eq!(leads.len(), 2);
+        assert_eq!(leads[0].price, Some(1500));
+        assert_eq!(leads[0].status_id, Some(142));
+        assert_eq!(leads[1].price, None);
+    }
+
+    #[test]
+    fn catalog_elements_are_selected_by_top_level_id() {
+        let kind = EntityKind::CatalogElement { catalog_id: 7 };
+        assert_eq!(kind.path(), "/api/v4/catalogs/7/elements");
+        assert_eq!(kind.id_params(&[3])[0].0, "id[]");
+        assert_eq!(EntityKind::Lead.id_params(&[3])[0].0, "filter[id][]");
+    }
+}
