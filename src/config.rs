@@ -116,6 +116,11 @@ pub struct ServeConfig {
     )]
     pub cors_origins: Vec<String>,
 
+    /// The most an operation may cost: 1 per field, a contacts window multiplying its contacts'
+    /// cost by `first`. Costlier operations get QUERY_TOO_COMPLEX before any upstream call.
+    #[arg(long, env = "GATEWAY_MAX_COMPLEXITY", default_value_t = crate::graphql::DEFAULT_MAX_COMPLEXITY)]
+    pub max_complexity: usize,
+
     /// Enables `POST /webhooks/amocrm/{secret}` with this secret in the path.
     #[arg(long, env = "GATEWAY_WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub webhook_secret: Option<Secret>,

@@ -161,7 +161,9 @@ impl Gateway {
         };
         let forwarding = matches!(auth, AuthMode::Forward(_));
         let state = AppState {
-            schema: graphql::schema(),
+            schema: graphql::schema(graphql::Limits {
+                max_complexity: config.max_complexity,
+            }),
             auth: Arc::new(auth),
             caches: Caches::new(client, freshness, config.cache_max_bytes, metrics.clone()),
             page_size: PageSize::new(u64::from(config.upstream_page_size)).unwrap_or(PageSize::MAX),

@@ -6,9 +6,13 @@
 //! `_links.next` on every full page (even when nothing follows, as amoCRM does), and a `limit`
 //! over 250 falling back to 50.
 //!
+//! It also serves the batch endpoints for linked entities (`/api/v4/leads`, `/customers`,
+//! `/companies`, `/catalogs/{id}/elements`) and `/api/v4/users`.
+//!
 //! Tokens (fixed, documented in the README):
 //! - [`ADMIN_TOKEN`] sees every contact;
-//! - [`MANAGER_TOKEN`] is a non-admin who sees only contacts of user [`MANAGER_USER_ID`];
+//! - [`MANAGER_TOKEN`] is a non-admin who sees only contacts of user [`MANAGER_USER_ID`], and
+//!   gets 403 from `/api/v4/users`;
 //! - [`UNPAID_TOKEN`] belongs to an unpaid account and gets 402;
 //! - anything else gets 401.
 #![allow(
@@ -17,6 +21,7 @@
 )]
 
 mod data;
+mod entities;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -37,6 +42,7 @@ pub use data::{
     ACCOUNT_ID, BUDGET_FIELD_ID, EMAIL_FIELD_ID, FakeContact, PHONE_FIELD_ID, SOURCE_FIELD_ID,
     USERS,
 };
+pub use entities::DELETED_LEAD_EVERY;
 
 pub const ADMIN_TOKEN: &str = "demo-admin-token";
 pub const MANAGER_TOKEN: &str = "demo-manager-token";
@@ -138,7 +144,8 @@ impl Failure {
     }
 }
 
-struct FakeState {
+pub(crate) struct FakeState {
+    linked: entities::LinkedIds,
     contacts: std::sync::RwLock<Vec<FakeContact>>,
     latency_ms: AtomicU64,
     requests: Mutex<Vec<RecordedRequest>>,
@@ -262,8 +269,10 @@ pub async fn serve(
 
 impl FakeState {
     fn new(addr: SocketAddr, options: &FakeOptions) -> Self {
+        let contacts = data::generate(options.contacts);
         FakeState {
-            contacts: std::sync::RwLock::new(data::generate(options.contacts)),
+            linked: entities::LinkedIds::of(&contacts),
+            contacts: std::sync::RwLock::new(contacts),
             latency_ms: AtomicU64::new(u64::try_from(options.latency.as_millis()).unwrap_or(0)),
             requests: Mutex::new(Vec::new()),
             failures: Mutex::new(Vec::new()),
@@ -286,11 +295,19 @@ fn router(state: Arc<FakeState>) -> Router {
     Router::new()
         .route("/api/v4/contacts", get(list_contacts))
         .route("/api/v4/contacts/{id}", get(contact_by_id))
+        .route("/api/v4/leads", get(entities::leads))
+        .route("/api/v4/customers", get(entities::customers))
+        .route("/api/v4/companies", get(entities::companies))
+        .route(
+            "/api/v4/catalogs/{catalog_id}/elements",
+            get(entities::catalog_elements),
+        )
+        .route("/api/v4/users", get(entities::users))
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "Not Found", "unknown endpoint") })
         .with_state(state)
 }
 
-enum Viewer {
+pub(crate) enum Viewer {
     Admin,
     Manager,
 }
@@ -323,7 +340,7 @@ impl Viewer {
 
 /// Records the request, waits the configured latency, and answers with a queued failure or
 /// authenticates the caller.
-async fn admit(
+pub(crate) async fn admit(
     state: &FakeState,
     path: String,
     raw_query: Option<&str>,
@@ -467,7 +484,7 @@ async fn contact_by_id(
     }
 }
 
-fn hal(body: Value) -> Response {
+pub(crate) fn hal(body: Value) -> Response {
     (
         [
             (header::CONTENT_TYPE, "application/hal+json"),
@@ -481,7 +498,7 @@ fn hal(body: Value) -> Response {
         .into_response()
 }
 
-fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
+pub(crate) fn problem(status: StatusCode, title: &str, detail: &str) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/problem+json")],

@@ -94,7 +94,15 @@ pub fn fill_missing_codes(response: &mut Response) {
     for error in &mut response.errors {
         let extensions = error.extensions.get_or_insert_with(Default::default);
         if extensions.get("code").is_none() {
-            extensions.set("code", BAD_USER_INPUT);
+            let code = if error.message.starts_with("Query is too complex") {
+                error.message = "the operation is too complex: ask for fewer or smaller lists \
+                                 (a contacts window costs its fields times `first`)"
+                    .to_owned();
+                "QUERY_TOO_COMPLEX"
+            } else {
+                BAD_USER_INPUT
+            };
+            extensions.set("code", code);
             if let Some((_, rule)) = SCALAR_RULES
                 .iter()
                 .find(|(expected, _)| error.message.ends_with(expected))

@@ -26,6 +26,7 @@ impl QueryRoot {
     /// after the cursor `after`, in amoCRM's order. Selecting `leads`, `customers` or
     /// `catalogElements` on the contacts makes the gateway ask amoCRM for exactly those
     /// relations; pages are cached per token, so repeated and overlapping windows are free.
+    #[graphql(complexity = "window_cost(first, child_complexity)")]
     async fn contacts(
         &self,
         ctx: &Context<'_>,
@@ -134,6 +135,15 @@ async fn contact(ctx: &Context<'_>, id: ID) -> Result<Option<Contact>, ApiError>
     batch.sort_by_key(|c| c.id);
     upstream.prefetch(&batch, needs.details).await;
     Ok(found.get(&id).cloned().map(Contact))
+}
+
+/// A window costs what one contact costs, times the contacts it may hold.
+fn window_cost(first: Option<i64>, per_contact: usize) -> usize {
+    let first = first.unwrap_or(DEFAULT_FIRST).clamp(0, MAX_FIRST);
+    usize::try_from(first)
+        .unwrap_or(0)
+        .max(1)
+        .saturating_mul(per_contact)
 }
 
 fn request<'a>(ctx: &Context<'a>) -> Result<&'a RequestContext, ApiError> {

@@ -12,4 +12,5 @@ mod http;
 mod invalidation;
 mod metrics;
 mod paging;
+mod related;
 mod selection;
