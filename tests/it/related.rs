@@ -310,3 +310,51 @@ async fn an_over_complex_operation_is_refused_before_any_call() {
     assert_eq!(refused.codes(), vec!["QUERY_TOO_COMPLEX"]);
     assert_eq!(app.upstream_calls(), 0);
 }
+
+#[tokio::test]
+async fn stale_entities_are_served_while_one_batch_reloads_them() {
+    let app = TestApp::spawn_with(
+        &[
+            "--cache-ttl",
+            "1s",
+            "--cache-stale-ttl",
+            "1m",
+            "--cache-max-age",
+            "5m",
+        ],
+        FakeOptions::default(),
+    )
+    .await;
+    // Two operations over the same leads: the second reads pages and leads from the caches.
+    let first = "{ contacts(first: 20) { nodes { leads { name } } } }";
+    let second = "{ contacts(first: 20) { nodes { id leads { id name } } } }";
+    let fresh = app.query(Some(ADMIN_TOKEN), first).await;
+    crate::support::outlive(std::time::Duration::from_secs(1)).await;
+    app.fake.clear_requests();
+    let stale = app.query(Some(ADMIN_TOKEN), second).await;
+    assert_eq!(stale.header("x-cache"), "STALE");
+    let names = |reply: &crate::support::Reply| -> Vec<Value> {
+        reply.body["data"]["contacts"]["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .flat_map(|n| n["leads"].as_array().cloned().unwrap_or_default())
+            .map(|l| l["name"].clone())
+            .collect()
+    };
+    assert_eq!(
+        names(&stale),
+        names(&fresh),
+        "served at once from the stale copies"
+    );
+    app.wait_for_metric(
+        "gateway_cache_refreshes_total{cache=\"entities\",outcome=\"downloaded\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        calls_by_path(&app).get("/api/v4/leads"),
+        Some(&1),
+        "one batch reload"
+    );
+}
