@@ -358,3 +358,35 @@ async fn stale_entities_are_served_while_one_batch_reloads_them() {
         "one batch reload"
     );
 }
+
+#[tokio::test]
+async fn a_full_window_loads_each_kind_in_as_few_calls_as_its_ids_need() {
+    let app = TestApp::spawn().await;
+    app.query(
+        Some(ADMIN_TOKEN),
+        "{ contacts(first: 250) { nodes { leads { name } customers { name } companies { name }
+            catalogElements { name } } } }",
+    )
+    .await;
+    let contacts = app.fake.contacts();
+    let count = |ids: Vec<u64>| {
+        let mut ids = ids;
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len()
+    };
+    let window = &contacts[..250];
+    let leads = count(window.iter().flat_map(|c| c.lead_ids.clone()).collect());
+    let customers = count(window.iter().flat_map(|c| c.customer_ids.clone()).collect());
+    assert!(
+        leads > 250,
+        "the window needs more than one page of leads: {leads}"
+    );
+    let calls = calls_by_path(&app);
+    assert_eq!(calls.get("/api/v4/leads"), Some(&leads.div_ceil(250)));
+    assert_eq!(
+        calls.get("/api/v4/customers"),
+        Some(&customers.div_ceil(250))
+    );
+    assert_eq!(calls.get("/api/v4/companies"), Some(&1));
+}
