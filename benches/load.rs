@@ -119,7 +119,13 @@ impl GatewayProcess {
                 "--access-token",
                 ADMIN_TOKEN,
             ])
-            .args(["--cache-ttl", "10m", "--cache-max-age", "10m"])
+            .args([
+                "--cache-ttl",
+                "10m",
+                "--cache-max-age",
+                "10m",
+                "--allow-anonymous",
+            ])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

@@ -19,6 +19,8 @@ pub const DEFAULT_CACHE_MAX_AGE: &str = "10m";
 pub const DEFAULT_CACHE_MAX_BYTES: &str = "256MiB";
 pub const DEFAULT_UPSTREAM_PAGE_SIZE: &str = "250";
 pub const DEFAULT_UPSTREAM_TIMEOUT: &str = "10s";
+pub const DEFAULT_UPSTREAM_RPS: u32 = 7;
+pub const DEFAULT_UPSTREAM_QUEUE_TIMEOUT: &str = "10s";
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: &str = "3s";
 
 #[derive(Debug, Parser)]
@@ -98,6 +100,15 @@ pub struct ServeConfig {
     /// are the scarce resource, so the default is amoCRM's maximum.
     #[arg(long, env = "GATEWAY_UPSTREAM_PAGE_SIZE", default_value = DEFAULT_UPSTREAM_PAGE_SIZE, value_parser = clap::value_parser!(u16).range(1..=250))]
     pub upstream_page_size: u16,
+
+    /// Upstream calls started in any one second, at most (amoCRM allows 7 per integration).
+    /// 0 lifts the limit: only for measuring the gateway itself.
+    #[arg(long, env = "GATEWAY_UPSTREAM_RPS", default_value_t = DEFAULT_UPSTREAM_RPS)]
+    pub upstream_rps: u32,
+
+    /// The longest a request waits for the upstream rate limit before it gets RATE_LIMITED.
+    #[arg(long, env = "GATEWAY_UPSTREAM_QUEUE_TIMEOUT", default_value = DEFAULT_UPSTREAM_QUEUE_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub upstream_queue_timeout: Duration,
 
     /// Timeout of one upstream request, connection included.
     #[arg(long, env = "GATEWAY_UPSTREAM_TIMEOUT", default_value = DEFAULT_UPSTREAM_TIMEOUT, value_parser = humantime::parse_duration)]

@@ -151,6 +151,8 @@ impl Gateway {
                 base_url: upstream_url,
                 connect_timeout: config.upstream_connect_timeout,
                 request_timeout: config.upstream_timeout,
+                rate_limit: (config.upstream_rps > 0).then_some(config.upstream_rps),
+                queue_timeout: config.upstream_queue_timeout,
             },
             metrics.clone(),
         )?;

@@ -1,12 +1,15 @@
 //! The HTTP client for amoCRM: one place that knows statuses, 204s, problem bodies and timeouts.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{StatusCode, header};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+use super::breaker::Breaker;
 use super::entities::{self, EntityKind, RelatedEntity, User};
+use super::limiter::{Limiter, Priority};
 use super::query::MAX_PAGE_SIZE;
 use super::{
     AmoError, ContactFilter, ContactList, ContactsPage, ContactsQuery, ForbiddenReason, PageSize,
@@ -22,7 +25,7 @@ const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 /// Problem details are shown to clients; a long one is cut, not forwarded whole.
 const MAX_DETAIL_CHARS: usize = 300;
 
-const CONTACTS_ENDPOINT: &str = "/api/v4/contacts";
+pub(super) const CONTACTS_ENDPOINT: &str = "/api/v4/contacts";
 const USERS_ENDPOINT: &str = "/api/v4/users";
 const MAX_USER_PAGES: u32 = 100;
 
@@ -52,7 +55,17 @@ pub struct ClientConfig {
     pub base_url: Url,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// Calls a second at most; `None` lifts the limit (benchmarks of the gateway itself).
+    pub rate_limit: Option<u32>,
+    /// The longest a call waits for the rate limit before it is refused.
+    pub queue_timeout: Duration,
 }
+
+/// Attempts of one call, the first included, for failures a retry can cure.
+const MAX_ATTEMPTS: u32 = 3;
+/// No call is retried past this, whatever its attempts.
+const RETRY_DEADLINE: Duration = Duration::from_secs(20);
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Calls amoCRM. Cheap to clone: reqwest's client is a handle to one connection pool.
 #[derive(Debug, Clone)]
@@ -61,6 +74,11 @@ pub struct AmoClient {
     base_url: Url,
     request_timeout: Duration,
     metrics: Metrics,
+    limiter: Option<Arc<Limiter>>,
+    rate_limit: u32,
+    breaker: Arc<Breaker>,
+    /// Keys callers for the limiter's fairness without keeping their tokens.
+    callers: std::hash::RandomState,
 }
 
 /// A successful answer: the body (`None` for 204) and when amoCRM says it answered.
@@ -83,6 +101,10 @@ impl AmoClient {
             base_url: config.base_url,
             request_timeout: config.request_timeout,
             metrics,
+            limiter: Limiter::new(config.rate_limit, config.queue_timeout),
+            rate_limit: config.rate_limit.unwrap_or(0),
+            breaker: Arc::new(Breaker::default()),
+            callers: std::hash::RandomState::new(),
         })
     }
 
@@ -92,10 +114,12 @@ impl AmoClient {
         &self,
         token: &AccessToken,
         query: &ContactsQuery,
+        priority: Priority,
     ) -> Result<ContactsPage, AmoError> {
         let answer = self
             .get(
                 token,
+                priority,
                 CONTACTS_ENDPOINT,
                 CONTACTS_ENDPOINT,
                 &query.to_params(),
@@ -132,6 +156,7 @@ impl AmoClient {
         let answer = self
             .get(
                 token,
+                Priority::Background,
                 CONTACTS_ENDPOINT,
                 CONTACTS_ENDPOINT,
                 &probe.to_params(),
@@ -150,10 +175,13 @@ impl AmoClient {
         token: &AccessToken,
         kind: EntityKind,
         ids: &[u64],
+        priority: Priority,
     ) -> Result<Vec<RelatedEntity>, AmoError> {
         let mut params = kind.id_params(ids);
         params.push(("limit".to_owned(), MAX_PAGE_SIZE.to_string()));
-        let answer = self.get(token, kind.route(), &kind.path(), &params).await?;
+        let answer = self
+            .get(token, priority, kind.route(), &kind.path(), &params)
+            .await?;
         match answer.body {
             Some(body) => entities::decode_entities(kind, &body),
             None => Ok(Vec::new()),
@@ -162,7 +190,11 @@ impl AmoClient {
 
     /// Every user of the account, page by page. amoCRM has no id filter for users and answers
     /// 403 to tokens of non-admins.
-    pub async fn users(&self, token: &AccessToken) -> Result<Vec<User>, AmoError> {
+    pub async fn users(
+        &self,
+        token: &AccessToken,
+        priority: Priority,
+    ) -> Result<Vec<User>, AmoError> {
         let mut users = Vec::new();
         // A bound for a broken upstream that links next pages forever.
         for page in 1..=MAX_USER_PAGES {
@@ -171,7 +203,7 @@ impl AmoClient {
                 ("limit".to_owned(), MAX_PAGE_SIZE.to_string()),
             ];
             let answer = self
-                .get(token, USERS_ENDPOINT, USERS_ENDPOINT, &params)
+                .get(token, priority, USERS_ENDPOINT, USERS_ENDPOINT, &params)
                 .await?;
             let Some(body) = answer.body else { break };
             let listed = entities::decode_users(&body)?;
@@ -185,8 +217,53 @@ impl AmoClient {
     }
 
     /// Sends one GET and returns the body of a 2xx answer, or `None` for "no content".
-    /// `endpoint` is the route template that logs and metrics name; `path` the concrete path.
+    /// One call, through the circuit breaker and the rate limiter, retried with backoff for
+    /// failures a retry can cure (429, 5xx, timeouts, connection errors; never another 4xx).
+    /// Every attempt passes the breaker and the limiter again.
     async fn get(
+        &self,
+        token: &AccessToken,
+        priority: Priority,
+        endpoint: &'static str,
+        path: &str,
+        params: &[(String, String)],
+    ) -> Result<Answer, AmoError> {
+        let deadline = tokio::time::Instant::now() + RETRY_DEADLINE;
+        let mut attempt = 1;
+        loop {
+            self.breaker.admit()?;
+            if let Some(limiter) = &self.limiter {
+                let caller = std::hash::BuildHasher::hash_one(&self.callers, token.expose());
+                limiter
+                    .acquire(caller, priority)
+                    .await
+                    .map_err(|_| AmoError::QueueTimeout {
+                        rate: self.rate_limit,
+                    })?;
+            }
+            let outcome = self.get_once(token, endpoint, path, params).await;
+            self.breaker.record(endpoint, outcome.as_ref().map(|_| ()));
+            let error = match outcome {
+                Err(error) if error.is_retryable() && attempt < MAX_ATTEMPTS => error,
+                other => return other,
+            };
+            let wait = match &error {
+                AmoError::RateLimited {
+                    retry_after: Some(after),
+                } => *after,
+                _ => backoff(attempt),
+            };
+            if tokio::time::Instant::now() + wait > deadline {
+                return Err(error);
+            }
+            tracing::info!(%error, attempt, ?wait, endpoint, "retrying an amoCRM call");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    /// `endpoint` is the route template that logs and metrics name; `path` the concrete path.
+    async fn get_once(
         &self,
         token: &AccessToken,
         endpoint: &'static str,
@@ -308,6 +385,13 @@ impl AmoClient {
             BodyError::Transport(e) => self.transport_error(&e),
         }
     }
+}
+
+/// Exponential backoff with jitter: 250 ms, 500 ms, ... each scaled by a random 0.5..1.5, so
+/// that callers failing together do not retry together.
+fn backoff(attempt: u32) -> Duration {
+    let base = FIRST_BACKOFF * 2u32.saturating_pow(attempt.saturating_sub(1));
+    base.mul_f64(rand::random_range(0.5..1.5))
 }
 
 fn unix_now() -> i64 {

@@ -53,6 +53,17 @@ pub enum AmoError {
 
     #[error("amoCRM sent a response that could not be read: {0}")]
     Decode(String),
+
+    #[error(
+        "the upstream rate limit ({rate} requests a second) would be exceeded: try again shortly"
+    )]
+    QueueTimeout { rate: u32 },
+
+    #[error("{}", circuit_message(*.reason, *.retry_in))]
+    CircuitOpen {
+        reason: super::breaker::OpenReason,
+        retry_in: Duration,
+    },
 }
 
 impl AmoError {
@@ -63,6 +74,23 @@ impl AmoError {
             Self::Connect => "connect",
             _ => "transport",
         }
+    }
+
+    /// Whether retrying the call at once (after a backoff) is worth it.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::RateLimited { .. }
+                | Self::Server { .. }
+                | Self::Timeout(_)
+                | Self::Connect
+                | Self::Transport
+        )
+    }
+
+    /// Whether this says the upstream is failing (as opposed to an answer about the caller).
+    pub fn counts_against_upstream(&self) -> bool {
+        self.is_retryable() || matches!(self, Self::Decode(_))
     }
 
     /// Whether retrying later could succeed: the failure says something about the upstream or the
@@ -76,12 +104,28 @@ impl AmoError {
                 | Self::Connect
                 | Self::Transport
                 | Self::Decode(_)
+                | Self::QueueTimeout { .. }
+                | Self::CircuitOpen { .. }
                 | Self::Forbidden {
                     reason: ForbiddenReason::AccountBlocked,
                     ..
                 }
         )
     }
+}
+
+fn circuit_message(reason: super::breaker::OpenReason, retry_in: Duration) -> String {
+    let why = match reason {
+        super::breaker::OpenReason::Blocked => {
+            "amoCRM answered as if the account or IP were blocked"
+        }
+        super::breaker::OpenReason::Unavailable => "amoCRM failed repeatedly",
+    };
+    format!(
+        "{why}; the gateway is not calling it for {}s (circuit open) and answers from its cache \
+         where it can",
+        retry_in.as_secs().max(1)
+    )
 }
 
 fn detail_suffix(detail: &Option<String>) -> String {

@@ -5,9 +5,11 @@
 //! it and turns statuses, 204s and problem bodies into [`AmoError`], and [`model`] decodes the HAL
 //! JSON tolerantly.
 
+pub mod breaker;
 mod client;
 pub mod entities;
 mod error;
+pub mod limiter;
 pub mod model;
 mod query;
 pub mod webhook;
@@ -15,6 +17,7 @@ pub mod webhook;
 pub use client::{AccessToken, AmoClient, ClientConfig};
 pub use entities::{EntityKind, RelatedEntity, User};
 pub use error::{AmoError, ForbiddenReason};
+pub use limiter::Priority;
 pub use model::{Contact, ContactId, ContactsPage};
 pub use query::{
     ContactFilter, ContactList, ContactsQuery, CustomFieldCondition, Direction, MAX_FILTER_IDS,

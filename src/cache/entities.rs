@@ -20,7 +20,7 @@ use super::flight::Flights;
 use super::pages::Freshness;
 use super::{CacheReport, CacheStatus, Dep};
 use crate::amocrm::{
-    AmoClient, AmoError, EntityKind, ForbiddenReason, MAX_FILTER_IDS, RelatedEntity, User,
+    AmoClient, AmoError, EntityKind, ForbiddenReason, MAX_FILTER_IDS, Priority, RelatedEntity, User,
 };
 use crate::auth::{Credentials, Scope};
 use crate::metrics::{CacheName, Lookup, Metrics, Refresh};
@@ -291,7 +291,12 @@ impl EntityCache {
                 epoch: inner.epoch.load(Ordering::SeqCst),
             };
             let (flight, joined) = inner.flights.join_or_start(batch.clone(), || {
-                download(self.inner.clone(), credentials.clone(), batch.clone())
+                download(
+                    self.inner.clone(),
+                    credentials.clone(),
+                    batch.clone(),
+                    Priority::Foreground,
+                )
             });
             if joined {
                 inner.metrics.coalesced_waiter(CacheName::Entities);
@@ -327,9 +332,14 @@ impl EntityCache {
 }
 
 /// Loads one batch and stores every answer in it.
-async fn download(inner: Arc<Inner>, credentials: Credentials, batch: Batch) -> BatchResult {
+async fn download(
+    inner: Arc<Inner>,
+    credentials: Credentials,
+    batch: Batch,
+    priority: Priority,
+) -> BatchResult {
     let epoch = batch.epoch;
-    let values: HashMap<u64, Cached> = match fetch(&inner, &credentials, &batch).await {
+    let values: HashMap<u64, Cached> = match fetch(&inner, &credentials, &batch, priority).await {
         Ok(values) => values,
         Err(error) => return Err(Arc::new(error)),
     };
@@ -358,7 +368,7 @@ async fn download(inner: Arc<Inner>, credentials: Credentials, batch: Batch) -> 
 }
 
 async fn refresh(inner: Arc<Inner>, credentials: Credentials, batch: Batch) -> BatchResult {
-    let result = download(inner.clone(), credentials, batch).await;
+    let result = download(inner.clone(), credentials, batch, Priority::Background).await;
     let outcome = if result.is_ok() {
         Refresh::Downloaded
     } else {
@@ -374,11 +384,12 @@ async fn fetch(
     inner: &Inner,
     credentials: &Credentials,
     batch: &Batch,
+    priority: Priority,
 ) -> Result<HashMap<u64, Cached>, AmoError> {
     let answer = match batch.subject {
         Subject::Entity(kind) => inner
             .client
-            .entities(&credentials.token, kind, &batch.ids)
+            .entities(&credentials.token, kind, &batch.ids, priority)
             .await
             .map(|found| {
                 let mut found: HashMap<u64, Cached> = found
@@ -391,10 +402,14 @@ async fn fetch(
                 }
                 found
             }),
-        Subject::Users => inner.client.users(&credentials.token).await.map(|users| {
-            let users = users.into_iter().map(|u| (u.id, u)).collect();
-            HashMap::from([(0, Cached::Users(Arc::new(users)))])
-        }),
+        Subject::Users => inner
+            .client
+            .users(&credentials.token, priority)
+            .await
+            .map(|users| {
+                let users = users.into_iter().map(|u| (u.id, u)).collect();
+                HashMap::from([(0, Cached::Users(Arc::new(users)))])
+            }),
     };
     match answer {
         Ok(values) => Ok(values),

@@ -22,7 +22,8 @@ use moka::ops::compute::Op;
 use super::flight::Flights;
 use super::{CacheReport, CacheStatus, Dep};
 use crate::amocrm::{
-    AmoClient, AmoError, ContactList, ContactsPage, ContactsQuery, PageSize, Relation, Relations,
+    AmoClient, AmoError, ContactList, ContactsPage, ContactsQuery, PageSize, Priority, Relation,
+    Relations,
 };
 use crate::auth::{Credentials, Scope};
 use crate::metrics::{CacheName, Lookup, Metrics, Refresh};
@@ -321,7 +322,7 @@ impl PageCache {
         // so: nothing of it is fresh for anyone to keep.
         let page = match inner
             .client
-            .contacts(&credentials.token, &key.query(needed))
+            .contacts(&credentials.token, &key.query(needed), Priority::Foreground)
             .await
         {
             Ok(page) => page,
@@ -522,7 +523,11 @@ async fn download(
 ) -> FlightResult {
     match inner
         .client
-        .contacts(&credentials.token, &key.query(relations))
+        .contacts(
+            &credentials.token,
+            &key.query(relations),
+            Priority::Foreground,
+        )
         .await
     {
         Ok(page) => {
@@ -570,7 +575,11 @@ async fn refresh(
         }
         let page = inner
             .client
-            .contacts(&credentials.token, &key.query(stale.relations))
+            .contacts(
+                &credentials.token,
+                &key.query(stale.relations),
+                Priority::Background,
+            )
             .await?;
         inner
             .metrics

@@ -213,6 +213,11 @@ impl FakeAmoCrm {
         lock(&self.state.failures).extend(failures);
     }
 
+    /// Forgets failures queued by [`FakeAmoCrm::fail_next`] that were not used.
+    pub fn clear_failures(&self) {
+        lock(&self.state.failures).clear();
+    }
+
     /// The ids of the contacts `token` may see, in the default (id) order.
     pub fn visible_ids(&self, token: &str) -> Vec<u64> {
         let viewer = Viewer::from_token(Some(token));

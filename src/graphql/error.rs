@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_graphql::{ErrorExtensions, Response};
 
 use crate::amocrm::AmoError;
+use crate::amocrm::breaker::OpenReason;
 use crate::auth::AuthError;
 
 pub const BAD_USER_INPUT: &str = "BAD_USER_INPUT";
@@ -56,7 +57,15 @@ fn upstream_code(error: &AmoError) -> &'static str {
         AmoError::Unauthorized { .. } => "UNAUTHENTICATED",
         AmoError::PaymentRequired => "PAYMENT_REQUIRED",
         AmoError::Forbidden { .. } => "FORBIDDEN",
-        AmoError::RateLimited { .. } => "RATE_LIMITED",
+        AmoError::RateLimited { .. } | AmoError::QueueTimeout { .. } => "RATE_LIMITED",
+        AmoError::CircuitOpen {
+            reason: OpenReason::Blocked,
+            ..
+        } => "FORBIDDEN",
+        AmoError::CircuitOpen {
+            reason: OpenReason::Unavailable,
+            ..
+        } => "UPSTREAM_UNAVAILABLE",
         AmoError::Server { .. }
         | AmoError::Timeout(_)
         | AmoError::Connect

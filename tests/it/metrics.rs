@@ -19,7 +19,7 @@ async fn counters_follow_what_happened() {
     let queries: Vec<String> = (1..=10).map(query).collect();
     join_all(queries.iter().map(|q| app.query(Some(ADMIN_TOKEN), q))).await;
     app.query(Some(ADMIN_TOKEN), &query(1)).await;
-    app.fake.fail_next([Failure::empty(500)]);
+    app.fake.fail_next(vec![Failure::empty(500); 3]);
     app.query(
         Some(ADMIN_TOKEN),
         "{ contacts(filter: { query: \"x\" }) { nodes { id } } }",
@@ -53,12 +53,13 @@ async fn counters_follow_what_happened() {
     assert_eq!(
         app.metric("gateway_upstream_requests_total{endpoint=\"/api/v4/contacts\",status=\"500\"}")
             .await,
-        1.0
+        3.0,
+        "a first attempt and two retries"
     );
     assert_eq!(
         app.metric("gateway_upstream_duration_seconds_count{endpoint=\"/api/v4/contacts\"}")
             .await,
-        2.0
+        4.0
     );
     assert!(
         app.metric(
