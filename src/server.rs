@@ -423,7 +423,7 @@ async fn amocrm_webhook(
         invalidations.push(contact);
     }
     for invalidation in invalidations {
-        state.caches.invalidate(invalidation);
+        state.caches.invalidate(invalidation).await;
     }
     (StatusCode::OK, "ok").into_response()
 }
@@ -476,7 +476,7 @@ async fn purge_cache(
             }
         },
     };
-    state.caches.invalidate(invalidation);
+    state.caches.invalidate(invalidation).await;
     axum::Json(answer).into_response()
 }
 

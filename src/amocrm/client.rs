@@ -207,7 +207,8 @@ impl AmoClient {
                 .await?;
             let Some(body) = answer.body else { break };
             let listed = entities::decode_users(&body)?;
-            let full = listed.items.len() == usize::from(MAX_PAGE_SIZE);
+            // A full page is judged by what amoCRM sent, not by what decoded.
+            let full = listed.sent == usize::from(MAX_PAGE_SIZE);
             users.extend(listed.items);
             if !(full && listed.has_next_link) {
                 break;

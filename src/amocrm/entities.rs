@@ -95,15 +95,13 @@ pub struct RelatedEntity {
 }
 
 impl RelatedEntity {
+    /// What it occupies on the heap, its own allocation included.
     pub fn heap_bytes(&self) -> usize {
+        // The struct behind its Arc, and the name, each with the allocator's overhead.
         std::mem::size_of::<Self>()
-            + self.name.as_ref().map_or(0, String::capacity)
-            + self
-                .custom_fields_values
-                .iter()
-                .map(|f| std::mem::size_of::<CustomFieldValue>() + 64 * (1 + f.values.len()))
-                .sum::<usize>()
-            + 64
+            + 32
+            + self.name.as_ref().map_or(0, |n| n.capacity() + 16)
+            + model::custom_fields_heap_bytes(&self.custom_fields_values)
     }
 }
 
@@ -115,9 +113,11 @@ pub struct User {
     pub email: Option<String>,
 }
 
-/// A page of a list, decoded: the items and whether amoCRM linked a next page.
+/// A page of a list, decoded: the items, how many amoCRM sent (readable or not), and whether
+/// it linked a next page.
 pub struct Listed<T> {
     pub items: Vec<T>,
+    pub sent: usize,
     pub has_next_link: bool,
 }
 
@@ -184,6 +184,7 @@ fn decode_entity(e: &Map<String, Value>) -> Option<RelatedEntity> {
 pub fn decode_users(body: &[u8]) -> Result<Listed<User>, AmoError> {
     let body = parse(body)?;
     let (items, has_next_link) = embedded_items(&body, "users")?;
+    let sent = items.len();
     let items = items
         .iter()
         .filter_map(Value::as_object)
@@ -197,6 +198,7 @@ pub fn decode_users(body: &[u8]) -> Result<Listed<User>, AmoError> {
         .collect();
     Ok(Listed {
         items,
+        sent,
         has_next_link,
     })
 }

@@ -207,6 +207,28 @@ impl Contact {
     }
 }
 
+/// The heap that decoded custom field values occupy, the vector itself included.
+pub(super) fn custom_fields_heap_bytes(fields: &Vec<CustomFieldValue>) -> usize {
+    let mut heap = Heap(0);
+    heap.vec(fields);
+    for field in fields {
+        for s in [&field.field_name, &field.field_code, &field.field_type]
+            .into_iter()
+            .flatten()
+        {
+            heap.string(s);
+        }
+        heap.vec(&field.values);
+        for value in &field.values {
+            heap.json(&value.value);
+            if let Some(code) = &value.enum_code {
+                heap.string(code);
+            }
+        }
+    }
+    heap.0
+}
+
 /// Counts heap bytes, allocation by allocation.
 struct Heap(usize);
 

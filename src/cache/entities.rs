@@ -129,6 +129,10 @@ struct Inner {
     flights: Arc<Flights<Batch, BatchResult>>,
     freshness: Freshness,
     epoch: AtomicU64,
+    /// When each entity was last invalidated: a batch that started before must not store it.
+    /// (Per entity, not the global epoch: a busy account's steady webhooks about single leads
+    /// must not void every batch in flight.)
+    invalidated: Cache<(Subject, u64), Instant>,
     versions: AtomicU64,
     metrics: Metrics,
 }
@@ -157,6 +161,10 @@ impl EntityCache {
                 flights: Flights::new(),
                 freshness,
                 epoch: AtomicU64::new(0),
+                invalidated: Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(freshness.ttl + freshness.stale_ttl)
+                    .build(),
                 versions: AtomicU64::new(1),
                 metrics,
             }),
@@ -197,8 +205,11 @@ impl EntityCache {
     }
 
     /// Drops what is cached about one entity, in every scope.
-    pub fn invalidate(&self, kind: EntityKind, id: u64) {
-        self.inner.epoch.fetch_add(1, Ordering::SeqCst);
+    pub async fn invalidate(&self, kind: EntityKind, id: u64) {
+        self.inner
+            .invalidated
+            .insert((Subject::Entity(kind), id), Instant::now())
+            .await;
         let dropped = self.inner.entries.invalidate_entries_if(move |key, _| {
             key.id == id
                 && match key.subject {
@@ -269,6 +280,9 @@ impl EntityCache {
                 }
             }
         }
+        // Sorted, so that requests finding the same ids stale share one refresh.
+        stale.sort_unstable();
+        stale.dedup();
         for chunk in stale.chunks(MAX_FILTER_IDS) {
             let batch = Batch {
                 scope: credentials.scope.clone(),
@@ -339,6 +353,7 @@ async fn download(
     priority: Priority,
 ) -> BatchResult {
     let epoch = batch.epoch;
+    let started = Instant::now();
     let values: HashMap<u64, Cached> = match fetch(&inner, &credentials, &batch, priority).await {
         Ok(values) => values,
         Err(error) => return Err(Arc::new(error)),
@@ -351,7 +366,12 @@ async fn download(
             validated_at: now,
             version: inner.versions.fetch_add(1, Ordering::Relaxed),
         });
-        if inner.epoch.load(Ordering::SeqCst) == epoch {
+        let invalidated_since = inner
+            .invalidated
+            .get(&(batch.subject, id))
+            .await
+            .is_some_and(|at| at >= started);
+        if inner.epoch.load(Ordering::SeqCst) == epoch && !invalidated_since {
             let key = EntityKey {
                 scope: batch.scope.clone(),
                 subject: batch.subject,

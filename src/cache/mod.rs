@@ -76,6 +76,8 @@ struct ReportState {
     status: Option<CacheStatus>,
     fresh_for: Option<Duration>,
     deps: Vec<Dep>,
+    /// The same deps, for a constant-time "already recorded?": a response can read thousands.
+    recorded: std::collections::HashSet<Dep>,
 }
 
 impl CacheReport {
@@ -83,7 +85,7 @@ impl CacheReport {
         let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
         state.status = state.status.max(Some(status));
         state.fresh_for = Some(state.fresh_for.map_or(fresh_for, |f| f.min(fresh_for)));
-        if !state.deps.contains(&dep) {
+        if state.recorded.insert(dep.clone()) {
             state.deps.push(dep);
         }
     }
@@ -160,7 +162,7 @@ impl Caches {
         }
     }
 
-    pub fn invalidate(&self, invalidation: Invalidation) {
+    pub async fn invalidate(&self, invalidation: Invalidation) {
         tracing::info!(?invalidation, "invalidating cached data");
         match invalidation {
             Invalidation::All => {
@@ -169,7 +171,7 @@ impl Caches {
             }
             Invalidation::Contact(_) => self.pages.invalidate_all(),
             Invalidation::Relation(relation) => self.pages.invalidate_embedding(relation),
-            Invalidation::Entity(kind, id) => self.entities.invalidate(kind, id),
+            Invalidation::Entity(kind, id) => self.entities.invalidate(kind, id).await,
         }
         // Responses also check their pages on every hit; dropping them here frees their
         // memory at once.

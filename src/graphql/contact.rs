@@ -11,6 +11,7 @@ use tokio::sync::OnceCell;
 use super::context::RequestContext;
 use super::error::ApiError;
 use super::scalars::DateTime;
+use super::selection::Details;
 use crate::amocrm::{EntityKind, RelatedEntity, model};
 use crate::cache::{Answer, Cached};
 
@@ -22,9 +23,9 @@ fn id(value: u64) -> ID {
     ID(value.to_string())
 }
 
-/// An amoCRM contact.
+/// An amoCRM contact, and which of its linked entities' details the operation selects.
 #[derive(Clone)]
-pub struct Contact(pub Arc<model::Contact>);
+pub struct Contact(pub Arc<model::Contact>, pub Details);
 
 #[Object]
 impl Contact {
@@ -150,11 +151,8 @@ impl Contact {
         if id == 0 {
             return Ok(None);
         }
-        let wants_details = {
-            let fields = ctx.look_ahead();
-            fields.field("name").exists() || fields.field("email").exists()
-        };
-        if !wants_details {
+        // The plan decided it, `@skip`/`@include` and fragments included.
+        if !self.1.responsible_user {
             return Ok(Some(User { id, user: None }));
         }
         let user = async {

@@ -176,7 +176,7 @@ impl Upstream {
             }
         }
         let users = async {
-            if details.responsible_user && !contacts.is_empty() {
+            if details.responsible_user && contacts.iter().any(|c| c.responsible_user_id != 0) {
                 self.users().await;
             }
         };

@@ -9,7 +9,10 @@ use super::contact::{Contact, ContactConnection, ContactEdge, PageInfo};
 use super::context::RequestContext;
 use super::error::ApiError;
 use super::input::{self, ContactFilterInput, ContactOrderInput};
-use super::selection::{ContactNeeds, Details, OperationPlan};
+use std::sync::Arc;
+
+use super::context::Upstream;
+use super::selection::{Arrival, ContactNeeds, Details, OperationPlan};
 use crate::amocrm::{ContactId, Relation};
 
 /// The most contacts one window may hold: one full amoCRM page.
@@ -75,6 +78,9 @@ async fn contacts(
     let upstream = request(ctx)?.upstream()?;
     let needs = plan(ctx).map_or_else(everything, |plan| plan.needs_of(&response_key(ctx)));
     let relations = needs.relations;
+    let arrival = plan(ctx)
+        .filter(|_| needs.details.any())
+        .map(|plan| plan.gate().join(needs.details));
 
     let window = Window {
         start,
@@ -92,7 +98,7 @@ async fn contacts(
     })
     .await?;
 
-    upstream.prefetch(&slice.items, needs.details).await;
+    prefetch(upstream, arrival, &slice.items, needs.details).await;
     let edges: Vec<ContactEdge> = slice
         .items
         .into_iter()
@@ -103,7 +109,7 @@ async fn contacts(
                 list: fingerprint,
             }
             .encode(),
-            node: Contact(contact),
+            node: Contact(contact, needs.details),
         })
         .collect();
     let page_info = PageInfo {
@@ -127,14 +133,14 @@ async fn contact(ctx: &Context<'_>, id: ID) -> Result<Option<Contact>, ApiError>
         }
         None => everything(),
     };
+    let arrival = plan(ctx)
+        .filter(|_| needs.details.any())
+        .map(|plan| plan.gate().join(needs.details));
     ids.insert(id);
     let found = upstream.contacts_by_id(&ids, needs.relations).await?;
-    // Every `contact` field prefetches for the whole batch: the first to get here loads, the
-    // others find it in the request's memo.
-    let mut batch: Vec<_> = found.values().cloned().collect();
-    batch.sort_by_key(|c| c.id);
-    upstream.prefetch(&batch, needs.details).await;
-    Ok(found.get(&id).cloned().map(Contact))
+    let mine: Vec<_> = found.get(&id).cloned().into_iter().collect();
+    prefetch(upstream, arrival, &mine, needs.details).await;
+    Ok(found.get(&id).cloned().map(|c| Contact(c, needs.details)))
 }
 
 /// A window costs what one contact costs, times the contacts it may hold.
@@ -144,6 +150,24 @@ fn window_cost(first: Option<i64>, per_contact: usize) -> usize {
         .unwrap_or(0)
         .max(1)
         .saturating_mul(per_contact)
+}
+
+/// Loads the linked entities the operation needs: through the gate, for the contacts of every
+/// root field at once; without a plan, for these contacts alone.
+async fn prefetch(
+    upstream: &Upstream,
+    arrival: Option<Arrival<'_>>,
+    contacts: &[Arc<crate::amocrm::Contact>],
+    details: Details,
+) {
+    match arrival {
+        Some(arrival) => {
+            let (all, details) = arrival.arrive(contacts).await;
+            upstream.prefetch(&all, details).await;
+        }
+        None if details.any() => upstream.prefetch(contacts, details).await,
+        None => {}
+    }
 }
 
 fn request<'a>(ctx: &Context<'a>) -> Result<&'a RequestContext, ApiError> {

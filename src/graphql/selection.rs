@@ -7,6 +7,10 @@
 //! variables, defaults filled in.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use async_graphql::parser::types::{
     Directive, DocumentOperations, ExecutableDocument, Field, FragmentDefinition,
@@ -15,7 +19,7 @@ use async_graphql::parser::types::{
 use async_graphql::{Name, Positioned, Variables};
 use async_graphql_value::Value;
 
-use crate::amocrm::{ContactId, Relation, Relations};
+use crate::amocrm::{Contact, ContactId, Relation, Relations};
 
 /// Contact fields whose data amoCRM only embeds when asked for in `with`.
 fn relation_of(field_name: &str) -> Option<Relation> {
@@ -38,6 +42,15 @@ pub struct Details {
 }
 
 impl Details {
+    /// Whether anything must be loaded at all.
+    pub fn any(self) -> bool {
+        self.leads
+            || self.customers
+            || self.companies
+            || self.catalog_elements
+            || self.responsible_user
+    }
+
     fn union(self, other: Details) -> Details {
         Details {
             leads: self.leads || other.leads,
@@ -68,8 +81,11 @@ impl ContactNeeds {
 }
 
 /// What one operation needs from amoCRM, decided before it runs.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct OperationPlan {
+    /// Where the root fields that need linked entities meet, so that the entities of all their
+    /// contacts are loaded together.
+    gate: PrefetchGate,
     /// Needs of each root `contacts`/`contact` field, by response key (alias or name), merged
     /// over every occurrence of that key.
     needs_by_key: HashMap<String, ContactNeeds>,
@@ -117,7 +133,17 @@ impl OperationPlan {
             let entry = plan.needs_by_key.entry(key).or_default();
             *entry = entry.union(needs);
         }
+        plan.gate.expected = plan
+            .needs_by_key
+            .values()
+            .filter(|n| n.details.any())
+            .count();
         plan
+    }
+
+    /// The meeting point of the root fields that load linked entities.
+    pub fn gate(&self) -> &PrefetchGate {
+        &self.gate
     }
 
     /// What the root field with this response key needs.
@@ -131,6 +157,91 @@ impl OperationPlan {
     /// All ids of the operation's `contact` fields, and what to load them with.
     pub fn contact_batch(&self) -> (&BTreeSet<ContactId>, ContactNeeds) {
         (&self.contact_ids, self.contact_needs)
+    }
+}
+
+/// Collects the contacts of every root field that needs linked entities, and opens once all of
+/// them have arrived: each then loads the union, which the request's DataLoader turns into one
+/// batch per kind for the whole operation. Counting arrivals, not waiting for a time window,
+/// is what keeps that true on a busy machine.
+#[derive(Debug, Default)]
+pub struct PrefetchGate {
+    expected: usize,
+    state: Mutex<GateState>,
+    opened: Notify,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    arrived: usize,
+    contacts: Vec<Arc<Contact>>,
+    details: Details,
+    open: bool,
+}
+
+/// A field's place at the gate: it arrives when told, or, if the field fails first, when
+/// dropped, so that the others never wait for it.
+pub struct Arrival<'a> {
+    gate: &'a PrefetchGate,
+    details: Details,
+    arrived: bool,
+}
+
+/// Waiting for the other fields is bounded: only a bug could keep one from arriving.
+const GATE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl PrefetchGate {
+    pub fn join(&self, details: Details) -> Arrival<'_> {
+        Arrival {
+            gate: self,
+            details,
+            arrived: false,
+        }
+    }
+
+    fn arrive(&self, contacts: &[Arc<Contact>], details: Details) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.arrived += 1;
+        state.contacts.extend(contacts.iter().cloned());
+        state.details = state.details.union(details);
+        if state.arrived >= self.expected {
+            state.open = true;
+            self.opened.notify_waiters();
+        }
+    }
+
+    /// All contacts and details, once every field has arrived.
+    async fn wait(&self) -> (Vec<Arc<Contact>>, Details) {
+        let deadline = tokio::time::Instant::now() + GATE_TIMEOUT;
+        loop {
+            let opened = self.opened.notified();
+            {
+                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                if state.open || tokio::time::Instant::now() >= deadline {
+                    state.open = true;
+                    return (state.contacts.clone(), state.details);
+                }
+            }
+            let _ = tokio::time::timeout_at(deadline, opened).await;
+        }
+    }
+}
+
+impl Arrival<'_> {
+    /// Arrives with this field's contacts and waits for the others: then everything the
+    /// operation needs is known.
+    pub async fn arrive(mut self, contacts: &[Arc<Contact>]) -> (Vec<Arc<Contact>>, Details) {
+        self.arrived = true;
+        self.gate.arrive(contacts, self.details);
+        self.gate.wait().await
+    }
+}
+
+impl Drop for Arrival<'_> {
+    fn drop(&mut self) {
+        if !self.arrived {
+            self.gate.arrive(&[], self.details);
+        }
     }
 }
 

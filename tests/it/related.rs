@@ -390,3 +390,36 @@ async fn a_full_window_loads_each_kind_in_as_few_calls_as_its_ids_need() {
     );
     assert_eq!(calls.get("/api/v4/companies"), Some(&1));
 }
+
+#[tokio::test]
+async fn several_root_fields_share_one_call_per_kind() {
+    let app = TestApp::spawn().await;
+    let id = app.fake.visible_ids(ADMIN_TOKEN)[300];
+    // Two lists and a contact, each with leads and companies: one call per kind in all.
+    app.query(
+        Some(ADMIN_TOKEN),
+        &format!(
+            r#"{{ a: contacts(first: 20) {{ nodes {{ leads {{ name }} }} }}
+                 b: contacts(first: 20, filter: {{ query: "Иван" }}) {{ nodes {{ leads {{ name }} companies {{ name }} }} }}
+                 c: contact(id: "{id}") {{ leads {{ name }} }} }}"#
+        ),
+    )
+    .await;
+    let calls = calls_by_path(&app);
+    assert_eq!(calls.get("/api/v4/leads"), Some(&1), "{calls:?}");
+    assert_eq!(calls.get("/api/v4/companies"), Some(&1), "{calls:?}");
+}
+
+#[tokio::test]
+async fn a_skipped_user_name_loads_no_users() {
+    let app = TestApp::spawn().await;
+    let reply = app
+        .query_with(
+            Some(MANAGER_TOKEN),
+            "query($names: Boolean = false) { contacts(first: 3) { nodes { responsibleUser { id name @include(if: $names) } } } }",
+            json!({}),
+        )
+        .await;
+    reply.data();
+    assert_eq!(calls_by_path(&app).get("/api/v4/users"), None);
+}
