@@ -152,6 +152,10 @@ pub struct FakeConfig {
     #[arg(long, env = "GATEWAY_LATENCY", default_value = "0s", value_parser = humantime::parse_duration)]
     pub latency: Duration,
 
+    /// Answer 429 above this many requests in one second, as amoCRM does (none by default).
+    #[arg(long, env = "GATEWAY_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+
     /// How many contacts the fake holds.
     #[arg(long, env = "GATEWAY_CONTACTS", default_value_t = crate::fake_amocrm::DEFAULT_CONTACTS)]
     pub contacts: usize,

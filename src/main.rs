@@ -24,6 +24,7 @@ async fn main() -> anyhow::Result<()> {
             let options = FakeOptions {
                 contacts: config.contacts,
                 latency: config.latency,
+                rate_limit: config.rate_limit,
             };
             fake_amocrm::serve(listener, options, shutdown_signal()).await?;
         }

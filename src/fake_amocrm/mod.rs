@@ -58,6 +58,9 @@ pub struct FakeOptions {
     pub contacts: usize,
     /// Added to every answer, so that concurrent requests really overlap.
     pub latency: Duration,
+    /// Like amoCRM, answer 429 (an HTML page, no `Retry-After`) to a request that would make
+    /// more than this many in one second.
+    pub rate_limit: Option<u32>,
 }
 
 impl Default for FakeOptions {
@@ -65,6 +68,7 @@ impl Default for FakeOptions {
         FakeOptions {
             contacts: DEFAULT_CONTACTS,
             latency: Duration::ZERO,
+            rate_limit: None,
         }
     }
 }
@@ -78,6 +82,10 @@ pub struct RecordedRequest {
     pub query: Vec<(String, String)>,
     /// The bearer token, if any.
     pub token: Option<String>,
+    /// When it arrived.
+    pub at: std::time::Instant,
+    /// Whether the fake's rate limit refused it with 429.
+    pub rate_limited: bool,
 }
 
 impl RecordedRequest {
@@ -149,6 +157,7 @@ pub(crate) struct FakeState {
     contacts: std::sync::RwLock<Vec<FakeContact>>,
     latency_ms: AtomicU64,
     requests: Mutex<Vec<RecordedRequest>>,
+    rate_limit: Option<u32>,
     failures: Mutex<Vec<Failure>>,
     base_url: String,
 }
@@ -280,6 +289,7 @@ impl FakeState {
             contacts: std::sync::RwLock::new(contacts),
             latency_ms: AtomicU64::new(u64::try_from(options.latency.as_millis()).unwrap_or(0)),
             requests: Mutex::new(Vec::new()),
+            rate_limit: options.rate_limit,
             failures: Mutex::new(Vec::new()),
             base_url: format!("http://{addr}"),
         }
@@ -363,12 +373,30 @@ pub(crate) async fn admit(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
-    lock(&state.requests).push(RecordedRequest {
-        method: "GET".to_owned(),
-        path,
-        query: query.clone(),
-        token: token.clone(),
-    });
+    let at = std::time::Instant::now();
+    let rate_limited = {
+        let mut requests = lock(&state.requests);
+        let limited = state.rate_limit.is_some_and(|limit| {
+            let recent = requests
+                .iter()
+                .rev()
+                .take_while(|r| at.duration_since(r.at) < Duration::from_secs(1))
+                .count();
+            recent >= limit as usize
+        });
+        requests.push(RecordedRequest {
+            method: "GET".to_owned(),
+            path,
+            query: query.clone(),
+            token: token.clone(),
+            at,
+            rate_limited: limited,
+        });
+        limited
+    };
+    if rate_limited {
+        return Err(Failure::html(429).into_response());
+    }
     let latency = state.latency_ms.load(Ordering::Relaxed);
     if latency > 0 {
         // A thread's sleep is precise to microseconds where tokio's timer rounds up to the next
@@ -381,6 +409,15 @@ pub(crate) async fn admit(
         (!failures.is_empty()).then(|| failures.remove(0))
     };
     if let Some(failure) = failure {
+        return Err(failure.into_response());
+    }
+    let viewer = Viewer::from_token(token.as_deref())?;
+    Ok((viewer, query))
+}
+
+impl Failure {
+    fn into_response(self) -> Response {
+        let failure = self;
         let mut response = (
             StatusCode::from_u16(failure.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             failure.body,
@@ -396,10 +433,8 @@ pub(crate) async fn admit(
                 response.headers_mut().remove(header::CONTENT_TYPE);
             }
         }
-        return Err(response);
+        response
     }
-    let viewer = Viewer::from_token(token.as_deref())?;
-    Ok((viewer, query))
 }
 
 async fn list_contacts(

@@ -12,5 +12,6 @@ mod http;
 mod invalidation;
 mod metrics;
 mod paging;
+mod protection;
 mod related;
 mod selection;
