@@ -114,10 +114,19 @@ impl std::fmt::Debug for ScopeKey {
     }
 }
 
+/// Who may call a gateway that holds its own token.
+#[derive(Debug)]
+pub enum ClientKeys {
+    /// `--allow-anonymous` (and `--demo`): anyone who reaches the gateway.
+    Anyone,
+    /// Callers sending `Authorization: Bearer <one of these>`.
+    Required(Vec<Secret>),
+}
+
 #[derive(Debug)]
 pub enum AuthMode {
-    /// `--access-token`: the gateway calls amoCRM with its own token.
-    ServerToken(Credentials),
+    /// `--access-token`: the gateway calls amoCRM with its own token, for callers with a key.
+    ServerToken(Credentials, ClientKeys),
     /// Each caller's `Authorization: Bearer <amoCRM token>` is forwarded.
     Forward(ScopeKey),
 }
@@ -131,20 +140,39 @@ pub enum AuthError {
     MissingToken,
     #[error("the Authorization header must be `Bearer <amoCRM access token>`")]
     MalformedHeader,
+    #[error("this gateway needs a client key: send `Authorization: Bearer <client key>`")]
+    NoClientKey,
+    #[error("the client key is not one this gateway accepts")]
+    WrongClientKey,
 }
 
 impl AuthMode {
-    pub fn server_token(token: AccessToken) -> Self {
-        AuthMode::ServerToken(Credentials {
-            token,
-            scope: Scope(SERVER_SCOPE.into()),
-        })
+    pub fn server_token(token: AccessToken, keys: ClientKeys) -> Self {
+        AuthMode::ServerToken(
+            Credentials {
+                token,
+                scope: Scope(SERVER_SCOPE.into()),
+            },
+            keys,
+        )
     }
 
     /// The credentials for one request, from its `Authorization` header.
     pub fn credentials(&self, authorization: Option<&[u8]>) -> Result<Credentials, AuthError> {
         match self {
-            AuthMode::ServerToken(credentials) => Ok(credentials.clone()),
+            AuthMode::ServerToken(credentials, ClientKeys::Anyone) => Ok(credentials.clone()),
+            AuthMode::ServerToken(credentials, ClientKeys::Required(keys)) => {
+                let key = bearer_token(authorization).map_err(|_| AuthError::NoClientKey)?;
+                // Every key is compared, so the time taken says nothing about which matched.
+                let matched = keys
+                    .iter()
+                    .fold(false, |matched, expected| expected.matches(key) | matched);
+                if matched {
+                    Ok(credentials.clone())
+                } else {
+                    Err(AuthError::WrongClientKey)
+                }
+            }
             AuthMode::Forward(key) => {
                 let token = bearer_token(authorization)?;
                 Ok(Credentials {

@@ -20,6 +20,7 @@ pub const DEFAULT_CACHE_MAX_BYTES: &str = "256MiB";
 pub const DEFAULT_UPSTREAM_PAGE_SIZE: &str = "250";
 pub const DEFAULT_UPSTREAM_TIMEOUT: &str = "10s";
 pub const DEFAULT_UPSTREAM_RPS: u32 = 7;
+pub const DEFAULT_MAX_BODY_BYTES: &str = "1MiB";
 pub const DEFAULT_UPSTREAM_QUEUE_TIMEOUT: &str = "10s";
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: &str = "3s";
 
@@ -131,6 +132,31 @@ pub struct ServeConfig {
     /// cost by `first`. Costlier operations get QUERY_TOO_COMPLEX before any upstream call.
     #[arg(long, env = "GATEWAY_MAX_COMPLEXITY", default_value_t = crate::graphql::DEFAULT_MAX_COMPLEXITY)]
     pub max_complexity: usize,
+
+    /// The deepest an operation may nest fields (QUERY_TOO_DEEP beyond).
+    #[arg(long, env = "GATEWAY_MAX_DEPTH", default_value_t = crate::graphql::DEFAULT_MAX_DEPTH)]
+    pub max_depth: usize,
+
+    /// The most aliases an operation may use (TOO_MANY_ALIASES beyond).
+    #[arg(long, env = "GATEWAY_MAX_ALIASES", default_value_t = crate::graphql::DEFAULT_MAX_ALIASES)]
+    pub max_aliases: usize,
+
+    /// The largest request body accepted (HTTP 413 beyond); bytes or IEC units.
+    #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value = DEFAULT_MAX_BODY_BYTES, value_parser = parse_bytes)]
+    pub max_body_bytes: u64,
+
+    /// Refuse introspection (INTROSPECTION_DISABLED); GraphiQL then has no schema docs.
+    #[arg(long, env = "GATEWAY_DISABLE_INTROSPECTION")]
+    pub disable_introspection: bool,
+
+    /// A key clients must send as `Authorization: Bearer <key>` when the gateway uses its own
+    /// amoCRM token (repeat, or comma-separate in the variable). Never forwarded to amoCRM.
+    #[arg(long = "client-key", env = "GATEWAY_CLIENT_KEY", value_delimiter = ',', hide_env_values = true, value_parser = parse_secret)]
+    pub client_keys: Vec<Secret>,
+
+    /// With the gateway's own token, let anyone who reaches it call without a client key.
+    #[arg(long, env = "GATEWAY_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
 
     /// Enables `POST /webhooks/amocrm/{secret}` with this secret in the path.
     #[arg(long, env = "GATEWAY_WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_secret)]

@@ -25,7 +25,7 @@ use crate::amocrm::webhook::{self, Entity};
 use crate::amocrm::{
     AccessToken, AmoClient, ClientConfig, ContactId, EntityKind, PageSize, Relation,
 };
-use crate::auth::{AuthMode, ScopeKey, Secret, bearer_token};
+use crate::auth::{AuthMode, ClientKeys, ScopeKey, Secret, bearer_token};
 use crate::cache::{CacheReport, CacheStatus, Caches, Freshness, Invalidation, ResponseKey};
 use crate::config::ServeConfig;
 use crate::fake_amocrm::{self, FakeAmoCrm, FakeOptions};
@@ -70,6 +70,11 @@ pub enum StartupError {
     HttpClient(#[from] reqwest::Error),
     #[error("invalid --cors-origin {0:?}: must be an origin such as https://app.example.com, or *")]
     CorsOrigin(String),
+    #[error(
+        "with --access-token anyone who reaches the gateway reads what the token sees: set \
+         --client-key (GATEWAY_CLIENT_KEY), or --allow-anonymous if that is intended"
+    )]
+    NoClientKeys,
     #[error("{flag} ({value:?}) is longer than a year")]
     DurationTooLong { flag: &'static str, value: Duration },
     #[error("--cache-max-age ({max_age:?}) must not be shorter than --cache-ttl ({ttl:?})")]
@@ -106,7 +111,11 @@ impl Gateway {
                 .base_url()
                 .parse()
                 .map_err(|_| StartupError::NoUpstream)?;
-            let auth = AuthMode::server_token(AccessToken::new(fake_amocrm::ADMIN_TOKEN));
+            // The demo is for trying things out: no client keys.
+            let auth = AuthMode::server_token(
+                AccessToken::new(fake_amocrm::ADMIN_TOKEN),
+                ClientKeys::Anyone,
+            );
             (url, auth, Some(fake))
         } else {
             let url = config
@@ -114,7 +123,16 @@ impl Gateway {
                 .clone()
                 .ok_or(StartupError::NoUpstream)?;
             let auth = match &config.access_token {
-                Some(token) => AuthMode::server_token(token.clone()),
+                Some(token) => {
+                    let keys = if !config.client_keys.is_empty() {
+                        ClientKeys::Required(config.client_keys.clone())
+                    } else if config.allow_anonymous {
+                        ClientKeys::Anyone
+                    } else {
+                        return Err(StartupError::NoClientKeys);
+                    };
+                    AuthMode::server_token(token.clone(), keys)
+                }
                 None => AuthMode::Forward(
                     config
                         .scope_secret
@@ -161,20 +179,30 @@ impl Gateway {
             stale_ttl: config.cache_stale_ttl,
             max_age: config.cache_max_age,
         };
-        let forwarding = matches!(auth, AuthMode::Forward(_));
+        let header_hint = match &auth {
+            AuthMode::Forward(_) => Some("Bearer <your amoCRM access token>"),
+            AuthMode::ServerToken(_, ClientKeys::Required(_)) => Some("Bearer <your client key>"),
+            AuthMode::ServerToken(_, ClientKeys::Anyone) => None,
+        };
         let state = AppState {
             schema: graphql::schema(graphql::Limits {
                 max_complexity: config.max_complexity,
+                max_depth: config.max_depth,
+                max_aliases: config.max_aliases,
+                introspection: !config.disable_introspection,
             }),
             auth: Arc::new(auth),
             caches: Caches::new(client, freshness, config.cache_max_bytes, metrics.clone()),
             page_size: PageSize::new(u64::from(config.upstream_page_size)).unwrap_or(PageSize::MAX),
-            graphiql: graphiql_page(forwarding).into(),
+            graphiql: graphiql_page(header_hint).into(),
             metrics,
             webhook_secret: config.webhook_secret.clone(),
             admin_token: config.admin_token.clone(),
         };
-        let router = router(state, &config.cors_origins)?;
+        let max_body_bytes = usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX);
+        let router = router(state, &config.cors_origins)?.layer(
+            tower_http::limit::RequestBodyLimitLayer::new(max_body_bytes),
+        );
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -484,12 +512,10 @@ async fn graphiql(State(state): State<AppState>) -> Html<String> {
     Html(state.graphiql.to_string())
 }
 
-fn graphiql_page(forwarding: bool) -> String {
-    let headers = if forwarding {
-        r#"{ "Authorization": "Bearer <your amoCRM access token>" }"#
-    } else {
-        ""
-    };
+fn graphiql_page(authorization: Option<&str>) -> String {
+    let headers = authorization
+        .map(|value| serde_json::json!({ "Authorization": value }).to_string())
+        .unwrap_or_default();
     let config = serde_json::json!({
         "endpoint": "/graphql",
         "query": EXAMPLE_QUERY,

@@ -88,6 +88,15 @@ impl ErrorExtensions for ApiError {
     }
 }
 
+/// An operation refused before it runs, with its code.
+pub fn refusal(code: &'static str, message: String) -> async_graphql::ServerError {
+    let mut error = async_graphql::ServerError::new(message, None);
+    let mut extensions = async_graphql::ErrorExtensionValues::default();
+    extensions.set("code", code);
+    error.extensions = Some(extensions);
+    error
+}
+
 /// What a scalar's input must look like, added to async-graphql's terse "expected type" errors.
 const SCALAR_RULES: [(&str, &str); 2] = [
     (
@@ -108,6 +117,9 @@ pub fn fill_missing_codes(response: &mut Response) {
                                  (a contacts window costs its fields times `first`)"
                     .to_owned();
                 "QUERY_TOO_COMPLEX"
+            } else if error.message.starts_with("Query is nested too deep") {
+                error.message = "the operation nests fields too deep".to_owned();
+                "QUERY_TOO_DEEP"
             } else {
                 BAD_USER_INPUT
             };

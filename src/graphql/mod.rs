@@ -36,16 +36,26 @@ pub type GatewaySchema = Schema<QueryRoot, EmptyMutation, EmptySubscription>;
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_complexity: usize,
+    pub max_depth: usize,
+    pub max_aliases: usize,
+    pub introspection: bool,
 }
 
 /// One `contacts(first: 250)` with every contact field and every linked entity's details costs
 /// 19 750 (measured): this allows seven such lists in one operation and refuses a few dozen.
 pub const DEFAULT_MAX_COMPLEXITY: usize = 150_000;
+/// Deep enough for any query of this schema with fragments (a full contact card nests 7).
+pub const DEFAULT_MAX_DEPTH: usize = 15;
+/// async-graphql has no alias limit; aliases multiply work without multiplying the document.
+pub const DEFAULT_MAX_ALIASES: usize = 64;
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_complexity: DEFAULT_MAX_COMPLEXITY,
+            max_depth: DEFAULT_MAX_DEPTH,
+            max_aliases: DEFAULT_MAX_ALIASES,
+            introspection: true,
         }
     }
 }
@@ -53,10 +63,15 @@ impl Default for Limits {
 /// The schema. Independent of HTTP: per-request state arrives as request data
 /// ([`RequestContext`]).
 pub fn schema(limits: Limits) -> GatewaySchema {
-    Schema::build(QueryRoot, EmptyMutation, EmptySubscription)
-        .extension(PlanningExtension)
+    let builder = Schema::build(QueryRoot, EmptyMutation, EmptySubscription)
+        .extension(PlanningExtension { limits })
         .limit_complexity(limits.max_complexity)
-        .finish()
+        .limit_depth(limits.max_depth);
+    if limits.introspection {
+        builder.finish()
+    } else {
+        builder.disable_introspection().finish()
+    }
 }
 
 /// The SDL that `schema.graphql` holds and `print-schema` prints.
@@ -66,11 +81,15 @@ pub fn sdl() -> String {
 
 /// Prepares every request: fills in variable defaults, plans the operation's upstream needs
 /// ([`OperationPlan`]) and gives async-graphql's own errors their `extensions.code`.
-struct PlanningExtension;
+struct PlanningExtension {
+    limits: Limits,
+}
 
 impl ExtensionFactory for PlanningExtension {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(PlanningExtension)
+        Arc::new(PlanningExtension {
+            limits: self.limits,
+        })
     }
 }
 
@@ -91,10 +110,31 @@ impl Extension for PlanningExtension {
         let operation_name = request.operation_name.clone();
         let mut variables = std::mem::take(&mut request.variables);
         // A document that does not parse gets no plan; execution reports the syntax error.
+        let mut refusal = None;
         let plan = request.parsed_query().ok().map(|document| {
+            let aliases = selection::count_aliases(document);
+            if aliases > self.limits.max_aliases {
+                refusal = Some(error::refusal(
+                    "TOO_MANY_ALIASES",
+                    format!(
+                        "the operation uses {aliases} aliases; at most {} are allowed",
+                        self.limits.max_aliases
+                    ),
+                ));
+            } else if !self.limits.introspection
+                && selection::introspects(document, operation_name.as_deref())
+            {
+                refusal = Some(error::refusal(
+                    "INTROSPECTION_DISABLED",
+                    "introspection is disabled on this gateway".to_owned(),
+                ));
+            }
             selection::fill_variable_defaults(document, operation_name.as_deref(), &mut variables);
             OperationPlan::new(document, operation_name.as_deref(), &variables)
         });
+        if let Some(refusal) = refusal {
+            return Err(refusal);
+        }
         request.variables = variables;
         if let Some(plan) = plan {
             request = request.data(plan);

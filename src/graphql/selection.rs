@@ -245,6 +245,48 @@ impl Drop for Arrival<'_> {
     }
 }
 
+/// How many aliased fields the document holds, in every operation and fragment.
+pub fn count_aliases(document: &ExecutableDocument) -> usize {
+    fn in_set(set: &SelectionSet) -> usize {
+        set.items
+            .iter()
+            .map(|item| match &item.node {
+                Selection::Field(field) => {
+                    usize::from(field.node.alias.is_some()) + in_set(&field.node.selection_set.node)
+                }
+                Selection::InlineFragment(fragment) => in_set(&fragment.node.selection_set.node),
+                Selection::FragmentSpread(_) => 0,
+            })
+            .sum()
+    }
+    let operations: usize = document
+        .operations
+        .iter()
+        .map(|(_, operation)| in_set(&operation.node.selection_set.node))
+        .sum();
+    let fragments: usize = document
+        .fragments
+        .values()
+        .map(|fragment| in_set(&fragment.node.selection_set.node))
+        .sum();
+    operations + fragments
+}
+
+/// Whether the operation asks for `__schema` or `__type` at its root.
+pub fn introspects(document: &ExecutableDocument, operation_name: Option<&str>) -> bool {
+    let Some(operation) = find_operation(document, operation_name) else {
+        return false;
+    };
+    let variables = Variables::default();
+    let walk = Walk {
+        fragments: &document.fragments,
+        variables: &variables,
+    };
+    walk.fields(&operation.selection_set.node)
+        .iter()
+        .any(|field| matches!(field.name.node.as_str(), "__schema" | "__type"))
+}
+
 /// Adds the declared default of every variable the client did not send.
 ///
 /// async-graphql 7.2 evaluates `@include(if: $v)` with only the variables that were sent, so

@@ -34,7 +34,11 @@ async fn the_callers_token_is_forwarded() {
 
 #[tokio::test]
 async fn with_a_server_token_the_gateway_uses_its_own() {
-    let app = TestApp::spawn_with(&["--access-token", ADMIN_TOKEN], FakeOptions::default()).await;
+    let app = TestApp::spawn_with(
+        &["--access-token", ADMIN_TOKEN, "--allow-anonymous"],
+        FakeOptions::default(),
+    )
+    .await;
     app.query(None, QUERY).await.data();
     app.query(Some("some-client-credential"), QUERY)
         .await
@@ -61,4 +65,55 @@ async fn amocrm_401_is_unauthenticated_and_402_is_payment_required() {
     let reply = app.query(Some(UNPAID_TOKEN), QUERY).await;
     assert_eq!(reply.codes(), vec!["PAYMENT_REQUIRED"]);
     assert_eq!(reply.header("cache-control"), "no-store");
+}
+
+#[tokio::test]
+async fn client_keys_are_required_accepted_and_never_forwarded() {
+    let app = TestApp::spawn_with(
+        &[
+            "--access-token",
+            ADMIN_TOKEN,
+            "--client-key",
+            "key-one-1234",
+            "--client-key",
+            "key-two-5678",
+        ],
+        FakeOptions::default(),
+    )
+    .await;
+    for key in [None, Some("not-a-key-000")] {
+        assert_eq!(app.query(key, QUERY).await.codes(), vec!["UNAUTHENTICATED"]);
+    }
+    assert_eq!(app.upstream_calls(), 0, "no key, no upstream call");
+    app.query(Some("key-two-5678"), QUERY).await.data();
+    app.query(
+        Some("key-one-1234"),
+        "{ contacts(first: 2) { nodes { id } } }",
+    )
+    .await
+    .data();
+    let tokens: Vec<_> = app.fake.requests().into_iter().map(|r| r.token).collect();
+    assert!(
+        tokens.iter().all(|t| t.as_deref() == Some(ADMIN_TOKEN)),
+        "{tokens:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_server_token_without_client_keys_must_be_meant() {
+    let cli = <amocrm_gateway::config::Cli as clap::Parser>::try_parse_from([
+        "amocrm-gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream-url",
+        "http://127.0.0.1:9",
+        "--access-token",
+        ADMIN_TOKEN,
+    ])
+    .expect("flags");
+    let refused = amocrm_gateway::Gateway::build(cli.serve)
+        .await
+        .err()
+        .expect("refused");
+    assert!(refused.to_string().contains("--client-key"), "{refused}");
 }

@@ -244,3 +244,56 @@ async fn one_odd_contact_never_fails_its_page() {
         ])
     );
 }
+
+#[tokio::test]
+async fn each_operation_limit_refuses_before_any_call() {
+    let app = TestApp::spawn_with(
+        &[
+            "--max-depth",
+            "4",
+            "--max-aliases",
+            "3",
+            "--max-body-bytes",
+            "2KiB",
+            "--disable-introspection",
+        ],
+        FakeOptions::default(),
+    )
+    .await;
+    let deep = app
+        .query(
+            Some(ADMIN_TOKEN),
+            "{ contacts { edges { node { customFieldsValues { values { value } } } } } }",
+        )
+        .await;
+    assert_eq!(deep.codes(), vec!["QUERY_TOO_DEEP"]);
+    let aliases = app
+        .query(
+            Some(ADMIN_TOKEN),
+            "{ a: contacts { nodes { id } } b: contacts { nodes { i: id n: name } } }",
+        )
+        .await;
+    assert_eq!(aliases.codes(), vec!["TOO_MANY_ALIASES"]);
+    let introspection = app
+        .query(Some(ADMIN_TOKEN), "{ __schema { types { name } } }")
+        .await;
+    assert_eq!(introspection.codes(), vec!["INTROSPECTION_DISABLED"]);
+    let big = format!("{{ contacts {{ nodes {{ id }} }} }} #{}", "x".repeat(4096));
+    let too_big = app
+        .http()
+        .post(app.url("/graphql"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "query": big }))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(too_big.status(), 413);
+    assert_eq!(app.upstream_calls(), 0);
+    // Within every limit, the same gateway answers.
+    app.query(
+        Some(ADMIN_TOKEN),
+        "{ a: contacts(first: 2) { nodes { id } } }",
+    )
+    .await
+    .data();
+}
