@@ -21,6 +21,8 @@ pub const DEFAULT_UPSTREAM_PAGE_SIZE: &str = "250";
 pub const DEFAULT_UPSTREAM_TIMEOUT: &str = "10s";
 pub const DEFAULT_UPSTREAM_RPS: u32 = 7;
 pub const DEFAULT_MAX_BODY_BYTES: &str = "1MiB";
+pub const DEFAULT_DRAIN_DELAY: &str = "5s";
+pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
 pub const DEFAULT_UPSTREAM_QUEUE_TIMEOUT: &str = "10s";
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: &str = "3s";
 
@@ -157,6 +159,15 @@ pub struct ServeConfig {
     /// With the gateway's own token, let anyone who reaches it call without a client key.
     #[arg(long, env = "GATEWAY_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
+
+    /// On SIGTERM, how long `/healthz` answers 503 while requests are still served, so that
+    /// load balancers stop sending new ones.
+    #[arg(long, env = "GATEWAY_DRAIN_DELAY", default_value = DEFAULT_DRAIN_DELAY, value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
+
+    /// After the drain, how long in-flight requests get to finish.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_TIMEOUT", default_value = DEFAULT_SHUTDOWN_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
 
     /// Enables `POST /webhooks/amocrm/{secret}` with this secret in the path.
     #[arg(long, env = "GATEWAY_WEBHOOK_SECRET", hide_env_values = true, value_parser = parse_secret)]

@@ -3,8 +3,10 @@
 //! [`Gateway::build`] binds and wires everything (so callers know the port before serving);
 //! [`Gateway::run`] serves until the shutdown future resolves.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use std::time::Duration;
 
@@ -91,12 +93,17 @@ struct AppState {
     metrics: Metrics,
     webhook_secret: Option<Secret>,
     admin_token: Option<Secret>,
+    /// Set on shutdown: `/healthz` answers 503 from then on.
+    draining: Arc<AtomicBool>,
 }
 
 /// A gateway bound to its port, ready to serve.
 pub struct Gateway {
     listener: TcpListener,
     router: Router,
+    draining: Arc<AtomicBool>,
+    drain_delay: Duration,
+    shutdown_timeout: Duration,
     /// The in-process fake of `--demo`; it lives as long as the gateway.
     demo: Option<FakeAmoCrm>,
 }
@@ -152,6 +159,9 @@ impl Gateway {
                 "--upstream-connect-timeout",
                 config.upstream_connect_timeout,
             ),
+            ("--upstream-queue-timeout", config.upstream_queue_timeout),
+            ("--drain-delay", config.drain_delay),
+            ("--shutdown-timeout", config.shutdown_timeout),
         ] {
             if value > MAX_DURATION {
                 return Err(StartupError::DurationTooLong { flag, value });
@@ -198,7 +208,9 @@ impl Gateway {
             metrics,
             webhook_secret: config.webhook_secret.clone(),
             admin_token: config.admin_token.clone(),
+            draining: Arc::new(AtomicBool::new(false)),
         };
+        let draining = state.draining.clone();
         let max_body_bytes = usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX);
         let router = router(state, &config.cors_origins)?.layer(
             tower_http::limit::RequestBodyLimitLayer::new(max_body_bytes),
@@ -213,6 +225,9 @@ impl Gateway {
         Ok(Gateway {
             listener,
             router,
+            draining,
+            drain_delay: config.drain_delay,
+            shutdown_timeout: config.shutdown_timeout,
             demo,
         })
     }
@@ -228,7 +243,9 @@ impl Gateway {
         self.demo.is_some()
     }
 
-    /// Serves until `shutdown` resolves, then finishes in-flight requests.
+    /// Serves until `shutdown` resolves; then drains: `/healthz` answers 503 at once while
+    /// requests are still served for the drain delay (load balancers notice and stop sending),
+    /// then the listener closes and in-flight requests get the shutdown timeout to finish.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -240,9 +257,30 @@ impl Gateway {
                 tracing::debug!(error = %e, "could not set TCP_NODELAY");
             }
         });
-        let served = axum::serve(listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut server = tokio::spawn(
+            axum::serve(listener, self.router)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .into_future(),
+        );
+        tokio::select! {
+            // The server ended on its own (an accept loop error): nothing to drain.
+            ended = &mut server => return ended.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            () = shutdown => {}
+        }
+        tracing::info!(drain = ?self.drain_delay, "shutting down: draining");
+        self.draining.store(true, Ordering::SeqCst);
+        tokio::time::sleep(self.drain_delay).await;
+        let _ = stop.send(());
+        let served = match tokio::time::timeout(self.shutdown_timeout, server).await {
+            Ok(ended) => ended.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            Err(_) => {
+                tracing::warn!("in-flight requests did not finish within the shutdown timeout");
+                Ok(())
+            }
+        };
         drop(self.demo);
         served
     }
@@ -253,7 +291,7 @@ fn router(state: AppState, cors_origins: &[String]) -> Result<Router, StartupErr
         .route("/graphql", get(graphql_handler).post(graphql_handler))
         .route("/graphiql", get(graphiql))
         .route("/", get(|| async { Redirect::temporary("/graphiql") }))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics));
     // These routes exist only when their secret is configured.
     if state.webhook_secret.is_some() {
@@ -274,13 +312,24 @@ fn router(state: AppState, cors_origins: &[String]) -> Result<Router, StartupErr
                     .get(&X_REQUEST_ID)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default();
-                // The path only: a GET query string can carry a customer's search text.
-                tracing::info_span!("http", method = %request.method(), path = request.uri().path(), request_id)
+                tracing::info_span!("http", method = %request.method(), path = loggable_path(request.uri().path()), request_id)
             }),
         )
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
         .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid)))
 }
+
+/// The path for logs: never a query string (it can carry a customer's search), and never the
+/// webhook secret that is part of the webhook's path.
+fn loggable_path(path: &str) -> &str {
+    if path.starts_with(WEBHOOK_PREFIX) {
+        "/webhooks/amocrm/{secret}"
+    } else {
+        path
+    }
+}
+
+const WEBHOOK_PREFIX: &str = "/webhooks/amocrm/";
 
 fn cors(origins: &[String]) -> Result<CorsLayer, StartupError> {
     let allow_origin = if origins.iter().any(|o| o == "*") {
@@ -384,6 +433,14 @@ fn graphql_response(
     headers.insert(header::VARY, HeaderValue::from_static("Authorization"));
     headers.insert(X_CACHE, HeaderValue::from_static(status.as_str()));
     response
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    if state.draining.load(Ordering::SeqCst) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else {
+        "ok".into_response()
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

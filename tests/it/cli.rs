@@ -225,3 +225,159 @@ fn the_compose_file_uses_only_flags_and_variables_the_binary_accepts() {
         }
     }
 }
+
+#[tokio::test]
+async fn sigterm_drains_finishes_the_slow_request_and_exits_cleanly() {
+    use amocrm_gateway::fake_amocrm::{ADMIN_TOKEN, FakeAmoCrm, FakeOptions};
+    let fake = FakeAmoCrm::start(
+        ([127, 0, 0, 1], 0).into(),
+        FakeOptions {
+            latency: Duration::from_millis(1500),
+            ..FakeOptions::default()
+        },
+    )
+    .await
+    .expect("the fake starts");
+    let upstream = fake.base_url();
+    let (mut child, url) = spawn_printing(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream-url",
+            &upstream,
+            "--access-token",
+            ADMIN_TOKEN,
+            "--allow-anonymous",
+            "--drain-delay",
+            "300ms",
+        ],
+        "GraphiQL: ",
+    )
+    .await;
+    let base = url.replace("/graphiql", "");
+    let client = reqwest::Client::new();
+    let slow = tokio::spawn({
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            client
+                .post(format!("{base}/graphql"))
+                .json(&json!({ "query": "{ contacts(first: 2) { nodes { id } } }" }))
+                .send()
+                .await
+                .expect("answered")
+                .json::<serde_json::Value>()
+                .await
+                .expect("json")
+        }
+    });
+    // The upstream call arriving at the fake is the signal that the request is in flight.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fake.requests().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request never reached the fake"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = child.id().expect("running").to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill runs");
+    assert!(killed.success());
+    // Once the signal is handled, health says so while requests are still served.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let health = client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .expect("still serving");
+        if health.status() == 503 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never announced draining"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let body = slow.await.expect("the slow request");
+    assert_eq!(
+        body["data"]["contacts"]["nodes"].as_array().map(Vec::len),
+        Some(2),
+        "{body}"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the gateway exits")
+        .expect("a status");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn debug_logs_never_contain_a_token() {
+    use amocrm_gateway::fake_amocrm::{ADMIN_TOKEN, FakeAmoCrm, FakeOptions};
+    let fake = FakeAmoCrm::start(([127, 0, 0, 1], 0).into(), FakeOptions::default())
+        .await
+        .expect("the fake starts");
+    let log = std::env::temp_dir().join(format!("gateway-log-{}.txt", std::process::id()));
+    let log_file = std::fs::File::create(&log).expect("a log file");
+    let mut child = Command::new(BIN)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream-url",
+            &fake.base_url(),
+        ])
+        .args([
+            "--scope-secret",
+            "scope-secret-value-1",
+            "--webhook-secret",
+            "webhook-secret-value-1",
+        ])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut url = String::new();
+    while let Some(line) = lines.next_line().await.expect("reads") {
+        if let Some(found) = line.strip_prefix("GraphiQL: ") {
+            url = found.replace("/graphiql", "/graphql");
+            break;
+        }
+    }
+    let client = reqwest::Client::new();
+    for token in [ADMIN_TOKEN, "revoked-token-abcdef", ADMIN_TOKEN] {
+        client
+            .post(&url)
+            .bearer_auth(token)
+            .json(&json!({ "query": "{ contacts(first: 2) { nodes { id leads { id } } } }" }))
+            .send()
+            .await
+            .expect("answered");
+    }
+    let hook = url.replace("/graphql", "/webhooks/amocrm/webhook-secret-value-1");
+    client
+        .post(hook)
+        .body("contacts[update][0][id]=7000000")
+        .send()
+        .await
+        .expect("answered");
+    child.kill().await.expect("stops");
+    let logs = std::fs::read_to_string(&log).expect("logs");
+    let _ = std::fs::remove_file(&log);
+    assert!(logs.contains("amoCRM call"), "debug logs were captured");
+    for secret in [
+        ADMIN_TOKEN,
+        "revoked-token-abcdef",
+        "scope-secret-value-1",
+        "webhook-secret-value-1",
+    ] {
+        assert!(!logs.contains(secret), "{secret} leaked into the logs");
+    }
+}
