@@ -408,6 +408,58 @@ pub(super) fn opt_string(obj: &Map<String, Value>, key: &str) -> Option<String> 
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("id".to_owned()),
+                        Just("name".to_owned()),
+                        Just("_embedded".to_owned()),
+                        Just("custom_fields_values".to_owned()),
+                        Just("values".to_owned()),
+                        Just("catalog_elements".to_owned()),
+                        Just("tags".to_owned()),
+                        ".{0,8}"
+                    ],
+                    inner,
+                    0..6,
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Any bytes as a body: an answer or UPSTREAM_ERROR material, never a panic.
+        #[test]
+        fn fuzz_upstream_bytes(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_contacts_page(&body);
+            let _ = super::super::entities::decode_users(&body);
+        }
+
+        /// Any JSON where contacts belong: every contact with a usable id comes through.
+        #[test]
+        fn fuzz_upstream_contacts(contacts in proptest::collection::vec(json(), 0..8)) {
+            let body = serde_json::json!({ "_embedded": { "contacts": contacts } }).to_string();
+            let page = decode_contacts_page(body.as_bytes()).expect("a well-formed envelope decodes");
+            prop_assert!(page.contacts.len() <= contacts.len());
+            let entities = serde_json::json!({ "_embedded": { "leads": contacts } }).to_string();
+            let _ = super::super::entities::decode_entities(super::super::EntityKind::Lead, entities.as_bytes());
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -83,6 +83,34 @@ pub fn parse(body: &[u8]) -> Result<Vec<WebhookEvent>, NoEntityId> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any body: events or a refusal, never a panic.
+        #[test]
+        fn fuzz_webhook_bytes(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = parse(&body);
+        }
+
+        /// Bodies shaped like amoCRM's: every readable id becomes an event.
+        #[test]
+        fn fuzz_webhook_forms(fields in proptest::collection::vec(
+            ("(contacts|leads|companies|customers|tasks|x)", "(add|update|delete|\\[|)", "[0-9]{0,3}", "(id|type|name|\\]\\[)", ".{0,12}"),
+            0..12,
+        )) {
+            let body: String = fields
+                .iter()
+                .map(|(entity, action, index, field, value)| {
+                    let value: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+                    format!("{entity}[{action}][{index}][{field}]={value}&")
+                })
+                .collect();
+            if let Ok(events) = parse(body.as_bytes()) {
+                prop_assert!(!events.is_empty());
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

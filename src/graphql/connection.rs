@@ -167,6 +167,26 @@ where
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text as a cursor: refused cleanly, never a panic.
+        #[test]
+        fn fuzz_cursor_decoder_refuses_garbage(text in ".{0,200}", bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let list = ListFingerprint::of(&ContactList::default());
+            let _ = Cursor::decode(&text, list);
+            let _ = Cursor::decode(&URL_SAFE_NO_PAD.encode(&bytes), list);
+        }
+
+        /// Every cursor the gateway hands out decodes to itself, and only for its own list.
+        #[test]
+        fn fuzz_cursors_round_trip(offset in 0..MAX_OFFSET, search in "[a-zа-я0-9 ]{0,20}") {
+            let list = ListFingerprint::of(&ContactList { search: Some(search), ..ContactList::default() });
+            let cursor = Cursor { offset, list };
+            prop_assert_eq!(Cursor::decode(&cursor.encode(), list), Ok(cursor));
+        }
+    }
+
     use std::cell::RefCell;
     use std::convert::Infallible;
 

@@ -222,6 +222,57 @@ fn custom_fields(
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
+    fn ids() -> impl Strategy<Value = Option<Vec<ID>>> {
+        proptest::option::of(proptest::collection::vec(
+            prop_oneof!["[0-9]{1,20}", ".{0,12}"].prop_map(ID::from),
+            0..300,
+        ))
+    }
+
+    proptest! {
+        /// Any filter either maps to upstream parameters of known shape, or is refused naming
+        /// an argument; never a panic.
+        #[test]
+        fn fuzz_filter_to_parameters(
+            query in proptest::option::of(".{0,50}"),
+            ids in ids(),
+            users in ids(),
+            from in proptest::option::of(any::<i64>()),
+            to in proptest::option::of(any::<i64>()),
+            field in "[0-9x]{1,12}",
+            values in proptest::option::of(proptest::collection::vec(".{0,10}", 0..4)),
+            low in proptest::option::of(".{0,10}"),
+        ) {
+            let filter = ContactFilterInput {
+                query,
+                ids,
+                responsible_user_ids: users,
+                updated_at: Some(DateTimeRange {
+                    from: from.map(DateTime::from_unix),
+                    to: to.map(DateTime::from_unix),
+                }),
+                custom_fields: Some(vec![CustomFieldFilter {
+                    field_id: ID::from(field),
+                    values,
+                    from: low,
+                    to: None,
+                }]),
+                ..Default::default()
+            };
+            match contact_list(Some(filter), None) {
+                Ok(list) => {
+                    for (key, _) in list.to_params() {
+                        prop_assert!(key == "query" || key.starts_with("filter[") || key.starts_with("order["), "{key}");
+                    }
+                }
+                Err(ApiError::BadInput { argument, .. }) => prop_assert!(argument.starts_with("filter")),
+                Err(other) => prop_assert!(false, "unexpected {other:?}"),
+            }
+        }
+    }
+
     use super::*;
 
     fn argument_of(result: Result<ContactList, ApiError>) -> String {
