@@ -7,14 +7,14 @@
 //! Every response body is checked for GraphQL errors; a run with any fails.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use amocrm_gateway::fake_amocrm::{ADMIN_TOKEN, FakeAmoCrm, FakeOptions};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use amocrm_gateway::fake_amocrm::{ADMIN_TOKEN, FakeOptions};
+
+mod common;
+use common::{Background, GatewayProcess, background, client, start_fake};
 
 const HOT_SECONDS: u64 = 5;
 const COLD_SECONDS: u64 = 3;
@@ -24,6 +24,20 @@ const UPSTREAM_LATENCY: Duration = Duration::from_millis(20);
 /// The budget of the memory run; `LOAD_MEMORY_BUDGET_MIB` overrides it.
 const MEMORY_BUDGET_MIB: u64 = 64;
 const MEMORY_PAGES: usize = 1_500;
+
+/// The gateway under measurement: its own token, long TTLs, and no upstream rate limit, so the
+/// figures are the gateway's own overhead.
+const BENCH_FLAGS: [&str; 9] = [
+    "--access-token",
+    ADMIN_TOKEN,
+    "--allow-anonymous",
+    "--cache-ttl",
+    "10m",
+    "--cache-max-age",
+    "10m",
+    "--upstream-rps",
+    "0",
+];
 
 const HOT_QUERY: &str = "{ contacts(first: 50) { edges { cursor node { id name updatedAt \
     customFieldsValues { fieldId fieldCode values { value enumCode } } tags { id name } \
@@ -51,117 +65,6 @@ fn main() {
             memory().await;
         }
     });
-}
-
-/// A runtime on its own thread, so that servers in this process are not scheduled behind the
-/// load generator. Dropped from async code, it is shut down by its thread, where that is allowed.
-struct Background {
-    handle: tokio::runtime::Handle,
-    _stop: std::sync::mpsc::Sender<()>,
-}
-
-fn background(workers: usize) -> Background {
-    let (handle_tx, handle_rx) = std::sync::mpsc::channel();
-    let (stop, stopped) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        handle_tx
-            .send(runtime.handle().clone())
-            .expect("main waits");
-        let _ = stopped.recv();
-    });
-    Background {
-        handle: handle_rx.recv().expect("the runtime starts"),
-        _stop: stop,
-    }
-}
-
-struct Upstream {
-    fake: FakeAmoCrm,
-    _runtime: Background,
-}
-
-async fn start_fake(latency: Duration) -> Upstream {
-    let runtime = background(1);
-    let options = FakeOptions {
-        latency,
-        ..FakeOptions::default()
-    };
-    let fake = runtime
-        .handle
-        .spawn(FakeAmoCrm::start(([127, 0, 0, 1], 0).into(), options))
-        .await
-        .expect("spawned")
-        .expect("the fake starts");
-    Upstream {
-        fake,
-        _runtime: runtime,
-    }
-}
-
-struct GatewayProcess {
-    child: Child,
-    url: String,
-}
-
-impl GatewayProcess {
-    async fn start(upstream: &str, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_amocrm-gateway"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--upstream-url",
-                upstream,
-                "--access-token",
-                ADMIN_TOKEN,
-            ])
-            .args([
-                "--cache-ttl",
-                "10m",
-                "--cache-max-age",
-                "10m",
-                "--allow-anonymous",
-            ])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the gateway binary starts");
-        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-        let mut url = String::new();
-        while let Some(line) = lines.next_line().await.expect("reads") {
-            if let Some(graphiql) = line.strip_prefix("GraphiQL: ") {
-                url = graphiql.replace("/graphiql", "/graphql");
-                break;
-            }
-        }
-        assert!(!url.is_empty(), "the gateway printed no URL");
-        GatewayProcess { child, url }
-    }
-
-    fn rss_bytes(&self) -> u64 {
-        let pid = self.child.id().expect("running");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_gzip()
-        .pool_max_idle_per_host(64)
-        .build()
-        .expect("a client")
 }
 
 /// Latencies of one run, and how many requests it made.
@@ -263,8 +166,8 @@ async fn start_reference(body: bytes::Bytes) -> (SocketAddr, Background) {
 }
 
 async fn hot() {
-    let upstream = start_fake(Duration::ZERO).await;
-    let gateway = GatewayProcess::start(&upstream.fake.base_url(), &[]).await;
+    let upstream = start_fake(FakeOptions::default()).await;
+    let gateway = GatewayProcess::start(&upstream.fake.base_url(), &BENCH_FLAGS).await;
     let client = client();
     let body = post_graphql(&client, &gateway.url, HOT_QUERY).await;
     let (reference_addr, _reference) = start_reference(body.clone()).await;
@@ -312,8 +215,12 @@ async fn cold() {
         .ok()
         .and_then(|ms| ms.parse().ok())
         .map_or(UPSTREAM_LATENCY, Duration::from_millis);
-    let upstream = start_fake(latency).await;
-    let gateway = GatewayProcess::start(&upstream.fake.base_url(), &[]).await;
+    let upstream = start_fake(FakeOptions {
+        latency,
+        ..FakeOptions::default()
+    })
+    .await;
+    let gateway = GatewayProcess::start(&upstream.fake.base_url(), &BENCH_FLAGS).await;
     let client = client();
     let base = upstream.fake.base_url();
     println!(
@@ -411,14 +318,17 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 async fn memory() {
-    let upstream = start_fake(Duration::ZERO).await;
+    let upstream = start_fake(FakeOptions::default()).await;
     let budget_mib: u64 = std::env::var("LOAD_MEMORY_BUDGET_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(MEMORY_BUDGET_MIB);
     let budget = format!("{budget_mib}MiB");
-    let gateway =
-        GatewayProcess::start(&upstream.fake.base_url(), &["--cache-max-bytes", &budget]).await;
+    let gateway = GatewayProcess::start(
+        &upstream.fake.base_url(),
+        &[&BENCH_FLAGS[..], &["--cache-max-bytes", &budget]].concat(),
+    )
+    .await;
     let client = client();
     let idle = gateway.rss_bytes();
     let mut peak = idle;

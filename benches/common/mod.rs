@@ -1,0 +1,101 @@
+//! What the benchmarks share: servers on their own runtimes, the gateway as a process.
+#![allow(dead_code, reason = "each benchmark uses its own part of this")]
+
+use std::process::Stdio;
+
+use amocrm_gateway::fake_amocrm::{FakeAmoCrm, FakeOptions};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A runtime on its own thread, so that servers in this process are not scheduled behind the
+/// load generator. Dropped from async code, it is shut down by its thread, where that is allowed.
+pub struct Background {
+    pub handle: tokio::runtime::Handle,
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+pub fn background(workers: usize) -> Background {
+    let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        handle_tx
+            .send(runtime.handle().clone())
+            .expect("main waits");
+        let _ = stopped.recv();
+    });
+    Background {
+        handle: handle_rx.recv().expect("the runtime starts"),
+        _stop: stop,
+    }
+}
+
+pub struct Upstream {
+    pub fake: FakeAmoCrm,
+    _runtime: Background,
+}
+
+pub async fn start_fake(options: FakeOptions) -> Upstream {
+    let runtime = background(1);
+    let fake = runtime
+        .handle
+        .spawn(FakeAmoCrm::start(([127, 0, 0, 1], 0).into(), options))
+        .await
+        .expect("spawned")
+        .expect("the fake starts");
+    Upstream {
+        fake,
+        _runtime: runtime,
+    }
+}
+
+pub struct GatewayProcess {
+    child: Child,
+    pub url: String,
+}
+
+impl GatewayProcess {
+    pub async fn start(upstream: &str, flags: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_amocrm-gateway"))
+            .args(["--listen", "127.0.0.1:0", "--upstream-url", upstream])
+            .args(flags)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the gateway binary starts");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let mut url = String::new();
+        while let Some(line) = lines.next_line().await.expect("reads") {
+            if let Some(graphiql) = line.strip_prefix("GraphiQL: ") {
+                url = graphiql.replace("/graphiql", "/graphql");
+                break;
+            }
+        }
+        assert!(!url.is_empty(), "the gateway printed no URL");
+        GatewayProcess { child, url }
+    }
+
+    pub fn rss_bytes(&self) -> u64 {
+        let pid = self.child.id().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_gzip()
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("a client")
+}
