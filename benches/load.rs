@@ -299,6 +299,58 @@ async fn cold() {
         );
     }
 
+    // The same cold load under amoCRM's real limit: what clients see when the gateway keeps
+    // the account safe.
+    {
+        let limited = GatewayProcess::start(
+            &upstream.fake.base_url(),
+            &[
+                &BENCH_FLAGS[..7],
+                &["--upstream-rps", "7", "--upstream-queue-timeout", "10s"],
+            ]
+            .concat(),
+        )
+        .await;
+        upstream.fake.clear_requests();
+        let client = client.clone();
+        let url = limited.url.clone();
+        let searches = searches.clone();
+        let run = load(8, COLD_SECONDS * 2, move |_| {
+            let client = client.clone();
+            let url = url.clone();
+            let n = searches.fetch_add(1, Ordering::Relaxed);
+            let query = format!(
+                "{{ contacts(first: 50, filter: {{ query: \"contact{}@\", updatedAt: {{ from: \"{}\" }} }}) {{ nodes {{ id name }} }} }}",
+                n % 2400,
+                rfc3339(946_684_800 + n as i64),
+            );
+            async move {
+                post_graphql(&client, &url, &query).await;
+            }
+        })
+        .await;
+        let requests = upstream.fake.requests();
+        let busiest = requests
+            .iter()
+            .map(|first| {
+                requests
+                    .iter()
+                    .filter(|r| {
+                        r.at >= first.at && r.at.duration_since(first.at) < Duration::from_secs(1)
+                    })
+                    .count()
+            })
+            .max()
+            .unwrap_or(0);
+        println!(
+            "under the default 7 rps limit, 8 clients, {}s: {:.1} req/s, p50 {:.0} ms, p99 {:.0} ms, busiest upstream second {busiest}",
+            COLD_SECONDS * 2,
+            run.rps(),
+            run.percentile(0.5).as_secs_f64() * 1000.0,
+            run.percentile(0.99).as_secs_f64() * 1000.0,
+        );
+    }
+
     // One distinct page asked by many clients at once, cold: one upstream call.
     upstream.fake.clear_requests();
     let query = "{ contacts(first: 50, filter: { query: \"Иван\" }) { nodes { id } } }";
