@@ -141,3 +141,61 @@ impl Breaker {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blocked() -> AmoError {
+        AmoError::Forbidden {
+            reason: ForbiddenReason::AccountBlocked,
+            detail: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_trial_call_after_the_cool_down_closes_the_circuit() {
+        let breaker = Breaker::default();
+        breaker.record("/api/v4/contacts", Err(&blocked()));
+        assert!(matches!(
+            breaker.admit(),
+            Err(AmoError::CircuitOpen {
+                reason: OpenReason::Blocked,
+                ..
+            })
+        ));
+        tokio::time::advance(BLOCKED_COOL_DOWN).await;
+        assert!(breaker.admit().is_ok(), "the trial call goes out");
+        assert!(breaker.admit().is_err(), "and only the trial");
+        breaker.record("/api/v4/contacts", Ok(()));
+        assert!(
+            breaker.admit().is_ok() && breaker.admit().is_ok(),
+            "closed again"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_trial_opens_it_again_and_answers_about_the_caller_never_count() {
+        let breaker = Breaker::default();
+        let rights = AmoError::Forbidden {
+            reason: ForbiddenReason::Rights,
+            detail: None,
+        };
+        for _ in 0..10 {
+            breaker.record("/api/v4/users", Err(&rights));
+            breaker.record("/api/v4/contacts", Err(&AmoError::PaymentRequired));
+        }
+        assert!(
+            breaker.admit().is_ok(),
+            "answers about the caller do not open it"
+        );
+        for _ in 0..FAILURES_TO_OPEN {
+            breaker.record("/api/v4/contacts", Err(&AmoError::Server { status: 500 }));
+        }
+        assert!(breaker.admit().is_err());
+        tokio::time::advance(UNAVAILABLE_COOL_DOWN).await;
+        assert!(breaker.admit().is_ok());
+        breaker.record("/api/v4/contacts", Err(&AmoError::Connect));
+        assert!(breaker.admit().is_err(), "the failed trial reopened it");
+    }
+}
