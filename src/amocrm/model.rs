@@ -171,22 +171,7 @@ impl Contact {
         for s in [&self.name, &self.first_name, &self.last_name] {
             heap.string(s);
         }
-        heap.vec(&self.custom_fields_values);
-        for field in &self.custom_fields_values {
-            for s in [&field.field_name, &field.field_code, &field.field_type]
-                .into_iter()
-                .flatten()
-            {
-                heap.string(s);
-            }
-            heap.vec(&field.values);
-            for value in &field.values {
-                heap.json(&value.value);
-                if let Some(code) = &value.enum_code {
-                    heap.string(code);
-                }
-            }
-        }
+        heap.0 += custom_fields_heap_bytes(&self.custom_fields_values);
         heap.vec(&self.tags);
         for tag in &self.tags {
             heap.string(&tag.name);
