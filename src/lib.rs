@@ -13,8 +13,8 @@
 //! - [`graphql`]: the client boundary (schema, selections, paging, error codes). Builds no URLs.
 //! - [`cache`]: moka caches between the boundaries: upstream pages (stale-while-revalidate,
 //!   probes, stale-if-error, relation reuse) and whole responses; coalesces concurrent misses.
-//! - [`amocrm`]: the upstream boundary (typed queries, client, tolerant models). Knows no
-//!   GraphQL.
+//! - [`amocrm`]: the upstream boundary (typed queries; the client with its rate limiter,
+//!   retries and circuit breaker; tolerant models; the webhook parser). Knows no GraphQL.
 //! - [`metrics`]: Prometheus metrics, one recorder per gateway.
 //! - [`fake_amocrm`]: a faithful fake of the upstream, for `--demo` and the tests.
 //!
@@ -28,7 +28,9 @@
 //! 3. Resolvers validate arguments into an [`amocrm::ContactList`], and `graphql::connection` cuts
 //!    the requested window out of fixed-size upstream pages.
 //! 4. [`cache::PageCache`] answers each page from moka (stale ones while one background refresh
-//!    revalidates them), or calls [`amocrm::AmoClient`] once for all concurrent askers.
+//!    revalidates them), or calls [`amocrm::AmoClient`] once for all concurrent askers; linked
+//!    entities come the same way, one batch per kind for the whole operation. Every upstream
+//!    call passes the one rate limiter and the circuit breaker.
 //! 5. Errors become `extensions.code` in one place (`graphql::error`); `server` sets `x-cache`
 //!    and `Cache-Control` from the request's cache report.
 
