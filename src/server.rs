@@ -181,6 +181,7 @@ impl Gateway {
                 request_timeout: config.upstream_timeout,
                 rate_limit: (config.upstream_rps > 0).then_some(config.upstream_rps),
                 queue_timeout: config.upstream_queue_timeout,
+                shared_token: matches!(auth, AuthMode::ServerToken(..)),
             },
             metrics.clone(),
         )?;

@@ -59,6 +59,8 @@ pub struct ClientConfig {
     pub rate_limit: Option<u32>,
     /// The longest a call waits for the rate limit before it is refused.
     pub queue_timeout: Duration,
+    /// Whether every call uses the gateway's own token (not forwarded callers' tokens).
+    pub shared_token: bool,
 }
 
 /// Attempts of one call, the first included, for failures a retry can cure.
@@ -95,6 +97,8 @@ impl AmoClient {
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
             .user_agent(concat!("amocrm-gateway/", env!("CARGO_PKG_VERSION")))
+            // A redirect would be a further upstream call past the rate limiter.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(AmoClient {
             http,
@@ -103,7 +107,7 @@ impl AmoClient {
             metrics,
             limiter: Limiter::new(config.rate_limit, config.queue_timeout),
             rate_limit: config.rate_limit.unwrap_or(0),
-            breaker: Arc::new(Breaker::default()),
+            breaker: Arc::new(Breaker::new(config.shared_token)),
             callers: std::hash::RandomState::new(),
         })
     }
@@ -231,19 +235,33 @@ impl AmoClient {
     ) -> Result<Answer, AmoError> {
         let deadline = tokio::time::Instant::now() + RETRY_DEADLINE;
         let mut attempt = 1;
+        let caller = std::hash::BuildHasher::hash_one(&self.callers, token.expose());
         loop {
-            self.breaker.admit()?;
+            // Fail fast while the circuit is open, without queueing for the limiter.
+            self.breaker.check()?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if let Some(limiter) = &self.limiter {
-                let caller = std::hash::BuildHasher::hash_one(&self.callers, token.expose());
-                limiter
-                    .acquire(caller, priority)
-                    .await
-                    .map_err(|_| AmoError::QueueTimeout {
+                limiter.acquire(caller, priority, left).await.map_err(|_| {
+                    AmoError::QueueTimeout {
                         rate: self.rate_limit,
-                    })?;
+                    }
+                })?;
             }
-            let outcome = self.get_once(token, endpoint, path, params).await;
-            self.breaker.record(endpoint, outcome.as_ref().map(|_| ()));
+            // Admitted again now that the call really goes out: the circuit may have opened
+            // while this call waited in the queue.
+            let ticket = self.breaker.admit(caller)?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let outcome = match tokio::time::timeout(
+                left,
+                self.get_once(token, endpoint, path, params),
+            )
+            .await
+            {
+                Ok(outcome) => outcome,
+                Err(_) => Err(AmoError::Timeout(RETRY_DEADLINE)),
+            };
+            self.breaker
+                .record(ticket, endpoint, outcome.as_ref().map(|_| ()));
             let error = match outcome {
                 Err(error) if error.is_retryable() && attempt < MAX_ATTEMPTS => error,
                 other => return other,

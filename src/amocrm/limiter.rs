@@ -80,8 +80,14 @@ impl Limiter {
         Some(limiter)
     }
 
-    /// Waits for a slot to start one upstream call.
-    pub async fn acquire(&self, caller: u64, priority: Priority) -> Result<(), Refused> {
+    /// Waits for a slot to start one upstream call, for the queue timeout or `at_most`,
+    /// whichever is shorter.
+    pub async fn acquire(
+        &self,
+        caller: u64,
+        priority: Priority,
+        at_most: Duration,
+    ) -> Result<(), Refused> {
         let granted = {
             let mut state = self.lock();
             if state.waiting == 0 && self.has_slot(&state, Instant::now()) {
@@ -106,7 +112,7 @@ impl Limiter {
             granted
         };
         self.wake.notify_one();
-        match tokio::time::timeout(self.queue_timeout, granted).await {
+        match tokio::time::timeout(self.queue_timeout.min(at_most), granted).await {
             Ok(Ok(())) => Ok(()),
             // Timed out (the dispatcher skips a waiter that has gone), or the limiter is gone.
             _ => Err(Refused::WouldWaitTooLong),
@@ -200,7 +206,7 @@ mod tests {
                 let (limiter, started) = (limiter.clone(), started.clone());
                 tasks.push(tokio::spawn(async move {
                     limiter
-                        .acquire(caller, Priority::Foreground)
+                        .acquire(caller, Priority::Foreground, Duration::MAX)
                         .await
                         .expect("granted");
                     started.lock().expect("lock").push((Instant::now(), caller));
@@ -231,11 +237,13 @@ mod tests {
     async fn a_caller_that_would_wait_too_long_is_refused() {
         let limiter = Limiter::new(Some(1), Duration::from_millis(500)).expect("a limit");
         limiter
-            .acquire(1, Priority::Foreground)
+            .acquire(1, Priority::Foreground, Duration::MAX)
             .await
             .expect("the first is free");
         assert_eq!(
-            limiter.acquire(1, Priority::Foreground).await,
+            limiter
+                .acquire(1, Priority::Foreground, Duration::MAX)
+                .await,
             Err(Refused::WouldWaitTooLong)
         );
     }
