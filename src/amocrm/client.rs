@@ -240,13 +240,17 @@ impl AmoClient {
             // Fail fast while the circuit is open, without queueing for the limiter.
             self.breaker.check()?;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if let Some(limiter) = &self.limiter {
-                limiter.acquire(caller, priority, left).await.map_err(|_| {
-                    AmoError::QueueTimeout {
-                        rate: self.rate_limit,
-                    }
-                })?;
-            }
+            // Held until the call completes: the limiter counts the slot from then on.
+            let permit = match &self.limiter {
+                Some(limiter) => {
+                    Some(limiter.acquire(caller, priority, left).await.map_err(|_| {
+                        AmoError::QueueTimeout {
+                            rate: self.rate_limit,
+                        }
+                    })?)
+                }
+                None => None,
+            };
             // Admitted again now that the call really goes out: the circuit may have opened
             // while this call waited in the queue.
             let ticket = self.breaker.admit(caller)?;
@@ -260,6 +264,7 @@ impl AmoClient {
                 Ok(outcome) => outcome,
                 Err(_) => Err(AmoError::Timeout(RETRY_DEADLINE)),
             };
+            drop(permit);
             self.breaker
                 .record(ticket, endpoint, outcome.as_ref().map(|_| ()));
             let error = match outcome {

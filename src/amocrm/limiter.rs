@@ -7,6 +7,11 @@
 //! queue per caller (token), and slots go round-robin over callers, so one client crawling
 //! cannot starve the others; background refreshes get a slot only when no one waits in front.
 //! A caller that would wait longer than the queue timeout is refused instead.
+//!
+//! A call reaches amoCRM at some moment between being granted and completing, and on a busy
+//! machine the gap can be long; so a slot counts from its call's completion, and while the call
+//! `rate` calls back is still in flight, no new call starts. Then no window of amoCRM's clock
+//! can see more than `rate` arrivals, whatever the delays.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -39,16 +44,25 @@ pub enum Refused {
 
 struct Lane {
     caller: u64,
-    waiters: VecDeque<oneshot::Sender<()>>,
+    waiters: VecDeque<oneshot::Sender<u64>>,
+}
+
+/// One of the last `rate` calls.
+struct Slot {
+    id: u64,
+    /// When it was granted, then, once it completed, when it completed.
+    at: Instant,
+    done: bool,
 }
 
 #[derive(Default)]
 struct State {
-    /// Start times of the last calls, oldest first, at most `rate` of them.
-    started: VecDeque<Instant>,
+    /// The last calls, oldest first, at most `rate` of them.
+    started: VecDeque<Slot>,
+    next_id: u64,
     /// Foreground waiters per caller, served round-robin.
     lanes: VecDeque<Lane>,
-    background: VecDeque<oneshot::Sender<()>>,
+    background: VecDeque<oneshot::Sender<u64>>,
     waiting: usize,
 }
 
@@ -81,23 +95,27 @@ impl Limiter {
     }
 
     /// Waits for a slot to start one upstream call, for the queue timeout or `at_most`,
-    /// whichever is shorter.
+    /// whichever is shorter. The call holds the permit until it completes.
     pub async fn acquire(
-        &self,
+        self: &Arc<Self>,
         caller: u64,
         priority: Priority,
         at_most: Duration,
-    ) -> Result<(), Refused> {
+    ) -> Result<Permit, Refused> {
         let granted = {
             let mut state = self.lock();
             if state.waiting == 0 && self.has_slot(&state, Instant::now()) {
-                self.record(&mut state, Instant::now());
-                return Ok(());
+                let id = self.record(&mut state, Instant::now());
+                return Ok(self.permit(id));
             }
             if state.waiting >= MAX_WAITERS {
                 return Err(Refused::QueueFull);
             }
-            let (grant, granted) = oneshot::channel();
+            // Refuse now rather than after the whole timeout when the wait is sure to be longer.
+            if self.estimated_wait(&state, caller, priority) > self.queue_timeout.min(at_most) {
+                return Err(Refused::WouldWaitTooLong);
+            }
+            let (grant, granted) = oneshot::channel::<u64>();
             match priority {
                 Priority::Foreground => match state.lanes.iter_mut().find(|l| l.caller == caller) {
                     Some(lane) => lane.waiters.push_back(grant),
@@ -113,21 +131,79 @@ impl Limiter {
         };
         self.wake.notify_one();
         match tokio::time::timeout(self.queue_timeout.min(at_most), granted).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(id)) => Ok(self.permit(id)),
             // Timed out (the dispatcher skips a waiter that has gone), or the limiter is gone.
             _ => Err(Refused::WouldWaitTooLong),
         }
     }
 
-    fn has_slot(&self, state: &State, now: Instant) -> bool {
-        state.started.len() < self.rate || state.started.front().is_some_and(|t| *t + WINDOW <= now)
+    /// How long a new waiter of `caller` would wait at least. Round-robin serves the caller's
+    /// k-th waiter after at most k waiters of every other lane, so only those count, not the
+    /// whole queue: a light caller behind a crawler's backlog is not refused for it. Waiters
+    /// that gave up still count until their turn, so this errs on the long side only by them.
+    fn estimated_wait(&self, state: &State, caller: u64, priority: Priority) -> Duration {
+        let foreground = || state.lanes.iter().map(|l| l.waiters.len()).sum::<usize>();
+        let ahead = match priority {
+            Priority::Foreground => {
+                let mine = state
+                    .lanes
+                    .iter()
+                    .find(|l| l.caller == caller)
+                    .map_or(0, |l| l.waiters.len())
+                    + 1;
+                let others: usize = state
+                    .lanes
+                    .iter()
+                    .filter(|l| l.caller != caller)
+                    .map(|l| l.waiters.len().min(mine))
+                    .sum();
+                mine + others
+            }
+            Priority::Background => foreground() + state.background.len() + 1,
+        };
+        // Each full window lets `rate` more through.
+        let windows = (ahead.saturating_sub(1) / self.rate) as u32;
+        WINDOW * windows
     }
 
-    fn record(&self, state: &mut State, now: Instant) {
-        state.started.push_back(now);
+    fn permit(self: &Arc<Self>, id: u64) -> Permit {
+        Permit {
+            limiter: Arc::downgrade(self),
+            id,
+        }
+    }
+
+    fn has_slot(&self, state: &State, now: Instant) -> bool {
+        state.started.len() < self.rate
+            || state
+                .started
+                .front()
+                .is_some_and(|slot| slot.done && slot.at + WINDOW <= now)
+    }
+
+    fn record(&self, state: &mut State, now: Instant) -> u64 {
+        let id = state.next_id;
+        state.next_id += 1;
+        state.started.push_back(Slot {
+            id,
+            at: now,
+            done: false,
+        });
         while state.started.len() > self.rate {
             state.started.pop_front();
         }
+        id
+    }
+
+    fn complete(&self, id: u64) {
+        {
+            let mut state = self.lock();
+            if let Some(slot) = state.started.iter_mut().find(|slot| slot.id == id) {
+                slot.at = slot.at.max(Instant::now());
+                slot.done = true;
+            }
+        }
+        self.wake.notify_one();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -135,32 +211,60 @@ impl Limiter {
     }
 
     /// Grants the next slot to the next live waiter, if a slot is free now; otherwise says when
-    /// one will be. `None`: nobody waits.
-    fn grant_next(&self) -> Option<Instant> {
+    /// one will be, or that one will be when a call completes. `Idle`: nobody waits.
+    fn grant_next(&self) -> Next {
         let mut state = self.lock();
         loop {
             if state.waiting == 0 {
-                return None;
+                return Next::Idle;
             }
             let now = Instant::now();
             if !self.has_slot(&state, now) {
-                return state.started.front().map(|t| *t + WINDOW);
+                return match state.started.front() {
+                    Some(slot) if slot.done => Next::At(slot.at + WINDOW),
+                    _ => Next::Completion,
+                };
             }
             let Some(grant) = next_waiter(&mut state) else {
                 state.waiting = 0;
-                return None;
+                return Next::Idle;
             };
             state.waiting -= 1;
-            // A waiter that timed out is gone: its slot goes to the next one.
-            if grant.send(()).is_ok() {
-                self.record(&mut state, now);
+            let id = self.record(&mut state, now);
+            // A waiter that timed out is gone: it starts no call, so its slot is done at once.
+            if grant.send(id).is_err()
+                && let Some(slot) = state.started.back_mut()
+            {
+                slot.done = true;
             }
         }
     }
 }
 
+enum Next {
+    Idle,
+    At(Instant),
+    Completion,
+}
+
+/// The right to one upstream call; dropped when the call completes (or is abandoned), which
+/// is when its slot starts counting.
+#[must_use = "the slot counts from when the permit is dropped"]
+pub struct Permit {
+    limiter: std::sync::Weak<Limiter>,
+    id: u64,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(limiter) = self.limiter.upgrade() {
+            limiter.complete(self.id);
+        }
+    }
+}
+
 /// Round-robin over callers' lanes, then background work.
-fn next_waiter(state: &mut State) -> Option<oneshot::Sender<()>> {
+fn next_waiter(state: &mut State) -> Option<oneshot::Sender<u64>> {
     while let Some(mut lane) = state.lanes.pop_front() {
         if let Some(grant) = lane.waiters.pop_front() {
             if !lane.waiters.is_empty() {
@@ -178,13 +282,14 @@ async fn dispatch(limiter: std::sync::Weak<Limiter>) {
             return;
         };
         match strong.grant_next() {
-            Some(next_slot) => {
+            Next::At(next_slot) => {
                 drop(strong);
                 tokio::time::sleep_until(next_slot).await;
             }
-            None => {
+            Next::Idle | Next::Completion => {
+                // A new waiter or a completed call wakes this; re-check now and then so that a
+                // dropped limiter ends this task.
                 let wake = async { strong.wake.notified().await };
-                // Re-check now and then so a dropped limiter ends this task.
                 let _ = tokio::time::timeout(Duration::from_secs(5), wake).await;
             }
         }
@@ -205,10 +310,11 @@ mod tests {
             for _ in 0..n {
                 let (limiter, started) = (limiter.clone(), started.clone());
                 tasks.push(tokio::spawn(async move {
-                    limiter
+                    let permit = limiter
                         .acquire(caller, Priority::Foreground, Duration::MAX)
                         .await
                         .expect("granted");
+                    drop(permit);
                     started.lock().expect("lock").push((Instant::now(), caller));
                 }));
                 tokio::task::yield_now().await;
@@ -234,17 +340,57 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_sure_long_wait_is_refused_at_once_but_not_for_someone_elses_backlog() {
+        let limiter = Limiter::new(Some(2), Duration::from_secs(2)).expect("a limit");
+        let mut in_flight = Vec::new();
+        for _ in 0..2 {
+            in_flight.push(
+                limiter
+                    .acquire(1, Priority::Foreground, Duration::MAX)
+                    .await
+                    .expect("free slots"),
+            );
+        }
+        // Caller 1 queues a backlog: its 5th waiter and later would wait more than 2 s, and are
+        // refused at once.
+        let mut queued = Vec::new();
+        for _ in 0..8 {
+            let limiter = limiter.clone();
+            queued.push(tokio::spawn(async move {
+                limiter
+                    .acquire(1, Priority::Foreground, Duration::MAX)
+                    .await
+            }));
+            tokio::task::yield_now().await;
+        }
+        let started = Instant::now();
+        let refused = limiter
+            .acquire(1, Priority::Foreground, Duration::MAX)
+            .await;
+        assert_eq!(refused.err(), Some(Refused::WouldWaitTooLong));
+        assert_eq!(started.elapsed(), Duration::ZERO, "refused without waiting");
+        // The calls in flight complete; caller 2 is near the front of the rotation whatever
+        // caller 1 has queued.
+        drop(in_flight);
+        let second_caller = limiter
+            .acquire(2, Priority::Foreground, Duration::MAX)
+            .await;
+        assert!(second_caller.is_ok(), "{:?}", second_caller.err());
+        for task in queued {
+            let _ = task.await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_caller_that_would_wait_too_long_is_refused() {
         let limiter = Limiter::new(Some(1), Duration::from_millis(500)).expect("a limit");
-        limiter
+        let _in_flight = limiter
             .acquire(1, Priority::Foreground, Duration::MAX)
             .await
             .expect("the first is free");
-        assert_eq!(
-            limiter
-                .acquire(1, Priority::Foreground, Duration::MAX)
-                .await,
-            Err(Refused::WouldWaitTooLong)
-        );
+        let second = limiter
+            .acquire(1, Priority::Foreground, Duration::MAX)
+            .await;
+        assert_eq!(second.err(), Some(Refused::WouldWaitTooLong));
     }
 }

@@ -41,7 +41,10 @@ async fn five_hundred_cold_queries_never_exceed_the_upstream_limit() {
         match reply.codes().as_slice() {
             [] => answered += 1,
             [code] if code == "RATE_LIMITED" => limited += 1,
-            other => panic!("neither answered nor RATE_LIMITED: {other:?}"),
+            other => panic!(
+                "neither answered nor RATE_LIMITED: {other:?} {}",
+                reply.body
+            ),
         }
     }
     let requests = app.fake.requests();
