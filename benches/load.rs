@@ -267,12 +267,7 @@ async fn cold() {
                     let client = client.clone();
                     let url = url.clone();
                     let n = searches.fetch_add(1, Ordering::Relaxed);
-                    // The e-mail picks the contact; the date range makes each search distinct.
-                    let query = format!(
-                        "{{ contacts(first: 50, filter: {{ query: \"contact{}@\", updatedAt: {{ from: \"{}\" }} }}) {{ nodes {{ id name }} }} }}",
-                        n % 2400,
-                        rfc3339(946_684_800 + n as i64),
-                    );
+                    let query = cold_search(n);
                     async move {
                         post_graphql(&client, &url, &query).await;
                     }
@@ -319,29 +314,13 @@ async fn cold() {
             let client = client.clone();
             let url = url.clone();
             let n = searches.fetch_add(1, Ordering::Relaxed);
-            let query = format!(
-                "{{ contacts(first: 50, filter: {{ query: \"contact{}@\", updatedAt: {{ from: \"{}\" }} }}) {{ nodes {{ id name }} }} }}",
-                n % 2400,
-                rfc3339(946_684_800 + n as i64),
-            );
+            let query = cold_search(n);
             async move {
                 post_graphql(&client, &url, &query).await;
             }
         })
         .await;
-        let requests = upstream.fake.requests();
-        let busiest = requests
-            .iter()
-            .map(|first| {
-                requests
-                    .iter()
-                    .filter(|r| {
-                        r.at >= first.at && r.at.duration_since(first.at) < Duration::from_secs(1)
-                    })
-                    .count()
-            })
-            .max()
-            .unwrap_or(0);
+        let busiest = upstream.fake.busiest_second();
         println!(
             "under the default 7 rps limit, 8 clients, {}s: {:.1} req/s, p50 {:.0} ms, p99 {:.0} ms, busiest upstream second {busiest}",
             COLD_SECONDS * 2,
@@ -362,6 +341,16 @@ async fn cold() {
         "64 concurrent identical cold requests: {} upstream call(s)",
         upstream.fake.requests().len()
     );
+}
+
+/// The `n`-th distinct search of a run: the e-mail picks one contact, the date range makes the
+/// search distinct, so each is a cold miss.
+fn cold_search(n: u64) -> String {
+    format!(
+        "{{ contacts(first: 50, filter: {{ query: \"contact{}@\", updatedAt: {{ from: \"{}\" }} }}) {{ nodes {{ id name }} }} }}",
+        n % 2400,
+        rfc3339(946_684_800 + n as i64),
+    )
 }
 
 fn median(values: &mut [f64]) -> f64 {

@@ -175,16 +175,7 @@ async fn soak(length: Duration) {
     let rss_end = gateway.rss_bytes();
     let requests = upstream.fake.requests();
     let limited = requests.iter().filter(|r| r.rate_limited).count();
-    let mut times: Vec<Instant> = requests.iter().map(|r| r.at).collect();
-    times.sort();
-    let mut busiest = 0;
-    let mut first = 0;
-    for (last, at) in times.iter().enumerate() {
-        while at.duration_since(times[first]) >= Duration::from_secs(1) {
-            first += 1;
-        }
-        busiest = busiest.max(last - first + 1);
-    }
+    let busiest = upstream.fake.busiest_second();
     let tally = tally.lock().expect("tally");
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(

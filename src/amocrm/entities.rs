@@ -121,27 +121,6 @@ pub struct Listed<T> {
     pub has_next_link: bool,
 }
 
-fn embedded_items<'a>(body: &'a Value, key: &str) -> Result<(&'a [Value], bool), AmoError> {
-    let root = body
-        .as_object()
-        .ok_or_else(|| AmoError::Decode("the body is not a JSON object".to_owned()))?;
-    let embedded = root
-        .get("_embedded")
-        .and_then(Value::as_object)
-        .ok_or_else(|| AmoError::Decode("the body has no `_embedded` object".to_owned()))?;
-    let items = match embedded.get(key) {
-        None | Some(Value::Null) => &[][..],
-        Some(Value::Array(items)) => items.as_slice(),
-        Some(_) => return Err(AmoError::Decode(format!("`_embedded.{key}` is not a list"))),
-    };
-    let has_next_link = root
-        .get("_links")
-        .and_then(|l| l.get("next"))
-        .and_then(|n| n.get("href"))
-        .is_some_and(Value::is_string);
-    Ok((items, has_next_link))
-}
-
 fn parse(body: &[u8]) -> Result<Value, AmoError> {
     serde_json::from_slice(body)
         .map_err(|e| AmoError::Decode(format!("the body is not JSON ({e})")))
@@ -150,7 +129,7 @@ fn parse(body: &[u8]) -> Result<Value, AmoError> {
 /// Decodes a 200 body of a linked-entity list.
 pub fn decode_entities(kind: EntityKind, body: &[u8]) -> Result<Vec<RelatedEntity>, AmoError> {
     let body = parse(body)?;
-    let (items, _) = embedded_items(&body, kind.embedded_key())?;
+    let (items, _) = model::hal_list(&body, kind.embedded_key())?;
     Ok(items
         .iter()
         .filter_map(Value::as_object)
@@ -183,7 +162,7 @@ fn decode_entity(e: &Map<String, Value>) -> Option<RelatedEntity> {
 /// Decodes a 200 body of `GET /api/v4/users`.
 pub fn decode_users(body: &[u8]) -> Result<Listed<User>, AmoError> {
     let body = parse(body)?;
-    let (items, has_next_link) = embedded_items(&body, "users")?;
+    let (items, has_next_link) = model::hal_list(&body, "users")?;
     let sent = items.len();
     let items = items
         .iter()

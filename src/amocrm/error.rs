@@ -96,21 +96,16 @@ impl AmoError {
     /// Whether retrying later could succeed: the failure says something about the upstream or the
     /// network, not about the caller or the request.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Self::RateLimited { .. }
-                | Self::Server { .. }
-                | Self::Timeout(_)
-                | Self::Connect
-                | Self::Transport
-                | Self::Decode(_)
-                | Self::QueueTimeout { .. }
-                | Self::CircuitOpen { .. }
-                | Self::Forbidden {
-                    reason: ForbiddenReason::AccountBlocked,
-                    ..
-                }
-        )
+        self.counts_against_upstream()
+            || matches!(
+                self,
+                Self::QueueTimeout { .. }
+                    | Self::CircuitOpen { .. }
+                    | Self::Forbidden {
+                        reason: ForbiddenReason::AccountBlocked,
+                        ..
+                    }
+            )
     }
 }
 

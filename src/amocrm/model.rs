@@ -109,26 +109,34 @@ pub struct CatalogElementRef {
     pub metadata: Option<Value>,
 }
 
-/// Decodes a 200 body of `GET /api/v4/contacts`.
-pub fn decode_contacts_page(body: &[u8]) -> Result<ContactsPage, AmoError> {
-    let root: Value = serde_json::from_slice(body)
-        .map_err(|e| AmoError::Decode(format!("the body is not JSON ({e})")))?;
-    let root = root
+/// The list under `_embedded.<key>` of a HAL body (empty when absent), and whether amoCRM
+/// linked a next page.
+pub(super) fn hal_list<'a>(body: &'a Value, key: &str) -> Result<(&'a [Value], bool), AmoError> {
+    let root = body
         .as_object()
         .ok_or_else(|| AmoError::Decode("the body is not a JSON object".to_owned()))?;
     let embedded = root
         .get("_embedded")
         .and_then(Value::as_object)
         .ok_or_else(|| AmoError::Decode("the body has no `_embedded` object".to_owned()))?;
-    let items = match embedded.get("contacts") {
+    let items = match embedded.get(key) {
         None | Some(Value::Null) => &[][..],
         Some(Value::Array(items)) => items.as_slice(),
-        Some(_) => {
-            return Err(AmoError::Decode(
-                "`_embedded.contacts` is not a list".to_owned(),
-            ));
-        }
+        Some(_) => return Err(AmoError::Decode(format!("`_embedded.{key}` is not a list"))),
     };
+    let has_next_link = root
+        .get("_links")
+        .and_then(|links| links.get("next"))
+        .and_then(|next| next.get("href"))
+        .is_some_and(Value::is_string);
+    Ok((items, has_next_link))
+}
+
+/// Decodes a 200 body of `GET /api/v4/contacts`.
+pub fn decode_contacts_page(body: &[u8]) -> Result<ContactsPage, AmoError> {
+    let root: Value = serde_json::from_slice(body)
+        .map_err(|e| AmoError::Decode(format!("the body is not JSON ({e})")))?;
+    let (items, has_next_link) = hal_list(&root, "contacts")?;
     let contacts: Vec<Arc<Contact>> = tight(items.iter().filter_map(|item| {
         let contact = item.as_object().and_then(decode_contact);
         if contact.is_none() {
@@ -136,11 +144,6 @@ pub fn decode_contacts_page(body: &[u8]) -> Result<ContactsPage, AmoError> {
         }
         contact.map(Arc::new)
     }));
-    let has_next_link = root
-        .get("_links")
-        .and_then(|links| links.get("next"))
-        .and_then(|next| next.get("href"))
-        .is_some_and(Value::is_string);
     let heap_bytes = contacts
         .iter()
         .map(|c: &Arc<Contact>| c.heap_bytes())

@@ -222,6 +222,22 @@ impl FakeAmoCrm {
         lock(&self.state.failures).extend(failures);
     }
 
+    /// The most requests that arrived within any one second: what amoCRM's limit counts.
+    pub fn busiest_second(&self) -> usize {
+        let mut arrivals: Vec<std::time::Instant> =
+            lock(&self.state.requests).iter().map(|r| r.at).collect();
+        arrivals.sort_unstable();
+        let mut first = 0;
+        let mut busiest = 0;
+        for (last, at) in arrivals.iter().enumerate() {
+            while at.duration_since(arrivals[first]) >= Duration::from_secs(1) {
+                first += 1;
+            }
+            busiest = busiest.max(last - first + 1);
+        }
+        busiest
+    }
+
     /// Forgets failures queued by [`FakeAmoCrm::fail_next`] that were not used.
     pub fn clear_failures(&self) {
         lock(&self.state.failures).clear();

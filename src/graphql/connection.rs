@@ -90,10 +90,11 @@ pub struct Window {
     pub len: u64,
 }
 
-/// What an upstream page contributes: its items, and whether the list goes on after it.
+/// What an upstream page contributes: its items (borrowed from wherever the page lives, so
+/// that a small window does not copy a whole page), and whether the list goes on after it.
 #[derive(Debug)]
-pub struct PageItems<T> {
-    pub items: Vec<T>,
+pub struct PageItems<P> {
+    pub items: P,
     pub has_more: bool,
 }
 
@@ -111,15 +112,16 @@ pub struct Slice<T> {
 /// `has_next_page` is exact when the window ends inside a page or at the end of the list; when it
 /// ends on the last item of a full page that says more may follow, it is `true` without a further
 /// call, and the next window is then possibly empty.
-pub async fn slice<T, E, F, Fut>(
+pub async fn slice<T, P, E, F, Fut>(
     window: Window,
     page_size: usize,
     mut fetch_page: F,
 ) -> Result<Slice<T>, E>
 where
     T: Clone,
+    P: AsRef<[T]>,
     F: FnMut(u32) -> Fut,
-    Fut: Future<Output = Result<PageItems<T>, E>>,
+    Fut: Future<Output = Result<PageItems<P>, E>>,
 {
     let mut items = Vec::new();
     if window.len == 0 || page_size == 0 {
@@ -135,8 +137,9 @@ where
         let page_number = u32::try_from(position / size + 1).unwrap_or(u32::MAX);
         let index = (position % size) as usize;
         let page = fetch_page(page_number).await?;
+        let page_items = page.items.as_ref();
         // An upstream that ignores `limit` would shift every later offset; never trust more.
-        let available = page.items.len().min(page_size);
+        let available = page_items.len().min(page_size);
         let full = available == page_size;
         let list_goes_on = full && page.has_more;
         if index >= available {
@@ -147,7 +150,7 @@ where
         }
         let wanted = usize::try_from(end - position).unwrap_or(usize::MAX);
         let take_to = available.min(index.saturating_add(wanted));
-        items.extend_from_slice(&page.items[index..take_to]);
+        items.extend_from_slice(&page_items[index..take_to]);
         position += (take_to - index) as u64;
         if position == end {
             let has_next_page = take_to < available || list_goes_on;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::context::Upstream;
 use super::selection::{Arrival, ContactNeeds, Details, OperationPlan};
-use crate::amocrm::{ContactId, Relation};
+use crate::amocrm::{ContactId, ContactsPage, Relation};
 
 /// The most contacts one window may hold: one full amoCRM page.
 /// `first` is read as a 64-bit Int so that any integer a client sends reaches our own range
@@ -90,9 +90,10 @@ async fn contacts(
         let list = &list;
         async move {
             let page = upstream.contacts_page(list, page, relations).await?;
+            let has_more = page.has_next_link;
             Ok::<_, ApiError>(PageItems {
-                items: page.contacts.clone(),
-                has_more: page.has_next_link,
+                items: CachedContacts(page),
+                has_more,
             })
         }
     })
@@ -141,6 +142,15 @@ async fn contact(ctx: &Context<'_>, id: ID) -> Result<Option<Contact>, ApiError>
     let mine: Vec<_> = found.get(&id).cloned().into_iter().collect();
     prefetch(upstream, arrival, &mine, needs.details).await;
     Ok(found.get(&id).cloned().map(|c| Contact(c, needs.details)))
+}
+
+/// The contacts of a cached page, lent to the window arithmetic without copying the list.
+struct CachedContacts(Arc<ContactsPage>);
+
+impl AsRef<[Arc<crate::amocrm::Contact>]> for CachedContacts {
+    fn as_ref(&self) -> &[Arc<crate::amocrm::Contact>] {
+        &self.0.contacts
+    }
 }
 
 /// A window costs what one contact costs, times the contacts it may hold.

@@ -3,26 +3,10 @@
 
 use std::time::Duration;
 
-use amocrm_gateway::fake_amocrm::{Failure, FakeOptions, RecordedRequest};
+use amocrm_gateway::fake_amocrm::{Failure, FakeOptions};
 use futures::future::join_all;
 
 use crate::support::{ADMIN_TOKEN, MANAGER_TOKEN, TestApp};
-
-/// The most requests that arrived within any one second.
-fn busiest_second(requests: &[RecordedRequest]) -> usize {
-    requests
-        .iter()
-        .map(|first| {
-            requests
-                .iter()
-                .filter(|r| {
-                    r.at >= first.at && r.at.duration_since(first.at) < Duration::from_secs(1)
-                })
-                .count()
-        })
-        .max()
-        .unwrap_or(0)
-}
 
 #[tokio::test]
 async fn five_hundred_cold_queries_never_exceed_the_upstream_limit() {
@@ -53,11 +37,8 @@ async fn five_hundred_cold_queries_never_exceed_the_upstream_limit() {
         0,
         "amoCRM never said 429"
     );
-    assert!(
-        busiest_second(&requests) <= 7,
-        "{} in one second",
-        busiest_second(&requests)
-    );
+    let busiest = app.fake.busiest_second();
+    assert!(busiest <= 7, "{busiest} in one second");
     assert!(
         answered >= 7 && limited > 0,
         "answered {answered}, limited {limited}"
