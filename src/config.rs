@@ -25,6 +25,10 @@ pub const DEFAULT_DRAIN_DELAY: &str = "5s";
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
 pub const DEFAULT_UPSTREAM_QUEUE_TIMEOUT: &str = "10s";
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: &str = "3s";
+pub const DEFAULT_REDIS_PREFIX: &str = "amocrm-gateway:";
+pub const DEFAULT_REDIS_TIMEOUT: &str = "250ms";
+/// Replicas assumed to share the rate limit with Redis configured, when not told otherwise.
+pub const DEFAULT_REPLICAS_WITH_REDIS: u32 = 2;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -176,6 +180,37 @@ pub struct ServeConfig {
     /// Enables `POST /admin/cache/purge` for callers sending `Authorization: Bearer <token>`.
     #[arg(long, env = "GATEWAY_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_secret)]
     pub admin_token: Option<Secret>,
+
+    /// Redis shared by the replicas (`redis://[:password@]host:port[/db]`): a second cache
+    /// tier, one upstream rate limit, single-flight and invalidations across replicas. Off
+    /// when not set.
+    #[arg(long, env = "GATEWAY_REDIS_URL", hide_env_values = true, value_parser = parse_redis_url)]
+    pub redis_url: Option<Secret>,
+
+    /// Prefix of every Redis key and channel; replicas that share data must use the same.
+    #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = DEFAULT_REDIS_PREFIX)]
+    pub redis_prefix: String,
+
+    /// The longest one Redis operation may take; past it the gateway goes on without Redis.
+    #[arg(long, env = "GATEWAY_REDIS_TIMEOUT", default_value = DEFAULT_REDIS_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// How many replicas share --upstream-rps: while Redis is unreachable (or without it)
+    /// each replica keeps to --upstream-rps divided by this. Default: 2 with --redis-url, 1
+    /// without.
+    #[arg(long, env = "GATEWAY_REPLICAS_HINT", value_parser = clap::value_parser!(u32).range(1..))]
+    pub replicas_hint: Option<u32>,
+}
+
+impl ServeConfig {
+    /// How many replicas share the upstream rate limit.
+    pub fn replicas(&self) -> u32 {
+        self.replicas_hint.unwrap_or(if self.redis_url.is_some() {
+            DEFAULT_REPLICAS_WITH_REDIS
+        } else {
+            1
+        })
+    }
 }
 
 /// Running the fake amoCRM alone.
@@ -211,6 +246,14 @@ fn parse_secret(value: &str) -> Result<Secret, String> {
     if value.len() < 8 {
         return Err("must be at least 8 characters".to_owned());
     }
+    Ok(Secret::new(value))
+}
+
+fn parse_redis_url(value: &str) -> Result<Secret, String> {
+    let value = value.trim();
+    // The error is not shown: it could quote a password from the URL.
+    redis::Client::open(value)
+        .map_err(|_| "not a Redis URL such as redis://127.0.0.1:6379/0".to_owned())?;
     Ok(Secret::new(value))
 }
 

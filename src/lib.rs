@@ -42,5 +42,6 @@ pub mod fake_amocrm;
 pub mod graphql;
 pub mod metrics;
 pub mod server;
+pub mod shared;
 
 pub use server::Gateway;

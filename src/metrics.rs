@@ -53,6 +53,8 @@ pub enum Refresh {
     ProbeReused,
     /// A probe found changes, so the page was downloaded.
     ProbeChanged,
+    /// Another replica had revalidated it already: taken from the shared tier.
+    Shared,
     /// Downloaded again (changed, or past `--cache-max-age`).
     Downloaded,
     /// The refresh failed; the stale copy stays until its window ends.
@@ -65,6 +67,7 @@ impl Refresh {
             Refresh::ProbeUnchanged => "probe_unchanged",
             Refresh::ProbeReused => "probe_reused",
             Refresh::ProbeChanged => "probe_changed",
+            Refresh::Shared => "shared",
             Refresh::Downloaded => "downloaded",
             Refresh::Failed => "failed",
         }
@@ -194,6 +197,57 @@ impl Metrics {
         self.counter(
             "gateway_graphql_requests_total",
             vec![Label::new("outcome", outcome)],
+        )
+        .increment(1);
+    }
+
+    /// A lookup in the shared (Redis) tier after a miss in moka.
+    pub fn shared_lookup(&self, cache: CacheName, hit: bool) {
+        self.counter(
+            "gateway_shared_cache_lookups_total",
+            vec![
+                Label::new("cache", cache.as_str()),
+                Label::new("result", if hit { "hit" } else { "miss" }),
+            ],
+        )
+        .increment(1);
+    }
+
+    /// A replica waited for another one's fetch instead of calling the upstream itself.
+    pub fn shared_lease_wait(&self, cache: CacheName) {
+        self.counter(
+            "gateway_shared_cache_lease_waits_total",
+            vec![Label::new("cache", cache.as_str())],
+        )
+        .increment(1);
+    }
+
+    /// A Redis operation failed or timed out; the gateway went on without it.
+    pub fn redis_error(&self, operation: &'static str) {
+        self.counter(
+            "gateway_redis_errors_total",
+            vec![Label::new("operation", operation)],
+        )
+        .increment(1);
+    }
+
+    /// Whether Redis answers (1) or the gateway works alone (0).
+    pub fn redis_up(&self, up: bool) {
+        self.gauge("gateway_redis_up", Vec::new())
+            .set(if up { 1.0 } else { 0.0 });
+    }
+
+    /// Whether this replica listens to the other replicas' invalidations.
+    pub fn redis_subscribed(&self, subscribed: bool) {
+        self.gauge("gateway_redis_subscribed", Vec::new())
+            .set(if subscribed { 1.0 } else { 0.0 });
+    }
+
+    /// Another replica's invalidation (or a gap in them) was applied to this replica's caches.
+    pub fn broadcast_applied(&self, what: &'static str) {
+        self.counter(
+            "gateway_broadcast_invalidations_total",
+            vec![Label::new("kind", what)],
         )
         .increment(1);
     }

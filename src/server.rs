@@ -28,11 +28,14 @@ use crate::amocrm::{
     AccessToken, AmoClient, ClientConfig, ContactId, EntityKind, PageSize, Relation,
 };
 use crate::auth::{AuthMode, ClientKeys, ScopeKey, Secret, bearer_token};
-use crate::cache::{CacheReport, CacheStatus, Caches, Freshness, Invalidation, ResponseKey};
+use crate::cache::{
+    CacheReport, CacheStatus, Caches, Freshness, Invalidation, ResponseKey, SharedConfig,
+};
 use crate::config::ServeConfig;
 use crate::fake_amocrm::{self, FakeAmoCrm, FakeOptions};
 use crate::graphql::{self, GatewaySchema, RequestContext};
 use crate::metrics::Metrics;
+use crate::shared::{Redis, SharedLimiter};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -81,6 +84,18 @@ pub enum StartupError {
     DurationTooLong { flag: &'static str, value: Duration },
     #[error("--cache-max-age ({max_age:?}) must not be shorter than --cache-ttl ({ttl:?})")]
     MaxAgeBelowTtl { max_age: Duration, ttl: Duration },
+    #[error(
+        "--redis-url with forwarded tokens needs --scope-secret (GATEWAY_SCOPE_SECRET), the same \
+         on every replica: replicas only share what they file under the same scopes"
+    )]
+    ScopeSecretRequired,
+    #[error(
+        "--upstream-rps {rps} cannot be split over --replicas-hint {replicas} replicas: each \
+         needs at least one call a second"
+    )]
+    RpsBelowReplicas { rps: u32, replicas: u32 },
+    #[error("could not set up Redis: {0}")]
+    Redis(#[from] redis::RedisError),
 }
 
 #[derive(Clone)]
@@ -106,6 +121,20 @@ pub struct Gateway {
     shutdown_timeout: Duration,
     /// The in-process fake of `--demo`; it lives as long as the gateway.
     demo: Option<FakeAmoCrm>,
+    /// Tasks that live as long as the gateway (listening to other replicas).
+    background: Background,
+}
+
+/// Aborts its tasks when dropped.
+#[derive(Default)]
+pub struct Background(pub Vec<tokio::task::AbortHandle>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 impl Gateway {
@@ -140,6 +169,9 @@ impl Gateway {
                     };
                     AuthMode::server_token(token.clone(), keys)
                 }
+                None if config.redis_url.is_some() && config.scope_secret.is_none() => {
+                    return Err(StartupError::ScopeSecretRequired);
+                }
                 None => AuthMode::Forward(
                     config
                         .scope_secret
@@ -173,13 +205,40 @@ impl Gateway {
                 ttl: config.cache_ttl,
             });
         }
+        let replicas = config.replicas();
+        if config.upstream_rps > 0 && config.upstream_rps < replicas {
+            return Err(StartupError::RpsBelowReplicas {
+                rps: config.upstream_rps,
+                replicas,
+            });
+        }
         let metrics = Metrics::new();
+        let redis = match &config.redis_url {
+            Some(url) => Some(Redis::new(
+                url.expose(),
+                &config.redis_prefix,
+                config.redis_timeout,
+                metrics.clone(),
+            )?),
+            None => None,
+        };
+        let rate_limit = (config.upstream_rps > 0).then_some(config.upstream_rps);
         let client = AmoClient::new(
             ClientConfig {
                 base_url: upstream_url,
                 connect_timeout: config.upstream_connect_timeout,
                 request_timeout: config.upstream_timeout,
-                rate_limit: (config.upstream_rps > 0).then_some(config.upstream_rps),
+                rate_limit,
+                replicas_hint: replicas,
+                shared_limiter: redis.clone().zip(rate_limit).map(|(redis, rate)| {
+                    SharedLimiter::new(
+                        redis,
+                        rate,
+                        crate::amocrm::WINDOW,
+                        // A call holds its slot at most this long in flight.
+                        crate::amocrm::RETRY_DEADLINE + config.upstream_timeout,
+                    )
+                }),
                 queue_timeout: config.upstream_queue_timeout,
                 shared_token: matches!(auth, AuthMode::ServerToken(..)),
             },
@@ -203,7 +262,17 @@ impl Gateway {
                 introspection: !config.disable_introspection,
             }),
             auth: Arc::new(auth),
-            caches: Caches::new(client, freshness, config.cache_max_bytes, metrics.clone()),
+            caches: Caches::new(
+                client,
+                freshness,
+                config.cache_max_bytes,
+                metrics.clone(),
+                redis.map(|redis| SharedConfig {
+                    redis,
+                    // As long as the other replica's download may take.
+                    lease_wait: config.upstream_queue_timeout + config.upstream_timeout,
+                }),
+            ),
             page_size: PageSize::new(u64::from(config.upstream_page_size)).unwrap_or(PageSize::MAX),
             graphiql: graphiql_page(header_hint).into(),
             metrics,
@@ -212,6 +281,7 @@ impl Gateway {
             draining: Arc::new(AtomicBool::new(false)),
         };
         let draining = state.draining.clone();
+        let background = state.caches.follow_other_replicas();
         let max_body_bytes = usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX);
         let router = router(state, &config.cors_origins)?.layer(
             tower_http::limit::RequestBodyLimitLayer::new(max_body_bytes),
@@ -230,6 +300,7 @@ impl Gateway {
             drain_delay: config.drain_delay,
             shutdown_timeout: config.shutdown_timeout,
             demo,
+            background,
         })
     }
 
@@ -283,6 +354,7 @@ impl Gateway {
             }
         };
         drop(self.demo);
+        drop(self.background);
         served
     }
 }

@@ -9,13 +9,15 @@ use url::Url;
 
 use super::breaker::Breaker;
 use super::entities::{self, EntityKind, RelatedEntity, User};
-use super::limiter::{Limiter, Priority};
+use super::limiter::{Limiter, Permit, Priority};
 use super::query::MAX_PAGE_SIZE;
 use super::{
     AmoError, ContactFilter, ContactList, ContactsPage, ContactsQuery, ForbiddenReason, PageSize,
     Relations, TimeRange, model,
 };
 use crate::metrics::Metrics;
+use crate::shared::SharedLimiter;
+use crate::shared::limiter::{Grant, SharedSlot, WouldWaitTooLong};
 
 /// Bodies larger than this are refused rather than buffered: a full page of 250 contacts with
 /// every relation is a few hundred KiB, so this only ever stops a broken or hostile upstream.
@@ -55,8 +57,14 @@ pub struct ClientConfig {
     pub base_url: Url,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
-    /// Calls a second at most; `None` lifts the limit (benchmarks of the gateway itself).
+    /// Calls a second at most, for all replicas together; `None` lifts the limit (benchmarks
+    /// of the gateway itself).
     pub rate_limit: Option<u32>,
+    /// How many replicas share `rate_limit`: each keeps to its share when there is no shared
+    /// limiter, or while the shared limiter's Redis is unreachable.
+    pub replicas_hint: u32,
+    /// The rate limit kept in Redis for every replica.
+    pub shared_limiter: Option<Arc<SharedLimiter>>,
     /// The longest a call waits for the rate limit before it is refused.
     pub queue_timeout: Duration,
     /// Whether every call uses the gateway's own token (not forwarded callers' tokens).
@@ -66,7 +74,7 @@ pub struct ClientConfig {
 /// Attempts of one call, the first included, for failures a retry can cure.
 const MAX_ATTEMPTS: u32 = 3;
 /// No call is retried past this, whatever its attempts.
-const RETRY_DEADLINE: Duration = Duration::from_secs(20);
+pub const RETRY_DEADLINE: Duration = Duration::from_secs(20);
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Calls amoCRM. Cheap to clone: reqwest's client is a handle to one connection pool.
@@ -76,11 +84,30 @@ pub struct AmoClient {
     base_url: Url,
     request_timeout: Duration,
     metrics: Metrics,
+    /// Orders this replica's callers (per-caller lanes, background last). Without a shared
+    /// limiter it is the limit itself, at this replica's share.
     limiter: Option<Arc<Limiter>>,
+    /// With Redis: the limit for every replica, and this replica's share for when Redis is
+    /// unreachable.
+    shared: Option<(Arc<SharedLimiter>, Arc<Limiter>)>,
     rate_limit: u32,
     breaker: Arc<Breaker>,
     /// Keys callers for the limiter's fairness without keeping their tokens.
     callers: std::hash::RandomState,
+}
+
+/// A replica's share of a rate limit shared by `replicas` (at least one call a second).
+fn share(rate: u32, replicas: u32) -> u32 {
+    (rate / replicas.max(1)).max(1)
+}
+
+/// The rate limit's permission for one call, held until it completes: dropping each part
+/// starts its slot's last window.
+#[derive(Default)]
+struct Admission {
+    _local: Option<Permit>,
+    _shared: Option<SharedSlot>,
+    _fallback: Option<Permit>,
 }
 
 /// A successful answer: the body (`None` for 204) and when amoCRM says it answered.
@@ -105,7 +132,21 @@ impl AmoClient {
             base_url: config.base_url,
             request_timeout: config.request_timeout,
             metrics,
-            limiter: Limiter::new(config.rate_limit, config.queue_timeout),
+            limiter: Limiter::new(
+                match &config.shared_limiter {
+                    Some(_) => config.rate_limit,
+                    None => config
+                        .rate_limit
+                        .map(|rate| share(rate, config.replicas_hint)),
+                },
+                config.queue_timeout,
+            ),
+            shared: config.shared_limiter.zip(Limiter::new(
+                config
+                    .rate_limit
+                    .map(|rate| share(rate, config.replicas_hint)),
+                config.queue_timeout,
+            )),
             rate_limit: config.rate_limit.unwrap_or(0),
             breaker: Arc::new(Breaker::new(config.shared_token)),
             callers: std::hash::RandomState::new(),
@@ -241,16 +282,7 @@ impl AmoClient {
             self.breaker.check()?;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             // Held until the call completes: the limiter counts the slot from then on.
-            let permit = match &self.limiter {
-                Some(limiter) => {
-                    Some(limiter.acquire(caller, priority, left).await.map_err(|_| {
-                        AmoError::QueueTimeout {
-                            rate: self.rate_limit,
-                        }
-                    })?)
-                }
-                None => None,
-            };
+            let permit = self.admit(caller, priority, left).await?;
             // Admitted again now that the call really goes out: the circuit may have opened
             // while this call waited in the queue.
             let ticket = self.breaker.admit(caller)?;
@@ -283,6 +315,62 @@ impl AmoClient {
             tracing::info!(%error, attempt, ?wait, endpoint, "retrying an amoCRM call");
             tokio::time::sleep(wait).await;
             attempt += 1;
+        }
+    }
+
+    /// Waits for the rate limit: this replica's queue, then (with Redis) a slot in the shared
+    /// log, or this replica's share of the budget while Redis is unreachable. Everything
+    /// returned is held until the call completes.
+    async fn admit(
+        &self,
+        caller: u64,
+        priority: Priority,
+        left: Duration,
+    ) -> Result<Admission, AmoError> {
+        let refused = || AmoError::QueueTimeout {
+            rate: self.rate_limit,
+        };
+        let Some(limiter) = &self.limiter else {
+            return Ok(Admission::default());
+        };
+        let started = tokio::time::Instant::now();
+        let local = limiter
+            .acquire(caller, priority, left)
+            .await
+            .map_err(|_| refused())?;
+        let Some((shared, fallback)) = &self.shared else {
+            return Ok(Admission {
+                _local: Some(local),
+                ..Admission::default()
+            });
+        };
+        let deadline = started + left.min(limiter.queue_timeout());
+        match shared.acquire(deadline).await {
+            Ok(Grant::Slot(slot)) => Ok(Admission {
+                _local: Some(local),
+                _shared: Some(slot),
+                _fallback: None,
+            }),
+            Ok(Grant::Unavailable) => {
+                // Slots Redis counted for this replica still count until their window ends.
+                if let Some(quiet_from) = shared.quiet_from() {
+                    if quiet_from > deadline {
+                        return Err(refused());
+                    }
+                    tokio::time::sleep_until(quiet_from).await;
+                }
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let fallback = fallback
+                    .acquire(caller, priority, left)
+                    .await
+                    .map_err(|_| refused())?;
+                Ok(Admission {
+                    _local: Some(local),
+                    _shared: None,
+                    _fallback: Some(fallback),
+                })
+            }
+            Err(WouldWaitTooLong) => Err(refused()),
         }
     }
 

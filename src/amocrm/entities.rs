@@ -4,13 +4,14 @@
 //! One decoded shape serves the four linked kinds: they share most fields, and the GraphQL
 //! layer exposes the ones each kind has. Decoding is as tolerant as for contacts.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::AmoError;
 use super::model::{self, CustomFieldValue};
 
 /// A kind of linked entity, and where amoCRM lists it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum EntityKind {
     Lead,
     Customer,
@@ -32,7 +33,7 @@ impl EntityKind {
         }
     }
 
-    pub(super) fn path(self) -> String {
+    pub fn path(self) -> String {
         match self {
             EntityKind::CatalogElement { catalog_id } => {
                 format!("/api/v4/catalogs/{catalog_id}/elements")
@@ -75,7 +76,7 @@ impl EntityKind {
 }
 
 /// A lead, customer, company or catalog element; fields a kind lacks stay empty.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RelatedEntity {
     pub id: u64,
     pub name: Option<String>,
@@ -106,7 +107,7 @@ impl RelatedEntity {
 }
 
 /// An account user, as `GET /api/v4/users` lists them.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct User {
     pub id: u64,
     pub name: Option<String>,

@@ -94,6 +94,10 @@ impl Limiter {
         Some(limiter)
     }
 
+    pub fn queue_timeout(&self) -> Duration {
+        self.queue_timeout
+    }
+
     /// Waits for a slot to start one upstream call, for the queue timeout or `at_most`,
     /// whichever is shorter. The call holds the permit until it completes.
     pub async fn acquire(

@@ -14,10 +14,10 @@ pub mod model;
 mod query;
 pub mod webhook;
 
-pub use client::{AccessToken, AmoClient, ClientConfig};
+pub use client::{AccessToken, AmoClient, ClientConfig, RETRY_DEADLINE};
 pub use entities::{EntityKind, RelatedEntity, User};
 pub use error::{AmoError, ForbiddenReason};
-pub use limiter::Priority;
+pub use limiter::{Priority, WINDOW};
 pub use model::{Contact, ContactId, ContactsPage};
 pub use query::{
     ContactFilter, ContactList, ContactsQuery, CustomFieldCondition, Direction, MAX_FILTER_IDS,

@@ -7,12 +7,14 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::AmoError;
 
 /// An amoCRM contact id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct ContactId(u64);
 
 impl ContactId {
@@ -31,14 +33,16 @@ impl std::fmt::Display for ContactId {
     }
 }
 
-/// One upstream page of contacts.
-#[derive(Debug, Clone, Default)]
+/// One upstream page of contacts. Serializable for the shared cache tier, which keeps it in
+/// Redis as MessagePack; the heap estimate is recounted after decoding, not stored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ContactsPage {
     pub contacts: Vec<Arc<Contact>>,
     /// Whether amoCRM linked a next page. It sometimes does when the next page is empty, so this
     /// is a hint, not a promise.
     pub has_next_link: bool,
     /// An estimate of the heap the decoded page occupies, for weighing it in a cache.
+    #[serde(skip)]
     pub heap_bytes: usize,
     /// A hash of the body: equal bodies mean an unchanged page.
     pub content_hash: u64,
@@ -46,7 +50,7 @@ pub struct ContactsPage {
     pub upstream_time: i64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Contact {
     pub id: ContactId,
     pub name: String,
@@ -70,7 +74,7 @@ pub struct Contact {
     pub catalog_elements: Vec<CatalogElementRef>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CustomFieldValue {
     pub field_id: u64,
     pub field_name: Option<String>,
@@ -79,7 +83,7 @@ pub struct CustomFieldValue {
     pub values: Vec<CustomFieldValueItem>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CustomFieldValueItem {
     /// Usually a string, but numbers, booleans and objects occur depending on the field type.
     pub value: Value,
@@ -87,7 +91,7 @@ pub struct CustomFieldValueItem {
     pub enum_code: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tag {
     pub id: u64,
     pub name: String,
@@ -95,12 +99,12 @@ pub struct Tag {
 }
 
 /// A linked entity that amoCRM embeds as just its id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntityRef {
     pub id: u64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CatalogElementRef {
     pub id: u64,
     pub catalog_id: u64,
@@ -144,11 +148,7 @@ pub fn decode_contacts_page(body: &[u8]) -> Result<ContactsPage, AmoError> {
         }
         contact.map(Arc::new)
     }));
-    let heap_bytes = contacts
-        .iter()
-        .map(|c: &Arc<Contact>| c.heap_bytes())
-        .sum::<usize>()
-        + contacts.capacity() * std::mem::size_of::<Arc<Contact>>();
+    let heap_bytes = ContactsPage::heap_of(&contacts);
     Ok(ContactsPage {
         contacts,
         has_next_link,
@@ -161,6 +161,19 @@ pub fn decode_contacts_page(body: &[u8]) -> Result<ContactsPage, AmoError> {
         },
         upstream_time: 0,
     })
+}
+
+impl ContactsPage {
+    fn heap_of(contacts: &Vec<Arc<Contact>>) -> usize {
+        contacts.iter().map(|c| c.heap_bytes()).sum::<usize>()
+            + contacts.capacity() * std::mem::size_of::<Arc<Contact>>()
+    }
+
+    /// Recounts `heap_bytes`, which is not serialized, after decoding a stored page.
+    pub fn recount_heap(&mut self) {
+        self.contacts.shrink_to_fit();
+        self.heap_bytes = Self::heap_of(&self.contacts);
+    }
 }
 
 impl Contact {

@@ -30,7 +30,7 @@ impl PageSize {
 }
 
 /// A relation that amoCRM only embeds when it is named in `with`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Relation {
     Leads,
     Customers,
@@ -59,7 +59,10 @@ impl Relation {
 }
 
 /// A set of [`Relation`]s. A bit set, so it is `Copy` and hashes in one byte.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct Relations(u8);
 
 impl Relations {

@@ -6,6 +6,9 @@
 //! again within the TTL would only repeat, so all three are cached; transient failures are not.
 //! Freshness follows the pages: fresh for the TTL, then served stale while one background batch
 //! reloads it.
+//!
+//! With Redis, a batch first takes what the shared tier holds fresh for its ids, and loads only
+//! the rest upstream; what it loads is stored there for the other replicas.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +18,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use moka::Expiry;
 use moka::future::Cache;
+use serde::{Deserialize, Serialize};
 
 use super::flight::Flights;
 use super::pages::Freshness;
@@ -24,6 +28,8 @@ use crate::amocrm::{
 };
 use crate::auth::{Credentials, Scope};
 use crate::metrics::{CacheName, Lookup, Metrics, Refresh};
+use crate::shared::tier::{Found, Generation, Slot, Stamp};
+use crate::shared::{Tier, unix_millis};
 
 const ENTRY_OVERHEAD_BYTES: usize = 256;
 
@@ -64,6 +70,8 @@ struct Entry {
     value: Cached,
     validated_at: Instant,
     version: u64,
+    /// Read from the shared tier: the request that brought it in reports a hit.
+    from_shared_tier: bool,
 }
 
 impl Entry {
@@ -80,6 +88,108 @@ impl Entry {
                     .sum(),
                 Cached::Missing | Cached::Forbidden(_) => 0,
             }
+    }
+}
+
+/// An answer as the shared tier stores it.
+#[derive(Serialize, Deserialize)]
+enum StoredAnswer {
+    Entity(RelatedEntity),
+    Users(Vec<User>),
+    Missing,
+    /// A rights 403, with amoCRM's detail.
+    Forbidden(Option<String>),
+}
+
+#[derive(Serialize, Deserialize)]
+struct EntityRecord {
+    /// Unix milliseconds: the same instant on every replica.
+    validated_at: i64,
+    answer: StoredAnswer,
+}
+
+impl EntityRecord {
+    fn of(entry: &Entry) -> Option<EntityRecord> {
+        let answer = match &entry.value {
+            Cached::Entity(entity) => StoredAnswer::Entity(RelatedEntity::clone(entity)),
+            Cached::Users(users) => StoredAnswer::Users(users.values().cloned().collect()),
+            Cached::Missing => StoredAnswer::Missing,
+            Cached::Forbidden(error) => match error.as_ref() {
+                AmoError::Forbidden { detail, .. } => StoredAnswer::Forbidden(detail.clone()),
+                _ => return None,
+            },
+        };
+        let ago = i64::try_from(entry.validated_at.elapsed().as_millis()).unwrap_or(i64::MAX);
+        Some(EntityRecord {
+            validated_at: unix_millis().saturating_sub(ago),
+            answer,
+        })
+    }
+
+    fn into_value(self) -> Cached {
+        match self.answer {
+            StoredAnswer::Entity(entity) => Cached::Entity(Arc::new(entity)),
+            StoredAnswer::Users(users) => {
+                Cached::Users(Arc::new(users.into_iter().map(|u| (u.id, u)).collect()))
+            }
+            StoredAnswer::Missing => Cached::Missing,
+            StoredAnswer::Forbidden(detail) => Cached::Forbidden(Arc::new(AmoError::Forbidden {
+                reason: ForbiddenReason::Rights,
+                detail,
+            })),
+        }
+    }
+
+    /// When it was validated, by this process's clock; `None` once it is no longer fresh.
+    fn fresh_since(&self, ttl: Duration) -> Option<Instant> {
+        let ago = Duration::from_millis(
+            u64::try_from(unix_millis().saturating_sub(self.validated_at)).unwrap_or(0),
+        );
+        (ago < ttl)
+            .then(|| Instant::now().checked_sub(ago))
+            .flatten()
+    }
+}
+
+/// The entities' part of the shared tier.
+struct SharedEntities {
+    tier: Tier,
+    /// How long a per-entity or per-scope generation must outlive its last bump.
+    keep_for: Duration,
+}
+
+impl SharedEntities {
+    fn slot(&self, scope: &Scope, subject: Subject, id: u64) -> Slot {
+        let mut generations = vec![
+            self.all_entities(),
+            self.tier.generation(
+                format_args!("scope:{}", scope.as_str()),
+                Some(self.keep_for),
+            ),
+        ];
+        match subject {
+            Subject::Entity(kind) => {
+                generations.push(self.entity(kind, id));
+                self.tier.slot(
+                    format_args!("entity:{}:{}:{id}", scope.as_str(), kind.path()),
+                    generations,
+                )
+            }
+            Subject::Users => self
+                .tier
+                .slot(format_args!("users:{}", scope.as_str()), generations),
+        }
+    }
+
+    fn all_entities(&self) -> Generation {
+        self.tier.generation(format_args!("entities"), None)
+    }
+
+    fn entity(&self, kind: EntityKind, id: u64) -> Generation {
+        self.tier.generation(
+            format_args!("entity:{}:{id}", kind.path()),
+            Some(self.keep_for),
+        )
     }
 }
 
@@ -135,10 +245,17 @@ struct Inner {
     invalidated: Cache<(Subject, u64), Instant>,
     versions: AtomicU64,
     metrics: Metrics,
+    shared: Option<SharedEntities>,
 }
 
 impl EntityCache {
-    pub fn new(client: AmoClient, freshness: Freshness, max_bytes: u64, metrics: Metrics) -> Self {
+    pub fn new(
+        client: AmoClient,
+        freshness: Freshness,
+        max_bytes: u64,
+        metrics: Metrics,
+        shared: Option<Tier>,
+    ) -> Self {
         let evictions = metrics.clone();
         let entries = Cache::builder()
             .name("entities")
@@ -167,7 +284,21 @@ impl EntityCache {
                     .build(),
                 versions: AtomicU64::new(1),
                 metrics,
+                shared: shared.map(|tier| SharedEntities {
+                    tier,
+                    keep_for: freshness.ttl + freshness.stale_ttl,
+                }),
             }),
+        }
+    }
+
+    /// The shared generations an invalidation must bump; empty without Redis.
+    pub fn shared_generations(&self, invalidation: &super::Invalidation) -> Vec<Generation> {
+        use super::Invalidation;
+        match (&self.inner.shared, invalidation) {
+            (Some(shared), Invalidation::All) => vec![shared.all_entities()],
+            (Some(shared), Invalidation::Entity(kind, id)) => vec![shared.entity(*kind, *id)],
+            _ => Vec::new(),
         }
     }
 
@@ -327,11 +458,14 @@ impl EntityCache {
                                 subject,
                                 id,
                             };
-                            report.record(
-                                CacheStatus::Miss,
-                                inner.freshness.ttl,
-                                Dep::Entity(key, entry.version),
-                            );
+                            let status = if entry.from_shared_tier {
+                                CacheStatus::Hit
+                            } else {
+                                CacheStatus::Miss
+                            };
+                            let fresh_for = (entry.validated_at + inner.freshness.ttl)
+                                .saturating_duration_since(Instant::now());
+                            report.record(status, fresh_for, Dep::Entity(key, entry.version));
                             Answer::Cached(entry.value.clone())
                         }
                         None => Answer::Cached(Cached::Missing),
@@ -354,18 +488,70 @@ async fn download(
 ) -> BatchResult {
     let epoch = batch.epoch;
     let started = Instant::now();
-    let values: HashMap<u64, Cached> = match fetch(&inner, &credentials, &batch, priority).await {
-        Ok(values) => values,
-        Err(error) => return Err(Arc::new(error)),
+    // With Redis: what other replicas stored fresh needs no upstream call; the rest is loaded
+    // and stored there under the stamps read now.
+    let mut known: Vec<(u64, Cached, Instant)> = Vec::new();
+    let mut share_as: HashMap<u64, (Slot, Stamp)> = HashMap::new();
+    let mut upstream = batch.clone();
+    if let Some(shared) = &inner.shared {
+        let slots: Vec<Slot> = batch
+            .ids
+            .iter()
+            .map(|id| shared.slot(&batch.scope, batch.subject, *id))
+            .collect();
+        if let Some(found) = shared
+            .tier
+            .get_many::<EntityRecord>(CacheName::Entities, &slots)
+            .await
+        {
+            upstream.ids.clear();
+            for ((id, slot), found) in batch.ids.iter().zip(slots).zip(found) {
+                let stamp = match found {
+                    Found::Value(record, stamp) => match record.fresh_since(inner.freshness.ttl) {
+                        Some(validated_at) => {
+                            known.push((*id, record.into_value(), validated_at));
+                            continue;
+                        }
+                        None => stamp,
+                    },
+                    Found::Absent(stamp) => stamp,
+                };
+                upstream.ids.push(*id);
+                share_as.insert(*id, (slot, stamp));
+            }
+        }
+    }
+    let loaded: HashMap<u64, Cached> = if upstream.ids.is_empty() {
+        HashMap::new()
+    } else {
+        match fetch(&inner, &credentials, &upstream, priority).await {
+            Ok(values) => values,
+            Err(error) => return Err(Arc::new(error)),
+        }
     };
     let now = Instant::now();
-    let mut entries = HashMap::with_capacity(values.len());
-    for (id, value) in values {
+    let values = loaded
+        .into_iter()
+        .map(|(id, value)| (id, value, now, false))
+        .chain(
+            known
+                .into_iter()
+                .map(|(id, value, at)| (id, value, at, true)),
+        );
+    let mut entries = HashMap::with_capacity(batch.ids.len());
+    let mut to_share = Vec::new();
+    for (id, value, validated_at, from_shared_tier) in values {
         let entry = Arc::new(Entry {
             value,
-            validated_at: now,
+            validated_at,
             version: inner.versions.fetch_add(1, Ordering::Relaxed),
+            from_shared_tier,
         });
+        if let Some((slot, stamp)) = share_as.remove(&id)
+            && let Some(record) = EntityRecord::of(&entry)
+        {
+            to_share.push((slot, stamp, record));
+        }
         let invalidated_since = inner
             .invalidated
             .get(&(batch.subject, id))
@@ -383,6 +569,16 @@ async fn download(
             }
         }
         entries.insert(id, entry);
+    }
+    if let Some(shared) = &inner.shared
+        && !to_share.is_empty()
+    {
+        let ttl = inner.freshness.ttl + inner.freshness.stale_ttl;
+        let values: Vec<_> = to_share
+            .iter()
+            .map(|(slot, stamp, record)| (slot, stamp, record, ttl))
+            .collect();
+        shared.tier.put_many(&values).await;
     }
     Ok(Arc::new(entries))
 }

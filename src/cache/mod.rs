@@ -8,6 +8,12 @@
 //!
 //! Every key starts with the credential scope: two tokens never share an entry, because amoCRM
 //! shows each user only what their rights allow. Errors are never cached.
+//!
+//! With Redis ([`crate::shared`]), pages and entities have a second tier shared by all
+//! replicas, and an invalidation received by any replica voids the shared entries (by bumping
+//! their generations) and reaches the other replicas' moka caches through pub/sub. Whole
+//! responses stay per replica: they are cheap to rebuild from shared pages, and a Redis round
+//! trip would cost the hot path more than it saves.
 
 pub mod entities;
 mod flight;
@@ -15,7 +21,7 @@ pub mod pages;
 pub mod responses;
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use entities::{Answer, Cached, EntityCache, EntityKey};
 pub use pages::{Freshness, PageCache, PageDep};
@@ -23,6 +29,8 @@ pub use responses::{ResponseCache, ResponseKey};
 
 use crate::amocrm::{AmoClient, ContactId, EntityKind, Relation};
 use crate::metrics::Metrics;
+use crate::shared::broadcast::Heard;
+use crate::shared::{Broadcast, Redis, Tier};
 
 /// Shares of `--cache-max-bytes`, in percent. Pages and entities are what saves upstream calls;
 /// responses only save CPU.
@@ -115,7 +123,7 @@ impl CacheReport {
 }
 
 /// What changed upstream, from a webhook or an operator's purge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Invalidation {
     /// Forget everything.
     All,
@@ -135,23 +143,52 @@ pub struct Caches {
     pub entities: EntityCache,
     pub responses: ResponseCache,
     metrics: Metrics,
+    shared: Option<Shared>,
+}
+
+/// What the caches share with other replicas.
+#[derive(Clone)]
+struct Shared {
+    tier: Tier,
+    broadcast: Broadcast,
+    /// After this, every value an invalidation could void has expired from Redis anyway.
+    longest_life: Duration,
+}
+
+/// Redis for the caches: the shared tier, and the longest a miss waits for another replica's
+/// download of the same page.
+pub struct SharedConfig {
+    pub redis: Redis,
+    pub lease_wait: Duration,
 }
 
 impl Caches {
-    pub fn new(client: AmoClient, freshness: Freshness, max_bytes: u64, metrics: Metrics) -> Self {
+    pub fn new(
+        client: AmoClient,
+        freshness: Freshness,
+        max_bytes: u64,
+        metrics: Metrics,
+        shared: Option<SharedConfig>,
+    ) -> Self {
         let share = |percent: u64| max_bytes / 100 * percent;
+        let tier = shared
+            .as_ref()
+            .map(|config| Tier::new(config.redis.clone(), metrics.clone()));
         Caches {
             pages: PageCache::new(
                 client.clone(),
                 freshness,
                 share(PAGE_CACHE_SHARE_PERCENT),
                 metrics.clone(),
+                tier.clone()
+                    .zip(shared.as_ref().map(|config| config.lease_wait)),
             ),
             entities: EntityCache::new(
                 client,
                 freshness,
                 share(ENTITY_CACHE_SHARE_PERCENT),
                 metrics.clone(),
+                tier.clone(),
             ),
             responses: ResponseCache::new(
                 share(RESPONSE_CACHE_SHARE_PERCENT),
@@ -159,10 +196,63 @@ impl Caches {
                 metrics.clone(),
             ),
             metrics,
+            shared: tier.zip(shared).map(|(tier, config)| Shared {
+                tier,
+                broadcast: Broadcast::new(config.redis),
+                longest_life: freshness.max_age.max(freshness.ttl) + freshness.stale_ttl,
+            }),
         }
     }
 
+    /// Applies what changed everywhere: in Redis first (once the generations moved, no replica
+    /// reads the old values back into its moka), then here, then on the other replicas.
     pub async fn invalidate(&self, invalidation: Invalidation) {
+        if let Some(shared) = &self.shared {
+            let mut generations = self.pages.shared_generations(&invalidation);
+            generations.extend(self.entities.shared_generations(&invalidation));
+            if !shared.tier.bump(&generations).await {
+                // Redis will come back holding values this voids: keep trying until they
+                // would have expired anyway.
+                let (tier, give_up) = (shared.tier.clone(), Instant::now() + shared.longest_life);
+                tokio::spawn(async move {
+                    while Instant::now() < give_up {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        if tier.bump(&generations).await {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+        self.invalidate_here(invalidation).await;
+        if let Some(shared) = &self.shared {
+            shared.broadcast.publish(&invalidation).await;
+        }
+    }
+
+    /// Applies other replicas' invalidations to this replica's caches until the gateway's
+    /// returned handle is dropped. A gap in them (Redis was away) drops everything held here.
+    pub fn follow_other_replicas(&self) -> crate::server::Background {
+        let Some(shared) = &self.shared else {
+            return crate::server::Background::default();
+        };
+        let mut heard = shared.broadcast.listen::<Invalidation>();
+        let caches = self.clone();
+        let task = tokio::spawn(async move {
+            while let Some(heard) = heard.recv().await {
+                let (invalidation, kind) = match heard {
+                    Heard::Message(invalidation) => (invalidation, "message"),
+                    Heard::Gap => (Invalidation::All, "gap"),
+                };
+                caches.invalidate_here(invalidation).await;
+                caches.metrics.broadcast_applied(kind);
+            }
+        });
+        crate::server::Background(vec![task.abort_handle()])
+    }
+
+    /// Drops what `invalidation` voids from this replica's moka caches.
+    async fn invalidate_here(&self, invalidation: Invalidation) {
         tracing::info!(?invalidation, "invalidating cached data");
         match invalidation {
             Invalidation::All => {

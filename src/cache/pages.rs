@@ -10,6 +10,11 @@
 //!
 //! The relation set is not part of the key: an entry records the relations it was fetched
 //! with, and answers any request that needs a subset of them.
+//!
+//! With Redis, a miss looks in the shared tier before calling amoCRM, and what this replica
+//! downloads or revalidates is stored there for the others, with its freshness as wall-clock
+//! times. Concurrent misses of one page on several replicas make one upstream call: the first
+//! takes the page's lease, the others wait for its value.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +23,7 @@ use std::time::{Duration, Instant};
 use moka::Expiry;
 use moka::future::Cache;
 use moka::ops::compute::Op;
+use serde::{Deserialize, Serialize};
 
 use super::flight::Flights;
 use super::{CacheReport, CacheStatus, Dep};
@@ -27,6 +33,8 @@ use crate::amocrm::{
 };
 use crate::auth::{Credentials, Scope};
 use crate::metrics::{CacheName, Lookup, Metrics, Refresh};
+use crate::shared::tier::{Claim, Found, Generation, Lease, Slot, Stamp};
+use crate::shared::{Tier, unix_millis};
 
 /// Subtracted from the download time a probe asks about, for the second granularity of
 /// `updated_at` and of the `Date` header: asking a little too far back only costs a download.
@@ -99,6 +107,9 @@ struct PageEntry {
     validated_at: Instant,
     /// No refresh before this, after one failed.
     retry_after: Option<Instant>,
+    /// Read from the shared tier rather than downloaded: the request that brought it in
+    /// reports a hit, not a miss.
+    from_shared_tier: bool,
 }
 
 impl PageEntry {
@@ -110,6 +121,29 @@ impl PageEntry {
             downloaded_at: now,
             validated_at: now,
             retry_after: None,
+            from_shared_tier: false,
+        }
+    }
+
+    fn from_record(record: PageRecord<ContactsPage>) -> Self {
+        let mut page = record.page;
+        page.recount_heap();
+        PageEntry {
+            page: Arc::new(page),
+            relations: record.relations,
+            downloaded_at: instant_of(record.downloaded_at),
+            validated_at: instant_of(record.validated_at),
+            retry_after: None,
+            from_shared_tier: true,
+        }
+    }
+
+    fn record(&self) -> PageRecord<&ContactsPage> {
+        PageRecord {
+            relations: self.relations,
+            downloaded_at: unix_millis_of(self.downloaded_at),
+            validated_at: unix_millis_of(self.validated_at),
+            page: &self.page,
         }
     }
 
@@ -138,6 +172,7 @@ impl PageEntry {
             downloaded_at: self.downloaded_at,
             validated_at,
             retry_after: None,
+            from_shared_tier: false,
         }
     }
 
@@ -146,6 +181,76 @@ impl PageEntry {
             retry_after: Some(until),
             ..self.renewed(self.validated_at)
         }
+    }
+}
+
+/// A page as the shared tier stores it: instants become Unix milliseconds, which mean the same
+/// on every replica.
+#[derive(Serialize, Deserialize)]
+struct PageRecord<P> {
+    relations: Relations,
+    downloaded_at: i64,
+    validated_at: i64,
+    page: P,
+}
+
+/// The instant `unix_ms` was, by this process's monotonic clock (a future time is now).
+fn instant_of(unix_ms: i64) -> Instant {
+    let ago = u64::try_from(unix_millis().saturating_sub(unix_ms)).unwrap_or(0);
+    let now = Instant::now();
+    now.checked_sub(Duration::from_millis(ago)).unwrap_or(now)
+}
+
+fn unix_millis_of(instant: Instant) -> i64 {
+    let ago = i64::try_from(instant.elapsed().as_millis()).unwrap_or(i64::MAX);
+    unix_millis().saturating_sub(ago)
+}
+
+/// The pages' part of the shared tier.
+struct SharedPages {
+    tier: Tier,
+    /// The longest a miss waits for another replica's download of the same page.
+    wait: Duration,
+    /// How long a per-scope generation must outlive its last bump.
+    keep_for: Duration,
+}
+
+impl SharedPages {
+    fn slot(&self, key: &PageKey) -> Slot {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for (name, value) in key.query(Relations::NONE).to_params() {
+            hasher.update(name.as_bytes());
+            hasher.update([0]);
+            hasher.update(value.as_bytes());
+            hasher.update([0]);
+        }
+        let digest = hex::encode(hasher.finalize());
+        self.tier.slot(
+            format_args!("page:{}:{digest}", key.scope.as_str()),
+            vec![self.all_pages(), self.scope(&key.scope)],
+        )
+    }
+
+    /// Bumped by an invalidation of contacts or their links.
+    fn all_pages(&self) -> Generation {
+        self.tier.generation(format_args!("pages"), None)
+    }
+
+    /// Bumped when a scope's token turns out dead or unpaid.
+    fn scope(&self, scope: &Scope) -> Generation {
+        self.tier.generation(
+            format_args!("scope:{}", scope.as_str()),
+            Some(self.keep_for),
+        )
+    }
+
+    /// Stores what this replica downloaded or revalidated, until its stale window ends.
+    async fn put(&self, slot: &Slot, stamp: &Stamp, entry: &PageEntry, freshness: &Freshness) {
+        let ttl = entry
+            .expires_at(freshness)
+            .saturating_duration_since(Instant::now());
+        self.tier.put(slot, stamp, entry.record(), ttl).await;
     }
 }
 
@@ -205,10 +310,18 @@ struct Inner {
     /// Bumped by every invalidation: work started before it must not store what it fetched.
     epoch: AtomicU64,
     metrics: Metrics,
+    shared: Option<SharedPages>,
 }
 
 impl PageCache {
-    pub fn new(client: AmoClient, freshness: Freshness, max_bytes: u64, metrics: Metrics) -> Self {
+    /// `shared`: the Redis tier, and the longest a miss waits for another replica's download.
+    pub fn new(
+        client: AmoClient,
+        freshness: Freshness,
+        max_bytes: u64,
+        metrics: Metrics,
+        shared: Option<(Tier, Duration)>,
+    ) -> Self {
         let evictions = metrics.clone();
         let entries = Cache::builder()
             .name("pages")
@@ -242,7 +355,26 @@ impl PageCache {
                 freshness,
                 epoch: AtomicU64::new(0),
                 metrics,
+                shared: shared.map(|(tier, wait)| SharedPages {
+                    tier,
+                    wait,
+                    keep_for: freshness.max_age.max(freshness.ttl) + freshness.stale_ttl,
+                }),
             }),
+        }
+    }
+
+    /// The shared generations an invalidation must bump; empty without Redis.
+    pub fn shared_generations(&self, invalidation: &super::Invalidation) -> Vec<Generation> {
+        use super::Invalidation;
+        match (&self.inner.shared, invalidation) {
+            (
+                Some(shared),
+                Invalidation::All | Invalidation::Contact(_) | Invalidation::Relation(_),
+            ) => {
+                vec![shared.all_pages()]
+            }
+            _ => Vec::new(),
         }
     }
 
@@ -314,7 +446,15 @@ impl PageCache {
                     key: key.clone(),
                     version: entry.version(),
                 };
-                report.record(CacheStatus::Miss, fresh_for, Dep::Page(Box::new(dep)));
+                let status = match (entry.from_shared_tier, fresh_for.is_zero()) {
+                    (false, _) => CacheStatus::Miss,
+                    (true, false) => CacheStatus::Hit,
+                    (true, true) => {
+                        self.refresh_in_background(&key, credentials, entry.clone());
+                        CacheStatus::Stale
+                    }
+                };
+                report.record(status, fresh_for, Dep::Page(Box::new(dep)));
                 return Ok(entry.page.clone());
             }
         }
@@ -468,6 +608,9 @@ impl Inner {
             // A dead token or an unpaid account: nothing the scope fetched may be served.
             AmoError::Unauthorized { .. } | AmoError::PaymentRequired => {
                 let scope = key.scope.clone();
+                if let Some(shared) = &self.shared {
+                    shared.tier.bump(&[shared.scope(&scope)]).await;
+                }
                 if self.populated.contains_key(&scope) {
                     tracing::warn!(%error, "dropping every cached page of that token");
                     self.populated.invalidate(&scope).await;
@@ -513,14 +656,42 @@ impl Inner {
     }
 }
 
-/// A foreground download: the page with `relations`, stored for everyone.
+/// Where a download stores its page in the shared tier, and the lease that makes the other
+/// replicas wait for it (released once the page is stored).
+type ShareAs = (Option<(Slot, Stamp)>, Option<Lease>);
+
+/// A foreground download: the page with `relations`, stored for everyone. With Redis, another
+/// replica's copy (or the wait for its download) comes first.
 async fn download(
     inner: Arc<Inner>,
     key: PageKey,
     credentials: Credentials,
-    relations: Relations,
+    mut relations: Relations,
     epoch: u64,
 ) -> FlightResult {
+    let mut share_as: ShareAs = (None, None);
+    if let Some(shared) = &inner.shared {
+        let slot = shared.slot(&key);
+        match shared
+            .tier
+            .find_or_lead::<PageRecord<ContactsPage>>(CacheName::Pages, &slot, shared.wait)
+            .await
+        {
+            Claim::Found(record, stamp) => {
+                let entry = Arc::new(PageEntry::from_record(record));
+                if covers(entry.relations, relations)
+                    && Instant::now() < entry.expires_at(&inner.freshness)
+                {
+                    inner.store(epoch, key, entry.clone()).await;
+                    return Ok(entry);
+                }
+                // It lacks relations this request needs: download the union for everyone.
+                relations = relations.union(entry.relations);
+                share_as = (Some((slot, stamp)), None);
+            }
+            Claim::Fetch { stamp, lease } => share_as = (stamp.map(|s| (slot, s)), lease),
+        }
+    }
     match inner
         .client
         .contacts(
@@ -533,6 +704,9 @@ async fn download(
         Ok(page) => {
             let entry = Arc::new(PageEntry::downloaded(page, relations));
             inner.store(epoch, key, entry.clone()).await;
+            if let (Some(shared), (Some((slot, stamp)), _lease)) = (&inner.shared, &share_as) {
+                shared.put(slot, stamp, &entry, &inner.freshness).await;
+            }
             Ok(entry)
         }
         Err(error) => {
@@ -557,6 +731,40 @@ async fn refresh(
         return Ok(current);
     }
     let freshness = inner.freshness;
+    // With Redis: another replica may have revalidated it already, or be doing so now.
+    let mut share_as: ShareAs = (None, None);
+    if let Some(shared) = &inner.shared {
+        let slot = shared.slot(&key);
+        let found = shared
+            .tier
+            .get::<PageRecord<ContactsPage>>(CacheName::Pages, &slot)
+            .await;
+        let stamp = match found {
+            Some(Found::Value(record, stamp)) => {
+                let entry = Arc::new(PageEntry::from_record(record));
+                if covers(entry.relations, stale.relations)
+                    && Instant::now() < entry.fresh_until(&freshness)
+                {
+                    inner
+                        .metrics
+                        .cache_refresh(CacheName::Pages, Refresh::Shared);
+                    inner.replace(epoch, key, &stale, Some(entry.clone())).await;
+                    return Ok(entry);
+                }
+                Some(stamp)
+            }
+            Some(Found::Absent(stamp)) => Some(stamp),
+            None => None,
+        };
+        if let Some(stamp) = stamp {
+            match shared.tier.try_lease(&slot).await {
+                // Another replica revalidates it: its result will be found here next time.
+                Some(None) => return Ok(stale),
+                Some(Some(lease)) => share_as = (Some((slot, stamp)), Some(lease)),
+                None => {}
+            }
+        }
+    }
     let outcome = async {
         if stale.worth_probing(&freshness, Instant::now()) {
             let since = stale.page.upstream_time - PROBE_MARGIN_SECS;
@@ -591,6 +799,9 @@ async fn refresh(
     match outcome {
         Ok(entry) => {
             inner.replace(epoch, key, &stale, Some(entry.clone())).await;
+            if let (Some(shared), (Some((slot, stamp)), _lease)) = (&inner.shared, &share_as) {
+                shared.put(slot, stamp, &entry, &freshness).await;
+            }
             Ok(entry)
         }
         Err(error) => {

@@ -181,7 +181,9 @@ fn the_compose_file_uses_only_flags_and_variables_the_binary_accepts() {
     let root = Cli::command();
     let services = compose["services"].as_object().expect("services");
     assert!(!services.is_empty());
-    for (name, service) in services {
+    // Services built from this repository run the binary; the others (Redis, the load
+    // balancer) are stock images.
+    for (name, service) in services.iter().filter(|(_, s)| s.get("build").is_some()) {
         let command: Vec<String> = service["command"]
             .as_array()
             .unwrap_or_else(|| panic!("{name}: command as a list"))
@@ -224,6 +226,52 @@ fn the_compose_file_uses_only_flags_and_variables_the_binary_accepts() {
             );
         }
     }
+}
+
+/// `scripts/replicas.sh` is the compose topology without Docker: it must give the fake and the
+/// replicas the same settings.
+#[test]
+fn the_replica_script_starts_what_the_compose_file_describes() {
+    let compose: serde_json::Value =
+        serde_norway::from_str(&repo_file("docker-compose.yml")).expect("valid YAML");
+    let script = repo_file("scripts/replicas.sh");
+    let services = &compose["services"];
+    let replicas: Vec<&str> = ["gateway-a", "gateway-b"]
+        .into_iter()
+        .filter(|name| services.get(*name).is_some())
+        .collect();
+    assert_eq!(replicas.len(), 2, "two replicas in the compose file");
+    assert_eq!(
+        services["gateway-a"]["environment"],
+        services["gateway-b"]["environment"]
+    );
+    for service in ["fake-amocrm", "gateway-a"] {
+        let environment = services[service]["environment"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{service}: environment"));
+        for (variable, value) in environment {
+            let value = value.as_str().expect("a string");
+            let set = format!("{variable}=");
+            assert!(
+                script.contains(&set),
+                "scripts/replicas.sh does not set {variable} ({service})"
+            );
+            // Addresses differ between containers and local processes; the rest must not.
+            if !(variable.ends_with("_LISTEN") || value.contains("://")) {
+                assert!(
+                    script.contains(&format!("{variable}={value}")),
+                    "scripts/replicas.sh sets {variable} to something else than {value:?}"
+                );
+            }
+        }
+    }
+    assert!(script.contains("redis-server"), "the script starts Redis");
+    assert!(
+        services["redis"]["image"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("redis"))
+    );
+    assert!(services.get("load-balancer").is_some(), "a load balancer");
 }
 
 #[tokio::test]

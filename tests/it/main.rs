@@ -14,4 +14,5 @@ mod metrics;
 mod paging;
 mod protection;
 mod related;
+mod replicas;
 mod selection;

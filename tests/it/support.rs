@@ -3,6 +3,7 @@
 //! fake.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use amocrm_gateway::Gateway;
 use amocrm_gateway::config::Cli;
@@ -15,7 +16,8 @@ use tokio::sync::oneshot;
 pub use amocrm_gateway::fake_amocrm::{ADMIN_TOKEN, MANAGER_TOKEN, MANAGER_USER_ID, UNPAID_TOKEN};
 
 pub struct TestApp {
-    pub fake: FakeAmoCrm,
+    /// Shared by the replicas of a test that runs several gateways.
+    pub fake: Arc<FakeAmoCrm>,
     pub addr: SocketAddr,
     http: reqwest::Client,
     _stop: oneshot::Sender<()>,
@@ -80,7 +82,18 @@ impl TestApp {
             .expect("the fake binds a free port");
         let (addr, stop) = start_gateway(&fake.base_url(), flags).await;
         TestApp {
-            fake,
+            fake: Arc::new(fake),
+            addr,
+            http: reqwest::Client::new(),
+            _stop: stop,
+        }
+    }
+
+    /// Another gateway in front of the same fake: a replica.
+    pub async fn replica(&self, flags: &[&str]) -> TestApp {
+        let (addr, stop) = start_gateway(&self.fake.base_url(), flags).await;
+        TestApp {
+            fake: self.fake.clone(),
             addr,
             http: reqwest::Client::new(),
             _stop: stop,
@@ -226,4 +239,75 @@ pub fn ids(connection: &Value) -> Vec<u64> {
                 .expect("numeric id")
         })
         .collect()
+}
+
+/// A real `redis-server` of the test's own, on a free loopback port; killed when dropped.
+pub struct RedisServer {
+    port: u16,
+    process: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let mut server = RedisServer {
+            port,
+            process: None,
+        };
+        server.restart().await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again, on the same port, empty: it keeps nothing on disk) and waits until it
+    /// answers.
+    pub async fn restart(&mut self) {
+        let process = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("redis-server could not start ({e}); scripts/test installs it (Debian package redis-server)")
+            });
+        self.process = Some(process);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut pong = [0u8; 7];
+                if stream.write_all(b"PING\r\n").await.is_ok()
+                    && stream.read_exact(&mut pong).await.is_ok()
+                    && &pong == b"+PONG\r\n"
+                {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not answer on port {}",
+                self.port
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
