@@ -235,8 +235,9 @@ impl Gateway {
                         redis,
                         rate,
                         crate::amocrm::WINDOW,
-                        // A call holds its slot at most this long in flight.
-                        crate::amocrm::RETRY_DEADLINE + config.upstream_timeout,
+                        // One attempt holds its slot in flight for at most its timeout (a slot
+                        // is taken per attempt); the margin covers a busy replica.
+                        config.upstream_timeout + Duration::from_secs(5),
                     )
                 }),
                 queue_timeout: config.upstream_queue_timeout,

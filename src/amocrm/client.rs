@@ -74,7 +74,7 @@ pub struct ClientConfig {
 /// Attempts of one call, the first included, for failures a retry can cure.
 const MAX_ATTEMPTS: u32 = 3;
 /// No call is retried past this, whatever its attempts.
-pub const RETRY_DEADLINE: Duration = Duration::from_secs(20);
+const RETRY_DEADLINE: Duration = Duration::from_secs(20);
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Calls amoCRM. Cheap to clone: reqwest's client is a handle to one connection pool.

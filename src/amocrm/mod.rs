@@ -14,7 +14,7 @@ pub mod model;
 mod query;
 pub mod webhook;
 
-pub use client::{AccessToken, AmoClient, ClientConfig, RETRY_DEADLINE};
+pub use client::{AccessToken, AmoClient, ClientConfig};
 pub use entities::{EntityKind, RelatedEntity, User};
 pub use error::{AmoError, ForbiddenReason};
 pub use limiter::{Priority, WINDOW};

@@ -207,27 +207,34 @@ impl Caches {
     /// Applies what changed everywhere: in Redis first (once the generations moved, no replica
     /// reads the old values back into its moka), then here, then on the other replicas.
     pub async fn invalidate(&self, invalidation: Invalidation) {
-        if let Some(shared) = &self.shared {
-            let mut generations = self.pages.shared_generations(&invalidation);
-            generations.extend(self.entities.shared_generations(&invalidation));
-            if !shared.tier.bump(&generations).await {
-                // Redis will come back holding values this voids: keep trying until they
-                // would have expired anyway.
-                let (tier, give_up) = (shared.tier.clone(), Instant::now() + shared.longest_life);
-                tokio::spawn(async move {
-                    while Instant::now() < give_up {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        if tier.bump(&generations).await {
-                            return;
-                        }
-                    }
-                });
-            }
-        }
+        let Some(shared) = &self.shared else {
+            self.invalidate_here(invalidation).await;
+            return;
+        };
+        let mut generations = self.pages.shared_generations(&invalidation);
+        generations.extend(self.entities.shared_generations(&invalidation));
+        let bumped = shared.tier.bump(&generations).await;
+        // Until Redis has taken it, Redis may hold what it voids: this replica stops using
+        // the tier meanwhile.
+        let suspension = (!bumped).then(|| shared.tier.suspend());
         self.invalidate_here(invalidation).await;
-        if let Some(shared) = &self.shared {
-            shared.broadcast.publish(&invalidation).await;
+        let published = bumped && shared.broadcast.publish(&invalidation).await;
+        if published {
+            return;
         }
+        // Redis is away: keep trying until every value this voids would have expired anyway.
+        let (shared, give_up) = (shared.clone(), Instant::now() + shared.longest_life);
+        tokio::spawn(async move {
+            let _suspension = suspension;
+            let mut bumped = bumped;
+            while Instant::now() < give_up {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                bumped = bumped || shared.tier.bump(&generations).await;
+                if bumped && shared.broadcast.publish(&invalidation).await {
+                    return;
+                }
+            }
+        });
     }
 
     /// Applies other replicas' invalidations to this replica's caches until the gateway's

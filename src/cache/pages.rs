@@ -44,6 +44,9 @@ const PROBE_MARGIN_SECS: i64 = 2;
 const REFRESH_BACKOFF: Duration = Duration::from_secs(5);
 /// What a cached page costs besides its decoded contacts: key, entry, moka's bookkeeping.
 const ENTRY_OVERHEAD_BYTES: usize = 512;
+/// While another replica revalidates a stale page, this replica asks Redis for the result at
+/// most this often.
+const LEASED_ELSEWHERE: Duration = Duration::from_millis(250);
 /// How many probe outcomes (one per scope) are remembered.
 const MAX_PROBE_SCOPES: u64 = 10_000;
 
@@ -125,17 +128,18 @@ impl PageEntry {
         }
     }
 
-    fn from_record(record: PageRecord<ContactsPage>) -> Self {
+    /// `None` for times this process cannot represent (older than its clock): long expired.
+    fn from_record(record: PageRecord<ContactsPage>) -> Option<Self> {
         let mut page = record.page;
         page.recount_heap();
-        PageEntry {
+        Some(PageEntry {
             page: Arc::new(page),
             relations: record.relations,
-            downloaded_at: instant_of(record.downloaded_at),
-            validated_at: instant_of(record.validated_at),
+            downloaded_at: instant_of(record.downloaded_at)?,
+            validated_at: instant_of(record.validated_at)?,
             retry_after: None,
             from_shared_tier: true,
-        }
+        })
     }
 
     fn record(&self) -> PageRecord<&ContactsPage> {
@@ -194,11 +198,11 @@ struct PageRecord<P> {
     page: P,
 }
 
-/// The instant `unix_ms` was, by this process's monotonic clock (a future time is now).
-fn instant_of(unix_ms: i64) -> Instant {
+/// The instant `unix_ms` was, by this process's monotonic clock (a future time is now); `None`
+/// before the clock's start.
+fn instant_of(unix_ms: i64) -> Option<Instant> {
     let ago = u64::try_from(unix_millis().saturating_sub(unix_ms)).unwrap_or(0);
-    let now = Instant::now();
-    now.checked_sub(Duration::from_millis(ago)).unwrap_or(now)
+    Instant::now().checked_sub(Duration::from_millis(ago))
 }
 
 fn unix_millis_of(instant: Instant) -> i64 {
@@ -678,15 +682,17 @@ async fn download(
             .await
         {
             Claim::Found(record, stamp) => {
-                let entry = Arc::new(PageEntry::from_record(record));
-                if covers(entry.relations, relations)
-                    && Instant::now() < entry.expires_at(&inner.freshness)
-                {
-                    inner.store(epoch, key, entry.clone()).await;
-                    return Ok(entry);
+                if let Some(entry) = PageEntry::from_record(record) {
+                    if covers(entry.relations, relations)
+                        && Instant::now() < entry.expires_at(&inner.freshness)
+                    {
+                        let entry = Arc::new(entry);
+                        inner.store(epoch, key, entry.clone()).await;
+                        return Ok(entry);
+                    }
+                    // It lacks relations this request needs: download the union for everyone.
+                    relations = relations.union(entry.relations);
                 }
-                // It lacks relations this request needs: download the union for everyone.
-                relations = relations.union(entry.relations);
                 share_as = (Some((slot, stamp)), None);
             }
             Claim::Fetch { stamp, lease } => share_as = (stamp.map(|s| (slot, s)), lease),
@@ -741,10 +747,11 @@ async fn refresh(
             .await;
         let stamp = match found {
             Some(Found::Value(record, stamp)) => {
-                let entry = Arc::new(PageEntry::from_record(record));
-                if covers(entry.relations, stale.relations)
+                if let Some(entry) = PageEntry::from_record(record)
+                    && covers(entry.relations, stale.relations)
                     && Instant::now() < entry.fresh_until(&freshness)
                 {
+                    let entry = Arc::new(entry);
                     inner
                         .metrics
                         .cache_refresh(CacheName::Pages, Refresh::Shared);
@@ -758,8 +765,13 @@ async fn refresh(
         };
         if let Some(stamp) = stamp {
             match shared.tier.try_lease(&slot).await {
-                // Another replica revalidates it: its result will be found here next time.
-                Some(None) => return Ok(stale),
+                // Another replica revalidates it: its result will be found here shortly. Until
+                // then the stale copy is served without asking Redis on every request.
+                Some(None) => {
+                    let waiting = Arc::new(stale.backing_off(Instant::now() + LEASED_ELSEWHERE));
+                    inner.replace(epoch, key, &stale, Some(waiting)).await;
+                    return Ok(stale);
+                }
                 Some(Some(lease)) => share_as = (Some((slot, stamp)), Some(lease)),
                 None => {}
             }

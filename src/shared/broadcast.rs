@@ -9,7 +9,13 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use std::time::Duration;
+
 use super::{Operation, RETRY_EVERY, Redis};
+
+/// How often the subscription's connection is checked: a connection cut without a close (a
+/// partition) would otherwise lose messages unnoticed.
+const PING_EVERY: Duration = Duration::from_secs(5);
 
 /// What a listener hears.
 #[derive(Debug, PartialEq)]
@@ -72,27 +78,38 @@ impl Broadcast {
 }
 
 async fn listen<T: DeserializeOwned>(redis: Redis, channel: String, heard: mpsc::Sender<Heard<T>>) {
-    let mut subscribed_before = false;
+    // Whether messages may have been missed: after any failed attempt to subscribe (the
+    // replica may have cached data meanwhile), and after every break.
+    let mut missed = false;
     loop {
         let pubsub = tokio::select! {
             () = heard.closed() => return,
             pubsub = subscribe(&redis, &channel) => pubsub,
         };
         let Some(pubsub) = pubsub else {
+            missed = true;
             tokio::select! {
                 () = heard.closed() => return,
                 () = tokio::time::sleep(RETRY_EVERY) => continue,
             }
         };
         redis.inner.metrics.redis_subscribed(true);
-        if subscribed_before && heard.send(Heard::Gap).await.is_err() {
+        if missed && heard.send(Heard::Gap).await.is_err() {
             return;
         }
-        subscribed_before = true;
-        let mut messages = pubsub.into_on_message();
+        missed = true;
+        let (mut sink, mut messages) = pubsub.split();
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
         loop {
             let message = tokio::select! {
                 () = heard.closed() => return,
+                _ = ping.tick() => {
+                    match tokio::time::timeout(redis.timeout(), sink.ping::<String>()).await {
+                        Ok(Ok(_)) => continue,
+                        _ => break,
+                    }
+                }
                 message = messages.next() => message,
             };
             let Some(message) = message else { break };

@@ -131,7 +131,11 @@ impl SharedLimiter {
                 })
                 .await;
             let wait = match answer {
-                None => return Ok(Grant::Unavailable),
+                None => {
+                    // The script may have run though its answer was lost: take the slot back.
+                    self.forget(member);
+                    return Ok(Grant::Unavailable);
+                }
                 Some(0) => {
                     return Ok(Grant::Slot(SharedSlot {
                         limiter: self.clone(),
@@ -159,6 +163,28 @@ impl SharedLimiter {
         *self.quiet_from.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn forget(self: &Arc<Self>, member: String) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (limiter, key) = (self.clone(), self.key.clone());
+        runtime.spawn(async move {
+            limiter
+                .redis
+                .run_anyway(
+                    &limiter.health,
+                    limiter.timeout,
+                    Operation::Limit,
+                    |mut conn| {
+                        let mut remove = redis::cmd("ZREM");
+                        remove.arg(&key).arg(&member);
+                        async move { remove.query_async::<i64>(&mut conn).await }
+                    },
+                )
+                .await;
+        });
+    }
+
     fn completed(self: &Arc<Self>, member: String) {
         {
             let mut quiet = self.quiet_from.lock().unwrap_or_else(|e| e.into_inner());
@@ -170,26 +196,35 @@ impl SharedLimiter {
         };
         let (limiter, script, key) = (self.clone(), self.complete.clone(), self.key.clone());
         let window = millis(self.window);
+        // Not skipped while Redis seems down, and tried again: a completion that never lands
+        // keeps its slot counting as in flight until `in_flight_max`.
         runtime.spawn(async move {
-            limiter
-                .redis
-                .run_as(
-                    &limiter.health,
-                    limiter.timeout,
-                    Operation::Limit,
-                    |mut conn| {
-                        let (script, key, member) = (script.clone(), key.clone(), member.clone());
-                        async move {
-                            script
-                                .key(&key)
-                                .arg(window)
-                                .arg(&member)
-                                .invoke_async::<i64>(&mut conn)
-                                .await
-                        }
-                    },
-                )
-                .await;
+            for _ in 0..3 {
+                let done = limiter
+                    .redis
+                    .run_anyway(
+                        &limiter.health,
+                        limiter.timeout,
+                        Operation::Limit,
+                        |mut conn| {
+                            let (script, key, member) =
+                                (script.clone(), key.clone(), member.clone());
+                            async move {
+                                script
+                                    .key(&key)
+                                    .arg(window)
+                                    .arg(&member)
+                                    .invoke_async::<i64>(&mut conn)
+                                    .await
+                            }
+                        },
+                    )
+                    .await;
+                if done.is_some() {
+                    return;
+                }
+                tokio::time::sleep(super::RETRY_EVERY).await;
+            }
         });
     }
 }

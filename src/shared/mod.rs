@@ -166,9 +166,11 @@ impl Redis {
     /// down. Fails only for a URL that is not a Redis URL.
     pub fn new(url: &str, prefix: &str, timeout: Duration, metrics: Metrics) -> RedisResult<Redis> {
         let client = redis::Client::open(url)?;
+        // Responses are timed by each operation (`run_as`), so that the rate limiter can give
+        // Redis longer than a cache read does.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
+            .set_response_timeout(None)
             // Reconnecting is retried by the next operation, not inside this one: a request
             // must not wait for Redis to come back.
             .set_number_of_retries(1)
@@ -196,6 +198,19 @@ impl Redis {
     /// A key under the configured prefix.
     pub fn key(&self, suffix: std::fmt::Arguments<'_>) -> String {
         format!("{}{suffix}", self.inner.prefix)
+    }
+
+    /// [`Redis::run_anyway`] with the shared health and timeout.
+    pub async fn run_always<T, F>(
+        &self,
+        operation: Operation,
+        call: impl Fn(ConnectionManager) -> F,
+    ) -> Option<T>
+    where
+        F: Future<Output = RedisResult<T>>,
+    {
+        self.run_anyway(&self.inner.health, self.inner.timeout, operation, call)
+            .await
     }
 
     pub fn replica(&self) -> &str {
@@ -234,6 +249,21 @@ impl Redis {
         if !health.due() {
             return None;
         }
+        self.run_anyway(health, timeout, operation, call).await
+    }
+
+    /// Runs one operation within the timeout even while Redis is thought to be down: for what
+    /// must not be skipped (invalidations, releasing what this replica holds).
+    pub async fn run_anyway<T, F>(
+        &self,
+        health: &Health,
+        timeout: Duration,
+        operation: Operation,
+        call: impl Fn(ConnectionManager) -> F,
+    ) -> Option<T>
+    where
+        F: Future<Output = RedisResult<T>>,
+    {
         let metrics = &self.inner.metrics;
         let attempts = async {
             match call(self.inner.conn.clone()).await {

@@ -14,6 +14,8 @@
 //! Values are MessagePack (compact, and self-describing where JSON values are embedded), and
 //! expire in Redis at the end of their stale window.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::Script;
@@ -33,6 +35,10 @@ const RENEW_EVERY: Duration = Duration::from_secs(1);
 /// Polling for a value another replica is fetching: first after this, then doubling.
 const FIRST_POLL: Duration = Duration::from_millis(5);
 const MAX_POLL: Duration = Duration::from_millis(50);
+/// Added to how long a short-lived generation is kept after its last bump: longer than any
+/// fetch takes, so that a value a fetch stamped before the bump and stored after it expires
+/// before the generation's count could start over and make it current again.
+const GENERATION_MARGIN: Duration = Duration::from_secs(3600);
 
 /// A generation counter in Redis: bumping it voids every value stamped with its older count.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -47,7 +53,7 @@ pub struct Generation {
 /// The generations current when a fetch began. A value written with them is visible only
 /// while none of them has been bumped since.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stamp(Vec<u64>);
+pub struct Stamp(Vec<i64>);
 
 #[derive(Serialize, Deserialize)]
 struct Stored<T> {
@@ -90,6 +96,9 @@ pub enum Claim<T> {
 pub struct Tier {
     redis: Redis,
     metrics: Metrics,
+    /// Invalidations Redis has not taken yet: until it does, what it holds may be what they
+    /// void, so this replica neither reads nor writes the tier.
+    pending: Arc<AtomicUsize>,
     release: Script,
     renew: Script,
 }
@@ -99,6 +108,7 @@ impl Tier {
         Tier {
             redis,
             metrics,
+            pending: Arc::new(AtomicUsize::new(0)),
             release: Script::new(
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then \
                    return redis.call('DEL', KEYS[1]) \
@@ -126,8 +136,15 @@ impl Tier {
     ) -> Generation {
         Generation {
             key: self.redis.key(format_args!("{FORMAT}:gen:{name}")),
-            keep_for,
+            keep_for: keep_for.map(|k| k + GENERATION_MARGIN),
         }
+    }
+
+    /// Stops this replica from using the tier until the returned guard drops: an invalidation
+    /// is waiting for Redis.
+    pub fn suspend(&self) -> Suspension {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        Suspension(self.pending.clone())
     }
 
     /// The slot named `name`, voided by a bump of any of `generations`.
@@ -145,6 +162,9 @@ impl Tier {
         cache: CacheName,
         slots: &[Slot],
     ) -> Option<Vec<Found<T>>> {
+        if self.pending.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
         let mut generations: Vec<&Generation> = Vec::new();
         for generation in slots.iter().flat_map(|s| &s.generations) {
             if !generations.contains(&generation) {
@@ -166,16 +186,24 @@ impl Tier {
             })
             .await?;
         let (current, values) = replies.split_at(generations.len().min(replies.len()));
-        let current: Vec<u64> = current
-            .iter()
-            .map(|count| {
-                count
-                    .as_deref()
-                    .and_then(|c| std::str::from_utf8(c).ok())
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(0)
-            })
-            .collect();
+        let mut current_counts = Vec::with_capacity(current.len());
+        for count in current {
+            let parsed = match count.as_deref() {
+                None => Some(0),
+                Some(c) => std::str::from_utf8(c)
+                    .ok()
+                    .and_then(|c| c.parse::<i64>().ok()),
+            };
+            match parsed {
+                Some(count) => current_counts.push(count),
+                // Not a counter: nothing can tell which values are current.
+                None => {
+                    tracing::warn!("a generation key in Redis holds no number; not using the tier");
+                    return None;
+                }
+            }
+        }
+        let current = current_counts;
         let found = slots
             .iter()
             .enumerate()
@@ -280,7 +308,7 @@ impl Tier {
             }
         }
         self.redis
-            .run(Operation::Invalidate, |mut conn| {
+            .run_always(Operation::Invalidate, |mut conn| {
                 let pipe = pipe.clone();
                 async move { pipe.query_async::<()>(&mut conn).await }
             })
@@ -376,7 +404,7 @@ impl Tier {
                     let (script, key, token) = (tier.renew.clone(), key.clone(), token.clone());
                     let renewed: Option<i64> = tier
                         .redis
-                        .run(Operation::Lease, |mut conn| {
+                        .run_always(Operation::Lease, |mut conn| {
                             let (script, key, token) = (script.clone(), key.clone(), token.clone());
                             async move {
                                 script
@@ -388,8 +416,9 @@ impl Tier {
                             }
                         })
                         .await;
-                    // Lost (expired while Redis was away): the value will still be stored.
-                    if renewed != Some(1) {
+                    // Lost (it expired while Redis was away): the value will still be stored.
+                    // A failed renewal is tried again on the next tick.
+                    if renewed == Some(0) {
                         return;
                     }
                 }
@@ -428,7 +457,7 @@ impl Drop for Lease {
         );
         runtime.spawn(async move {
             redis
-                .run(Operation::Lease, |mut conn| {
+                .run_always(Operation::Lease, |mut conn| {
                     let (script, key, token) = (script.clone(), key.clone(), token.clone());
                     async move {
                         script
@@ -440,5 +469,15 @@ impl Drop for Lease {
                 })
                 .await;
         });
+    }
+}
+
+/// Keeps the tier unused by this replica while it lives.
+#[derive(Debug)]
+pub struct Suspension(Arc<AtomicUsize>);
+
+impl Drop for Suspension {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
