@@ -370,10 +370,15 @@ impl Tier {
         }
     }
 
+    /// Where the lease on `slot` lives.
+    pub fn lease_key(&self, slot: &Slot) -> String {
+        self.redis.key(format_args!("{FORMAT}:lease:{}", slot.key))
+    }
+
     /// Takes the lease on `slot` if it is free: `Some(None)` when another replica holds it,
     /// `None` when Redis did not answer.
     pub async fn try_lease(&self, slot: &Slot) -> Option<Option<Lease>> {
-        let key = &self.redis.key(format_args!("{FORMAT}:lease:{}", slot.key));
+        let key = &self.lease_key(slot);
         let token = format!("{}:{:016x}", self.redis.replica(), rand::random::<u64>());
         let taken: Option<String> = self
             .redis

@@ -249,3 +249,73 @@ async fn forwarded_tokens_on_redis_need_a_scope_secret_shared_by_the_replicas() 
     let error = Gateway::build(cli.serve).await.err().expect("refused");
     assert!(error.to_string().contains("--scope-secret"), "{error}");
 }
+
+#[tokio::test]
+async fn a_lease_blocks_a_page_while_its_holder_lives_and_no_longer_once_it_is_dead() {
+    use amocrm_gateway::metrics::{CacheName, Metrics};
+    use amocrm_gateway::shared::tier::{Claim, LEASE};
+    use amocrm_gateway::shared::{Redis, Tier};
+
+    let redis = RedisServer::start().await;
+    let tier = |name: &str| {
+        let handle = Redis::new(
+            &redis.url(),
+            "test:",
+            Duration::from_secs(2),
+            Metrics::new(),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        Tier::new(handle, Metrics::new())
+    };
+    let (a, b) = (tier("a"), tier("b"));
+    let slot = |tier: &Tier| tier.slot(format_args!("page:test"), Vec::new());
+
+    // A live holder renews its lease past its length: B gives up waiting, without a lease.
+    let Claim::<()>::Fetch {
+        lease: Some(held), ..
+    } = a
+        .find_or_lead(CacheName::Pages, &slot(&a), Duration::ZERO)
+        .await
+    else {
+        panic!("A takes the free lease");
+    };
+    let waited = tokio::time::Instant::now();
+    let claim = b
+        .find_or_lead::<()>(CacheName::Pages, &slot(&b), LEASE + Duration::from_secs(1))
+        .await;
+    assert!(
+        matches!(claim, Claim::Fetch { lease: None, .. }),
+        "B waited out its bound while A held on: {claim:?}"
+    );
+    assert!(waited.elapsed() >= LEASE);
+    drop(held);
+
+    // A holder that died (its lease set and never renewed) blocks the page for one lease.
+    let client = redis::Client::open(redis.url()).expect("a URL");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis answers");
+    let lease_key = b.lease_key(&slot(&b));
+    let _: () = redis::cmd("SET")
+        .arg(&lease_key)
+        .arg("a-dead-replica")
+        .arg("PX")
+        .arg(LEASE.as_millis() as u64)
+        .query_async(&mut conn)
+        .await
+        .expect("SET");
+    let waited = tokio::time::Instant::now();
+    let claim = b
+        .find_or_lead::<()>(CacheName::Pages, &slot(&b), Duration::from_secs(30))
+        .await;
+    assert!(
+        matches!(claim, Claim::Fetch { lease: Some(_), .. }),
+        "B took over the lease: {claim:?}"
+    );
+    assert!(
+        waited.elapsed() < LEASE + Duration::from_secs(1),
+        "blocked {:?}",
+        waited.elapsed()
+    );
+}
