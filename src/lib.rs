@@ -13,6 +13,9 @@
 //! - [`graphql`]: the client boundary (schema, selections, paging, error codes). Builds no URLs.
 //! - [`cache`]: moka caches between the boundaries: upstream pages (stale-while-revalidate,
 //!   probes, stale-if-error, relation reuse) and whole responses; coalesces concurrent misses.
+//! - [`shared`]: what replicas share through Redis (`--redis-url`): a second cache tier with
+//!   leases for single-flight across replicas, one upstream rate limit, invalidation broadcast.
+//!   Off without Redis, and never needed to answer.
 //! - [`amocrm`]: the upstream boundary (typed queries; the client with its rate limiter,
 //!   retries and circuit breaker; tolerant models; the webhook parser). Knows no GraphQL.
 //! - [`metrics`]: Prometheus metrics, one recorder per gateway.
@@ -28,9 +31,11 @@
 //! 3. Resolvers validate arguments into an [`amocrm::ContactList`], and `graphql::connection` cuts
 //!    the requested window out of fixed-size upstream pages.
 //! 4. [`cache::PageCache`] answers each page from moka (stale ones while one background refresh
-//!    revalidates them), or calls [`amocrm::AmoClient`] once for all concurrent askers; linked
+//!    revalidates them), or — after a look in Redis, where another replica may have stored it or
+//!    be downloading it — calls [`amocrm::AmoClient`] once for all concurrent askers; linked
 //!    entities come the same way, one batch per kind for the whole operation. Every upstream
-//!    call passes the one rate limiter and the circuit breaker.
+//!    call passes the one rate limiter (in Redis when replicas share it) and the circuit
+//!    breaker.
 //! 5. Errors become `extensions.code` in one place (`graphql::error`); `server` sets `x-cache`
 //!    and `Cache-Control` from the request's cache report.
 

@@ -15,7 +15,7 @@ use super::{Operation, RETRY_EVERY, Redis};
 
 /// How often the subscription's connection is checked: a connection cut without a close (a
 /// partition) would otherwise lose messages unnoticed.
-const PING_EVERY: Duration = Duration::from_secs(5);
+pub const PING_EVERY: Duration = Duration::from_secs(5);
 
 /// What a listener hears.
 #[derive(Debug, PartialEq)]
@@ -105,7 +105,7 @@ async fn listen<T: DeserializeOwned>(redis: Redis, channel: String, heard: mpsc:
             let message = tokio::select! {
                 () = heard.closed() => return,
                 _ = ping.tick() => {
-                    match tokio::time::timeout(redis.timeout(), sink.ping::<String>()).await {
+                    match tokio::time::timeout(redis.timeout(), sink.ping::<redis::Value>()).await {
                         Ok(Ok(_)) => continue,
                         _ => break,
                     }

@@ -37,6 +37,24 @@ async fn replicas(redis: &RedisServer, options: FakeOptions, extra: &[&str]) -> 
     (a, b)
 }
 
+/// Sends a webhook about `event` to replica `to` and waits until `other` has applied it.
+async fn webhook_heard(to: &TestApp, other: &TestApp, event: &str) {
+    let answer = to
+        .post(
+            &format!("/webhooks/amocrm/{SECRET}"),
+            None,
+            &format!("{event}&account[subdomain]=demo"),
+        )
+        .await;
+    assert_eq!(answer.status(), 200);
+    other
+        .wait_for_metric(
+            r#"gateway_broadcast_invalidations_total{kind="message"}"#,
+            1.0,
+        )
+        .await;
+}
+
 fn names(reply: &Reply) -> Vec<String> {
     reply.data()["contacts"]["nodes"]
         .as_array()
@@ -164,19 +182,7 @@ async fn a_webhook_to_one_replica_reaches_the_others_caches() {
 
     let id = a.fake.visible_ids(ADMIN_TOKEN)[0];
     a.fake.rename_contact(id, "Renamed elsewhere");
-    let answer = a
-        .post(
-            &format!("/webhooks/amocrm/{SECRET}"),
-            None,
-            &format!("contacts[update][0][id]={id}&account[subdomain]=demo"),
-        )
-        .await;
-    assert_eq!(answer.status(), 200);
-    b.wait_for_metric(
-        r#"gateway_broadcast_invalidations_total{kind="message"}"#,
-        1.0,
-    )
-    .await;
+    webhook_heard(&a, &b, &format!("contacts[update][0][id]={id}")).await;
 
     let after = b.query(Some(ADMIN_TOKEN), QUERY).await;
     assert_eq!(after.header("x-cache"), "MISS");
@@ -317,5 +323,30 @@ async fn a_lease_blocks_a_page_while_its_holder_lives_and_no_longer_once_it_is_d
         waited.elapsed() < LEASE + Duration::from_secs(1),
         "blocked {:?}",
         waited.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn the_subscription_survives_its_health_checks() {
+    use amocrm_gateway::shared::broadcast::PING_EVERY;
+    let redis = RedisServer::start().await;
+    let (a, b) = replicas(&redis, FakeOptions::default(), &[]).await;
+    b.query(Some(ADMIN_TOKEN), QUERY).await.data();
+    // Let a ping or two go by: the passing of time is what this test is about.
+    crate::support::outlive(PING_EVERY * 2).await;
+    for replica in [&a, &b] {
+        assert_eq!(
+            replica
+                .metric(r#"gateway_redis_errors_total{operation="subscribe"}"#)
+                .await,
+            0.0
+        );
+        assert_eq!(replica.metric("gateway_redis_up").await, 1.0);
+    }
+    webhook_heard(&a, &b, "contacts[delete][0][id]=1").await;
+    assert_eq!(
+        b.metric(r#"gateway_broadcast_invalidations_total{kind="gap"}"#)
+            .await,
+        0.0
     );
 }
