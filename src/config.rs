@@ -200,6 +200,16 @@ pub struct ServeConfig {
     /// without.
     #[arg(long, env = "GATEWAY_REPLICAS_HINT", value_parser = clap::value_parser!(u32).range(1..))]
     pub replicas_hint: Option<u32>,
+
+    /// Persisted queries that are always known: an Apollo persisted-query manifest, or a JSON
+    /// object of SHA-256 hashes to documents.
+    #[arg(long, env = "GATEWAY_PERSISTED_QUERIES")]
+    pub persisted_queries: Option<String>,
+
+    /// Run only the documents of --persisted-queries, by hash; anything else gets
+    /// PERSISTED_QUERY_REQUIRED (GraphiQL too).
+    #[arg(long, env = "GATEWAY_PERSISTED_ONLY", requires = "persisted_queries")]
+    pub persisted_only: bool,
 }
 
 impl ServeConfig {

@@ -18,6 +18,7 @@
 //!   Off without Redis, and never needed to answer.
 //! - [`amocrm`]: the upstream boundary (typed queries; the client with its rate limiter,
 //!   retries and circuit breaker; tolerant models; the webhook parser). Knows no GraphQL.
+//! - [`persisted`]: automatic persisted queries (documents by their SHA-256).
 //! - [`metrics`]: Prometheus metrics, one recorder per gateway.
 //! - [`fake_amocrm`]: a faithful fake of the upstream, for `--demo` and the tests.
 //!
@@ -46,6 +47,7 @@ pub mod config;
 pub mod fake_amocrm;
 pub mod graphql;
 pub mod metrics;
+pub mod persisted;
 pub mod server;
 pub mod shared;
 

@@ -19,6 +19,7 @@ use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use bytes::Bytes;
 use tokio::net::TcpListener;
+use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -35,6 +36,7 @@ use crate::config::ServeConfig;
 use crate::fake_amocrm::{self, FakeAmoCrm, FakeOptions};
 use crate::graphql::{self, GatewaySchema, RequestContext};
 use crate::metrics::Metrics;
+use crate::persisted::PersistedQueries;
 use crate::shared::{Redis, SharedLimiter};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -96,11 +98,14 @@ pub enum StartupError {
     RpsBelowReplicas { rps: u32, replicas: u32 },
     #[error("could not set up Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("--persisted-queries: {0}")]
+    Manifest(#[from] crate::persisted::ManifestError),
 }
 
 #[derive(Clone)]
 struct AppState {
     schema: GatewaySchema,
+    persisted: PersistedQueries,
     auth: Arc<AuthMode>,
     caches: Caches,
     page_size: PageSize,
@@ -222,6 +227,11 @@ impl Gateway {
             )?),
             None => None,
         };
+        let manifest = match &config.persisted_queries {
+            Some(path) => PersistedQueries::read_manifest(path)?,
+            None => Default::default(),
+        };
+        let persisted = PersistedQueries::new(manifest, redis.clone(), config.persisted_only);
         let rate_limit = (config.upstream_rps > 0).then_some(config.upstream_rps);
         let client = AmoClient::new(
             ClientConfig {
@@ -256,6 +266,7 @@ impl Gateway {
             AuthMode::ServerToken(_, ClientKeys::Anyone) => None,
         };
         let state = AppState {
+            persisted,
             schema: graphql::schema(graphql::Limits {
                 max_complexity: config.max_complexity,
                 max_depth: config.max_depth,
@@ -362,7 +373,7 @@ impl Gateway {
 
 fn router(state: AppState, cors_origins: &[String]) -> Result<Router, StartupError> {
     let mut router = Router::new()
-        .route("/graphql", get(graphql_handler).post(graphql_handler))
+        .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/graphiql", get(graphiql))
         .route("/", get(|| async { Redirect::temporary("/graphiql") }))
         .route("/healthz", get(healthz))
@@ -389,6 +400,9 @@ fn router(state: AppState, cors_origins: &[String]) -> Result<Router, StartupErr
                 tracing::info_span!("http", method = %request.method(), path = loggable_path(request.uri().path()), request_id)
             }),
         )
+        // gzip or brotli, as the client's Accept-Encoding prefers: a page of contacts is JSON
+        // that shrinks about tenfold.
+        .layer(CompressionLayer::new().gzip(true).br(true))
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
         .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid)))
 }
@@ -427,12 +441,86 @@ fn cors(origins: &[String]) -> Result<CorsLayer, StartupError> {
         .expose_headers([X_CACHE, X_REQUEST_ID]))
 }
 
-async fn graphql_handler(
+/// `GET /graphql?query=…&operationName=…&variables=…&extensions=…`: queries and persisted-query
+/// hashes in the URL. (async-graphql's own parser reads `operation_name`, which no client sends.)
+#[derive(Debug, serde::Deserialize)]
+struct GetRequest {
+    #[serde(default)]
+    query: String,
+    #[serde(rename = "operationName", alias = "operation_name")]
+    operation_name: Option<String>,
+    variables: Option<String>,
+    extensions: Option<String>,
+}
+
+async fn graphql_get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(get): Query<GetRequest>,
+) -> Response {
+    let mut request = async_graphql::Request::new(get.query);
+    request.operation_name = get.operation_name;
+    let json = |parameter: &str, text: Option<String>| {
+        text.map(|t| serde_json::from_str::<serde_json::Value>(&t))
+            .transpose()
+            .map_err(|e| {
+                graphql::refusal(
+                    graphql::BAD_USER_INPUT,
+                    format!("{parameter}: must be JSON ({e})"),
+                )
+            })
+    };
+    let parsed = json("variables", get.variables)
+        .and_then(|variables| Ok((variables, json("extensions", get.extensions)?)));
+    match parsed {
+        Ok((variables, extensions)) => {
+            if let Some(variables) = variables {
+                request.variables = async_graphql::Variables::from_json(variables);
+            }
+            if let Some(extensions) = extensions {
+                match serde_json::from_value(extensions) {
+                    Ok(extensions) => request.extensions = extensions,
+                    Err(e) => {
+                        return refused(
+                            &state,
+                            graphql::refusal(
+                                graphql::BAD_USER_INPUT,
+                                format!("extensions: must be a JSON object ({e})"),
+                            ),
+                        );
+                    }
+                }
+            }
+            serve_graphql(state, headers, request).await
+        }
+        Err(error) => refused(&state, error),
+    }
+}
+
+async fn graphql_post(
     State(state): State<AppState>,
     headers: HeaderMap,
     request: GraphQLRequest,
 ) -> Response {
-    let request = request.into_inner();
+    serve_graphql(state, headers, request.into_inner()).await
+}
+
+/// An answer that is only an error: the operation did not run.
+fn refused(state: &AppState, error: async_graphql::ServerError) -> Response {
+    state.metrics.graphql_request("error");
+    let body = serde_json::to_vec(&async_graphql::Response::from_errors(vec![error]))
+        .expect("a GraphQL response always serializes to JSON");
+    graphql_response(body.into(), false, CacheStatus::Miss, None)
+}
+
+async fn serve_graphql(
+    state: AppState,
+    headers: HeaderMap,
+    mut request: async_graphql::Request,
+) -> Response {
+    if let Err(error) = state.persisted.resolve(&mut request).await {
+        return refused(&state, error);
+    }
     let authorization = headers
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes);

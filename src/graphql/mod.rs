@@ -26,6 +26,7 @@ use async_graphql::extensions::{
 use async_graphql::{EmptyMutation, EmptySubscription, Request, Response, Schema, ServerResult};
 
 pub use context::RequestContext;
+pub use error::{BAD_USER_INPUT, refusal};
 pub use query::QueryRoot;
 pub use selection::OperationPlan;
 

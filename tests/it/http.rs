@@ -145,3 +145,57 @@ async fn cors_allows_only_configured_origins() {
         .expect("answer");
     assert!(other.headers().get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test]
+async fn responses_are_compressed_as_the_client_prefers() {
+    use std::io::Read;
+    let app = TestApp::spawn().await;
+    let query = serde_json::json!({ "query": "{ contacts(first: 50) { nodes { id name } } }" });
+    // A client that decompresses nothing itself, to see the bytes on the wire.
+    let raw = reqwest::Client::builder()
+        .no_gzip()
+        .build()
+        .expect("a client");
+    let fetch = |encoding: &'static str| {
+        let request = raw
+            .post(app.url("/graphql"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("accept-encoding", encoding)
+            .json(&query);
+        async move {
+            let response = request.send().await.expect("the gateway answers");
+            let encoding = response
+                .headers()
+                .get("content-encoding")
+                .map(|v| v.to_str().expect("ASCII").to_owned());
+            (encoding, response.bytes().await.expect("a body").to_vec())
+        }
+    };
+    let (none, plain) = fetch("identity").await;
+    assert_eq!(none, None);
+    let plain: serde_json::Value = serde_json::from_slice(&plain).expect("JSON");
+    assert!(plain.get("errors").is_none(), "{plain}");
+
+    let (gzip, zipped) = fetch("gzip").await;
+    assert_eq!(gzip.as_deref(), Some("gzip"));
+    let mut unzipped = Vec::new();
+    flate2::read::GzDecoder::new(&zipped[..])
+        .read_to_end(&mut unzipped)
+        .expect("gzip");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&unzipped).expect("JSON"),
+        plain
+    );
+
+    let (br, brotli_bytes) = fetch("gzip;q=0.5, br").await;
+    assert_eq!(br.as_deref(), Some("br"));
+    let mut unbrotli = Vec::new();
+    brotli::Decompressor::new(&brotli_bytes[..], 4096)
+        .read_to_end(&mut unbrotli)
+        .expect("brotli");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&unbrotli).expect("JSON"),
+        plain
+    );
+    assert!(brotli_bytes.len() * 3 < unbrotli.len(), "it shrank");
+}

@@ -12,6 +12,7 @@ mod http;
 mod invalidation;
 mod metrics;
 mod paging;
+mod persisted;
 mod protection;
 mod related;
 mod replicas;
