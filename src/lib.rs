@@ -18,6 +18,7 @@
 //!   Off without Redis, and never needed to answer.
 //! - [`amocrm`]: the upstream boundary (typed queries; the client with its rate limiter,
 //!   retries and circuit breaker; tolerant models; the webhook parser). Knows no GraphQL.
+//! - [`graphiql`]: the playground, its assets embedded at build time when fetched.
 //! - [`persisted`]: automatic persisted queries (documents by their SHA-256).
 //! - [`metrics`]: Prometheus metrics, one recorder per gateway.
 //! - [`fake_amocrm`]: a faithful fake of the upstream, for `--demo` and the tests.
@@ -45,6 +46,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod fake_amocrm;
+pub mod graphiql;
 pub mod graphql;
 pub mod metrics;
 pub mod persisted;

@@ -44,24 +44,6 @@ const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 /// The longest duration any flag accepts: far beyond sense, far below overflow.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// The example GraphiQL opens with: contacts with their leads, paged with variables.
-const EXAMPLE_QUERY: &str = r#"# Contacts with their leads, newest changes first.
-# Run it, then put pageInfo.endCursor into "after" for the next page.
-query Contacts($first: Int = 10, $after: String) {
-  contacts(first: $first, after: $after, order: { field: UPDATED_AT, direction: DESC }) {
-    pageInfo { hasNextPage endCursor }
-    nodes {
-      id
-      name
-      updatedAt
-      tags { name }
-      customFieldsValues { fieldCode values { value enumCode } }
-      leads { id }
-    }
-  }
-}
-"#;
-
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("no amoCRM account: set --upstream-url (AMOCRM_BASE_URL), or use --demo")]
@@ -210,6 +192,12 @@ impl Gateway {
                 ttl: config.cache_ttl,
             });
         }
+        if !crate::graphiql::embedded() {
+            tracing::warn!(
+                "GraphiQL's assets were not embedded in this build (run scripts/fetch-graphiql.sh, \
+                 then build again): /graphiql loads them from unpkg.com, which needs internet"
+            );
+        }
         let replicas = config.replicas();
         if config.upstream_rps > 0 && config.upstream_rps < replicas {
             return Err(StartupError::RpsBelowReplicas {
@@ -286,7 +274,7 @@ impl Gateway {
                 }),
             ),
             page_size: PageSize::new(u64::from(config.upstream_page_size)).unwrap_or(PageSize::MAX),
-            graphiql: graphiql_page(header_hint).into(),
+            graphiql: crate::graphiql::page(header_hint).into(),
             metrics,
             webhook_secret: config.webhook_secret.clone(),
             admin_token: config.admin_token.clone(),
@@ -375,6 +363,10 @@ fn router(state: AppState, cors_origins: &[String]) -> Result<Router, StartupErr
     let mut router = Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/graphiql", get(graphiql))
+        .route(
+            &format!("{}/{{name}}", crate::graphiql::ASSETS_PATH),
+            get(graphiql_asset),
+        )
         .route("/", get(|| async { Redirect::temporary("/graphiql") }))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics));
@@ -731,17 +723,16 @@ async fn graphiql(State(state): State<AppState>) -> Html<String> {
     Html(state.graphiql.to_string())
 }
 
-fn graphiql_page(authorization: Option<&str>) -> String {
-    let headers = authorization
-        .map(|value| serde_json::json!({ "Authorization": value }).to_string())
-        .unwrap_or_default();
-    let config = serde_json::json!({
-        "endpoint": "/graphql",
-        "query": EXAMPLE_QUERY,
-        "variables": "{ \"first\": 10 }",
-        "headers": headers,
-    });
-    // `</` must not close the script element the config is embedded in.
-    let config = config.to_string().replace("</", "<\\/");
-    include_str!("graphiql.html").replace("__CONFIG__", &config)
+async fn graphiql_asset(Path(name): Path<String>) -> Response {
+    match crate::graphiql::asset(&name) {
+        Some(asset) => (
+            [
+                (header::CONTENT_TYPE, asset.content_type),
+                (header::CACHE_CONTROL, "public, max-age=86400"),
+            ],
+            asset.bytes,
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }

@@ -83,8 +83,27 @@ async fn graphiql_health_and_the_root_redirect() {
     assert_eq!(page.status(), 200);
     let html = page.text().await.expect("html");
     assert!(html.contains("query Contacts($first: Int = 10, $after: String)"));
-    assert!(html.contains("leads { id }"));
+    assert!(html.contains("leads { id name price }"));
     assert!(html.contains("\"endpoint\":\"/graphql\""));
+    // Built by scripts/test after scripts/fetch-graphiql.sh: the assets are the gateway's own.
+    let script = app
+        .http()
+        .get(app.url("/graphiql/assets/graphiql.min.js"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(script.status(), 200);
+    assert_eq!(
+        script.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    let missing = app
+        .http()
+        .get(app.url("/graphiql/assets/nothing.js"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(missing.status(), 404);
     let redirect = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

@@ -3,6 +3,7 @@
 mod support;
 
 mod auth;
+mod browser;
 mod caching;
 mod cli;
 mod contacts;
