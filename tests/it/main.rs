@@ -8,6 +8,7 @@ mod caching;
 mod cli;
 mod contacts;
 mod errors;
+mod examples;
 mod freshness;
 mod http;
 mod invalidation;
