@@ -210,6 +210,30 @@ pub struct ServeConfig {
     /// PERSISTED_QUERY_REQUIRED (GraphiQL too).
     #[arg(long, env = "GATEWAY_PERSISTED_ONLY", requires = "persisted_queries")]
     pub persisted_only: bool,
+
+    /// OAuth 2.0: the integration's id. With --oauth-client-secret, --oauth-redirect-uri and
+    /// --oauth-token-file the gateway obtains and refreshes its own access tokens (instead of
+    /// --access-token); client keys apply as with --access-token.
+    #[arg(
+        long,
+        env = "GATEWAY_OAUTH_CLIENT_ID",
+        requires_all = ["oauth_client_secret", "oauth_redirect_uri", "oauth_token_file"],
+        conflicts_with_all = ["access_token", "demo"]
+    )]
+    pub oauth_client_id: Option<String>,
+
+    /// OAuth 2.0: the integration's secret key.
+    #[arg(long, env = "GATEWAY_OAUTH_CLIENT_SECRET", hide_env_values = true, value_parser = parse_secret, requires = "oauth_client_id")]
+    pub oauth_client_secret: Option<Secret>,
+
+    /// OAuth 2.0: the integration's redirect URI, as registered in amoCRM.
+    #[arg(long, env = "GATEWAY_OAUTH_REDIRECT_URI", requires = "oauth_client_id")]
+    pub oauth_redirect_uri: Option<String>,
+
+    /// OAuth 2.0: a JSON file holding at least {"refresh_token": "…"}; the gateway keeps the
+    /// current pair in it (rewritten atomically on every refresh; keep it on a volume).
+    #[arg(long, env = "GATEWAY_OAUTH_TOKEN_FILE", requires = "oauth_client_id")]
+    pub oauth_token_file: Option<std::path::PathBuf>,
 }
 
 impl ServeConfig {

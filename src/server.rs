@@ -24,6 +24,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::amocrm::oauth::{OAuthConfig, TokenSource};
 use crate::amocrm::webhook::{self, Entity};
 use crate::amocrm::{
     AccessToken, AmoClient, ClientConfig, ContactId, EntityKind, PageSize, Relation,
@@ -38,6 +39,7 @@ use crate::graphql::{self, GatewaySchema, RequestContext};
 use crate::metrics::Metrics;
 use crate::persisted::PersistedQueries;
 use crate::shared::{Redis, SharedLimiter};
+use secrecy::SecretString;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
@@ -80,6 +82,8 @@ pub enum StartupError {
     RpsBelowReplicas { rps: u32, replicas: u32 },
     #[error("could not set up Redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("OAuth: {0}")]
+    OAuth(#[from] crate::amocrm::oauth::OAuthError),
     #[error("--persisted-queries: {0}")]
     Manifest(#[from] crate::persisted::ManifestError),
 }
@@ -126,6 +130,16 @@ impl Drop for Background {
 
 impl Gateway {
     pub async fn build(config: ServeConfig) -> Result<Gateway, StartupError> {
+        let metrics = Metrics::new();
+        let redis = match &config.redis_url {
+            Some(url) => Some(Redis::new(
+                url.expose(),
+                &config.redis_prefix,
+                config.redis_timeout,
+                metrics.clone(),
+            )?),
+            None => None,
+        };
         let (upstream_url, auth, demo) = if config.demo {
             let fake = FakeAmoCrm::start(([127, 0, 0, 1], 0).into(), FakeOptions::default())
                 .await
@@ -145,7 +159,30 @@ impl Gateway {
                 .upstream_url
                 .clone()
                 .ok_or(StartupError::NoUpstream)?;
-            let auth = match &config.access_token {
+            let server_token = match (&config.access_token, &config.oauth_client_id) {
+                (Some(token), _) => Some(token.clone()),
+                (None, Some(client_id)) => {
+                    let oauth = OAuthConfig {
+                        client_id: client_id.clone(),
+                        client_secret: config
+                            .oauth_client_secret
+                            .as_ref()
+                            .map(|s| SecretString::from(s.expose().to_owned()))
+                            .unwrap_or_default(),
+                        redirect_uri: config.oauth_redirect_uri.clone().unwrap_or_default(),
+                        token_file: config.oauth_token_file.clone().unwrap_or_default(),
+                    };
+                    Some(AccessToken::oauth(TokenSource::load(
+                        oauth,
+                        &url,
+                        config.upstream_timeout,
+                        redis.clone(),
+                        metrics.clone(),
+                    )?))
+                }
+                (None, None) => None,
+            };
+            let auth = match server_token {
                 Some(token) => {
                     let keys = if !config.client_keys.is_empty() {
                         ClientKeys::Required(config.client_keys.clone())
@@ -154,7 +191,7 @@ impl Gateway {
                     } else {
                         return Err(StartupError::NoClientKeys);
                     };
-                    AuthMode::server_token(token.clone(), keys)
+                    AuthMode::server_token(token, keys)
                 }
                 None if config.redis_url.is_some() && config.scope_secret.is_none() => {
                     return Err(StartupError::ScopeSecretRequired);
@@ -205,16 +242,6 @@ impl Gateway {
                 replicas,
             });
         }
-        let metrics = Metrics::new();
-        let redis = match &config.redis_url {
-            Some(url) => Some(Redis::new(
-                url.expose(),
-                &config.redis_prefix,
-                config.redis_timeout,
-                metrics.clone(),
-            )?),
-            None => None,
-        };
         let manifest = match &config.persisted_queries {
             Some(path) => PersistedQueries::read_manifest(path)?,
             None => Default::default(),

@@ -10,6 +10,7 @@ use url::Url;
 use super::breaker::Breaker;
 use super::entities::{self, EntityKind, RelatedEntity, User};
 use super::limiter::{Limiter, Permit, Priority};
+use super::oauth::TokenSource;
 use super::query::MAX_PAGE_SIZE;
 use super::{
     AmoError, ContactFilter, ContactList, ContactsPage, ContactsQuery, ForbiddenReason, PageSize,
@@ -31,17 +32,46 @@ pub(super) const CONTACTS_ENDPOINT: &str = "/api/v4/contacts";
 const USERS_ENDPOINT: &str = "/api/v4/users";
 const MAX_USER_PAGES: u32 = 100;
 
-/// An amoCRM access token. It never prints: `Debug` shows a placeholder.
+/// An amoCRM access token: a fixed one, or the gateway's own under OAuth, which is fetched
+/// (and refreshed) when a call goes out. It never prints: `Debug` shows a placeholder.
 #[derive(Clone)]
-pub struct AccessToken(SecretString);
+pub struct AccessToken(TokenKind);
+
+#[derive(Clone)]
+enum TokenKind {
+    Fixed(SecretString),
+    OAuth(Arc<TokenSource>),
+}
 
 impl AccessToken {
     pub fn new(token: impl Into<String>) -> Self {
-        AccessToken(SecretString::from(token.into()))
+        AccessToken(TokenKind::Fixed(SecretString::from(token.into())))
     }
 
-    pub fn expose(&self) -> &str {
-        self.0.expose_secret()
+    pub fn oauth(source: Arc<TokenSource>) -> Self {
+        AccessToken(TokenKind::OAuth(source))
+    }
+
+    /// Keys the limiter's per-caller lanes without keeping the token.
+    fn caller(&self, hasher: &std::hash::RandomState) -> u64 {
+        match &self.0 {
+            TokenKind::Fixed(token) => {
+                std::hash::BuildHasher::hash_one(hasher, token.expose_secret())
+            }
+            TokenKind::OAuth(_) => 0,
+        }
+    }
+
+    /// The bearer for one attempt, and (under OAuth) the generation to refresh from after a
+    /// 401.
+    async fn bearer(&self) -> Result<(SecretString, Option<u64>), AmoError> {
+        match &self.0 {
+            TokenKind::Fixed(token) => Ok((token.clone(), None)),
+            TokenKind::OAuth(source) => {
+                let (token, generation) = source.access().await?;
+                Ok((token, Some(generation)))
+            }
+        }
     }
 }
 
@@ -276,8 +306,11 @@ impl AmoClient {
     ) -> Result<Answer, AmoError> {
         let deadline = tokio::time::Instant::now() + RETRY_DEADLINE;
         let mut attempt = 1;
-        let caller = std::hash::BuildHasher::hash_one(&self.callers, token.expose());
+        let caller = token.caller(&self.callers);
+        // Under OAuth a 401 is answered by one refresh and one more try of the same call.
+        let mut refreshed_after_401 = false;
         loop {
+            let (bearer, generation) = token.bearer().await?;
             // Fail fast while the circuit is open, without queueing for the limiter.
             self.breaker.check()?;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -287,18 +320,25 @@ impl AmoClient {
             // while this call waited in the queue.
             let ticket = self.breaker.admit(caller)?;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let outcome = match tokio::time::timeout(
-                left,
-                self.get_once(token, endpoint, path, params),
-            )
-            .await
-            {
-                Ok(outcome) => outcome,
-                Err(_) => Err(AmoError::Timeout(RETRY_DEADLINE)),
-            };
+            let outcome =
+                match tokio::time::timeout(left, self.get_once(&bearer, endpoint, path, params))
+                    .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(AmoError::Timeout(RETRY_DEADLINE)),
+                };
             drop(permit);
             self.breaker
                 .record(ticket, endpoint, outcome.as_ref().map(|_| ()));
+            if let (Err(AmoError::Unauthorized { .. }), Some(generation), TokenKind::OAuth(source)) =
+                (&outcome, generation, &token.0)
+                && !refreshed_after_401
+            {
+                tracing::info!(endpoint, "amoCRM answered 401: refreshing the access token");
+                source.refresh(generation).await?;
+                refreshed_after_401 = true;
+                continue;
+            }
             let error = match outcome {
                 Err(error) if error.is_retryable() && attempt < MAX_ATTEMPTS => error,
                 other => return other,
@@ -377,7 +417,7 @@ impl AmoClient {
     /// `endpoint` is the route template that logs and metrics name; `path` the concrete path.
     async fn get_once(
         &self,
-        token: &AccessToken,
+        token: &SecretString,
         endpoint: &'static str,
         path: &str,
         params: &[(String, String)],
@@ -389,7 +429,7 @@ impl AmoClient {
             .http
             .get(url)
             .query(params)
-            .bearer_auth(token.expose())
+            .bearer_auth(token.expose_secret())
             .header(header::ACCEPT, "application/hal+json, application/json")
             .send()
             .await

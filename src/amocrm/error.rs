@@ -21,6 +21,21 @@ pub enum AmoError {
     #[error("the amoCRM account is not paid (402)")]
     PaymentRequired,
 
+    /// amoCRM refused the gateway's own refresh token: only an operator can mend this.
+    #[error(
+        "amoCRM refused the gateway's OAuth refresh token{}: an operator must re-authorize the \
+         integration in amoCRM and put the new refresh token into the gateway's token file",
+        hint.as_deref().map(|h| format!(" ({h})")).unwrap_or_default()
+    )]
+    AuthorizationRevoked {
+        hint: Option<String>,
+        token_file: String,
+    },
+
+    /// A new token pair could not be saved, so it is not used (its refresh token would be lost).
+    #[error("the gateway could not save its new amoCRM tokens: {reason}")]
+    TokenFile { path: String, reason: String },
+
     #[error("{}", forbidden_message(*.reason, .detail))]
     Forbidden {
         reason: ForbiddenReason,

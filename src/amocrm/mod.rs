@@ -11,6 +11,7 @@ pub mod entities;
 mod error;
 pub mod limiter;
 pub mod model;
+pub mod oauth;
 mod query;
 pub mod webhook;
 

@@ -22,6 +22,7 @@
 
 mod data;
 mod entities;
+mod oauth;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -43,6 +44,7 @@ pub use data::{
     USERS,
 };
 pub use entities::DELETED_LEAD_EVERY;
+pub use oauth::{OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, OAUTH_REDIRECT_URI, OAUTH_REFRESH_TOKEN};
 
 pub const ADMIN_TOKEN: &str = "demo-admin-token";
 pub const MANAGER_TOKEN: &str = "demo-manager-token";
@@ -160,6 +162,7 @@ pub(crate) struct FakeState {
     rate_limit: Option<u32>,
     failures: Mutex<Vec<Failure>>,
     base_url: String,
+    oauth: Mutex<oauth::OAuthState>,
 }
 
 /// A running fake. Stops when dropped.
@@ -239,6 +242,29 @@ impl FakeAmoCrm {
     }
 
     /// Forgets failures queued by [`FakeAmoCrm::fail_next`] that were not used.
+    /// How long the access tokens it issues from now on live.
+    pub fn set_oauth_lifetime(&self, lifetime: Duration) {
+        lock(&self.state.oauth).lifetime = lifetime;
+    }
+
+    /// Makes every access token it issued invalid (401), as a revocation would.
+    pub fn revoke_oauth_access_tokens(&self) {
+        lock(&self.state.oauth).revoke_access_tokens();
+    }
+
+    /// The one refresh token that works now.
+    pub fn oauth_refresh_token(&self) -> String {
+        lock(&self.state.oauth).current_refresh_token()
+    }
+
+    /// How many times the token endpoint was called.
+    pub fn oauth_refreshes(&self) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.path == oauth::TOKEN_PATH)
+            .count()
+    }
+
     pub fn clear_failures(&self) {
         lock(&self.state.failures).clear();
     }
@@ -308,6 +334,7 @@ impl FakeState {
             rate_limit: options.rate_limit,
             failures: Mutex::new(Vec::new()),
             base_url: format!("http://{addr}"),
+            oauth: Mutex::new(oauth::OAuthState::default()),
         }
     }
 }
@@ -334,6 +361,7 @@ fn router(state: Arc<FakeState>) -> Router {
             get(entities::catalog_elements),
         )
         .route("/api/v4/users", get(entities::users))
+        .route(oauth::TOKEN_PATH, axum::routing::post(oauth::access_token))
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "Not Found", "unknown endpoint") })
         .with_state(state)
 }
@@ -426,6 +454,18 @@ pub(crate) async fn admit(
     };
     if let Some(failure) = failure {
         return Err(failure.into_response());
+    }
+    if let Some(token) = token.as_deref()
+        && token.starts_with("oauth-access-")
+    {
+        return match lock(&state.oauth).accepts(token) {
+            true => Ok((Viewer::Admin, query)),
+            false => Err(problem(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "Token is invalid or expired",
+            )),
+        };
     }
     let viewer = Viewer::from_token(token.as_deref())?;
     Ok((viewer, query))

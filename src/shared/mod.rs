@@ -324,6 +324,34 @@ impl Redis {
     }
 }
 
+/// Deletes `key` in the background if it still holds `token`: a lease or lock this replica
+/// took, which may have expired and been taken by another since.
+pub fn release_in_background(redis: &Redis, key: String, token: String) {
+    const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+                             return redis.call('DEL', KEYS[1]) \
+                           end \
+                           return 0";
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let redis = redis.clone();
+    runtime.spawn(async move {
+        let script = redis::Script::new(RELEASE);
+        redis
+            .run_always(Operation::Lease, |mut conn| {
+                let (script, key, token) = (script.clone(), key.clone(), token.clone());
+                async move {
+                    script
+                        .key(&key)
+                        .arg(&token)
+                        .invoke_async::<i64>(&mut conn)
+                        .await
+                }
+            })
+            .await;
+    });
+}
+
 /// Milliseconds since the Unix epoch: how replicas agree on when something happened.
 pub fn unix_millis() -> i64 {
     std::time::SystemTime::now()

@@ -99,7 +99,6 @@ pub struct Tier {
     /// Invalidations Redis has not taken yet: until it does, what it holds may be what they
     /// void, so this replica neither reads nor writes the tier.
     pending: Arc<AtomicUsize>,
-    release: Script,
     renew: Script,
 }
 
@@ -109,12 +108,6 @@ impl Tier {
             redis,
             metrics,
             pending: Arc::new(AtomicUsize::new(0)),
-            release: Script::new(
-                "if redis.call('GET', KEYS[1]) == ARGV[1] then \
-                   return redis.call('DEL', KEYS[1]) \
-                 end \
-                 return 0",
-            ),
             renew: Script::new(
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then \
                    return redis.call('PEXPIRE', KEYS[1], ARGV[2]) \
@@ -451,29 +444,11 @@ pub struct Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.renewing.abort();
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let redis = self.tier.redis.clone();
-        let script = self.tier.release.clone();
-        let (key, token) = (
+        super::release_in_background(
+            &self.tier.redis,
             std::mem::take(&mut self.key),
             std::mem::take(&mut self.token),
         );
-        runtime.spawn(async move {
-            redis
-                .run_always(Operation::Lease, |mut conn| {
-                    let (script, key, token) = (script.clone(), key.clone(), token.clone());
-                    async move {
-                        script
-                            .key(&key)
-                            .arg(&token)
-                            .invoke_async::<i64>(&mut conn)
-                            .await
-                    }
-                })
-                .await;
-        });
     }
 }
 

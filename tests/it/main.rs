@@ -13,6 +13,7 @@ mod freshness;
 mod http;
 mod invalidation;
 mod metrics;
+mod oauth;
 mod paging;
 mod persisted;
 mod protection;
