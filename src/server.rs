@@ -417,7 +417,13 @@ fn router(state: AppState, cors_origins: &[String]) -> Result<Router, StartupErr
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or_default();
                 tracing::info_span!("http", method = %request.method(), path = loggable_path(request.uri().path()), request_id)
-            }),
+            })
+            // One access-log line per request, carrying the span's request id.
+            .on_response(
+                tower_http::trace::DefaultOnResponse::new()
+                    .level(tracing::Level::INFO)
+                    .latency_unit(tower_http::LatencyUnit::Micros),
+            ),
         )
         // gzip or brotli, as the client's Accept-Encoding prefers: a page of contacts is JSON
         // that shrinks about tenfold.

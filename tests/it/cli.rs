@@ -429,3 +429,50 @@ async fn debug_logs_never_contain_a_token() {
         assert!(!logs.contains(secret), "{secret} leaked into the logs");
     }
 }
+
+#[tokio::test]
+async fn json_logs_carry_the_request_id_of_each_request() {
+    let mut child = Command::new(BIN)
+        .args(["--demo", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starts");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped")).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = stdout.next_line().await.expect("reads") {
+            if let Some(url) = line.strip_prefix("GraphiQL: ") {
+                return url.replace("/graphiql", "");
+            }
+        }
+        panic!("no URL printed");
+    })
+    .await
+    .expect("the gateway starts");
+    let answer = reqwest::Client::new()
+        .post(format!("{url}/graphql"))
+        .header("x-request-id", "trace-me-42")
+        .json(&serde_json::json!({ "query": "{ contacts(first: 1) { nodes { id } } }" }))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(answer.headers()["x-request-id"], "trace-me-42");
+    let line = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = stderr.next_line().await.expect("reads") {
+            if line.contains("trace-me-42") {
+                return line;
+            }
+        }
+        panic!("the log ended without the request id");
+    })
+    .await
+    .expect("a log line with the request id");
+    let entry: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(entry["span"]["request_id"], "trace-me-42", "{entry}");
+    assert_eq!(entry["span"]["path"], "/graphql", "{entry}");
+    assert_eq!(entry["level"], "INFO", "{entry}");
+    let _ = child.kill().await;
+}
