@@ -135,9 +135,14 @@ impl PersistedQueries {
             .collect()
     }
 
-    /// Puts the document into `request` for a hash-only request, stores a registration, and
-    /// enforces `--persisted-only`. An error is the whole answer: the request must not run.
-    pub async fn resolve(&self, request: &mut async_graphql::Request) -> Result<(), ServerError> {
+    /// Puts the document into `request` for a hash-only request, stores a registration (from
+    /// callers that `may_register`, of documents that parse), and enforces `--persisted-only`.
+    /// An error is the whole answer: the request must not run.
+    pub async fn resolve(
+        &self,
+        request: &mut async_graphql::Request,
+        may_register: bool,
+    ) -> Result<(), ServerError> {
         let Some(persisted) = request.extensions.0.get("persistedQuery") else {
             if self.only && !self.manifest.contains_key(&QueryHash::of(&request.query)) {
                 return Err(required());
@@ -169,7 +174,9 @@ impl PersistedQueries {
                 false => Err(required()),
             };
         }
-        self.put(hash, &request.query).await;
+        if may_register && async_graphql::parser::parse_query(&request.query).is_ok() {
+            self.put(hash, &request.query).await;
+        }
         Ok(())
     }
 

@@ -543,13 +543,15 @@ async fn serve_graphql(
     headers: HeaderMap,
     mut request: async_graphql::Request,
 ) -> Response {
-    if let Err(error) = state.persisted.resolve(&mut request).await {
-        return refused(&state, error);
-    }
     let authorization = headers
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes);
     let credentials = state.auth.credentials(authorization);
+    // Only callers who may use the gateway store documents in it.
+    let may_register = credentials.is_ok();
+    if let Err(error) = state.persisted.resolve(&mut request, may_register).await {
+        return refused(&state, error);
+    }
 
     let stored_as = credentials.as_ref().ok().map(|credentials| {
         ResponseKey::new(

@@ -335,7 +335,7 @@ impl AmoClient {
                 && !refreshed_after_401
             {
                 tracing::info!(endpoint, "amoCRM answered 401: refreshing the access token");
-                source.refresh(generation).await?;
+                source.refresh_after_401(generation).await?;
                 refreshed_after_401 = true;
                 continue;
             }

@@ -24,7 +24,8 @@ pub enum AmoError {
     /// amoCRM refused the gateway's own refresh token: only an operator can mend this.
     #[error(
         "amoCRM refused the gateway's OAuth refresh token{}: an operator must re-authorize the \
-         integration in amoCRM and put the new refresh token into the gateway's token file",
+         integration in amoCRM, put the new refresh token into the gateway's token file and restart \
+         it",
         hint.as_deref().map(|h| format!(" ({h})")).unwrap_or_default()
     )]
     AuthorizationRevoked {
@@ -32,9 +33,9 @@ pub enum AmoError {
         token_file: String,
     },
 
-    /// A new token pair could not be saved, so it is not used (its refresh token would be lost).
-    #[error("the gateway could not save its new amoCRM tokens: {reason}")]
-    TokenFile { path: String, reason: String },
+    /// Obtaining a new access token failed for another reason (amoCRM unreachable, say).
+    #[error("the gateway could not refresh its amoCRM access token: {0}")]
+    TokenRefresh(String),
 
     #[error("{}", forbidden_message(*.reason, .detail))]
     Forbidden {

@@ -65,6 +65,28 @@ struct StoredPair {
     /// Unix seconds.
     #[serde(default)]
     expires_at: i64,
+    /// In Redis only: SHA-256 digests of the refresh tokens this pair succeeds, newest first.
+    /// A replica adopts the shared pair only if its own refresh token is among them: never an
+    /// unrelated pair (after the operator re-authorized, say), never an older one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    replaces: Vec<String>,
+}
+
+/// How many predecessors a shared pair remembers.
+const MAX_ANCESTORS: usize = 16;
+/// The longest a token lifetime amoCRM grants is taken to be, and the shortest.
+const MIN_LIFETIME: i64 = 1;
+const MAX_LIFETIME: i64 = 365 * 86_400;
+/// A 401 for a token that a refresh after a 401 obtained this recently is not the token's
+/// fault: no further refresh (one per 401 would be a refresh storm).
+const FRESH_TOKEN: Duration = Duration::from_secs(10);
+/// After a refresh failed (not revoked), callers within this time get the same failure
+/// instead of a refresh each.
+const FAILED_REFRESH_BACKOFF: Duration = Duration::from_secs(5);
+
+fn digest(refresh_token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(refresh_token.as_bytes()))
 }
 
 /// What amoCRM's token endpoint answers.
@@ -86,6 +108,23 @@ struct Pair {
     /// Bumped by every refresh: a caller that saw a 401 with generation `n` refreshes only if
     /// nobody has since.
     generation: u64,
+    obtained_at: Option<std::time::Instant>,
+    /// Whether it was obtained because amoCRM answered 401 to its predecessor.
+    after_401: bool,
+    /// Digests of the refresh tokens this pair succeeds (for the shared pair).
+    ancestors: Vec<String>,
+}
+
+/// Why the last refresh failed, shared with the callers that waited for it.
+#[derive(Clone)]
+enum Failed {
+    /// amoCRM refused the refresh token: only an operator can mend it, so no more attempts.
+    Revoked { hint: Option<String> },
+    Other {
+        at: std::time::Instant,
+        generation: u64,
+        reason: String,
+    },
 }
 
 /// The gateway's access token under OAuth. Cheap to share (`Arc`).
@@ -94,7 +133,7 @@ pub struct TokenSource {
     endpoint: Url,
     http: reqwest::Client,
     current: Mutex<Pair>,
-    refreshing: tokio::sync::Mutex<()>,
+    refreshing: tokio::sync::Mutex<Option<Failed>>,
     redis: Option<Redis>,
     metrics: Metrics,
 }
@@ -136,7 +175,8 @@ impl TokenSource {
         let mut endpoint = base_url.clone();
         endpoint.set_path(TOKEN_ENDPOINT);
         let http = reqwest::Client::builder()
-            .timeout(timeout)
+            // Well within the replicas' refresh lock, which is not renewed.
+            .timeout(timeout.min(LOCK_FOR / 3))
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("amocrm-gateway/", env!("CARGO_PKG_VERSION")))
             .build()?;
@@ -147,11 +187,14 @@ impl TokenSource {
                 expires_at: stored.expires_at,
                 lifetime: 86_400,
                 generation: 0,
+                obtained_at: None,
+                after_401: false,
+                ancestors: Vec::new(),
             }),
             config,
             endpoint,
             http,
-            refreshing: tokio::sync::Mutex::new(()),
+            refreshing: tokio::sync::Mutex::new(None),
             redis,
             metrics,
         }))
@@ -169,51 +212,146 @@ impl TokenSource {
             }
             pair.generation
         };
-        self.refresh(seen).await
+        match self.refresh(seen).await {
+            Ok(fresh) => Ok(fresh),
+            // Refreshing ahead of expiry failed: the current token still works meanwhile.
+            Err(error) => {
+                let pair = self.lock();
+                match &pair.access {
+                    Some(access) if pair.expires_at > unix_now() => {
+                        tracing::warn!(%error, "refreshing ahead of expiry failed; using the current token");
+                        Ok((access.clone(), pair.generation))
+                    }
+                    _ => Err(error),
+                }
+            }
+        }
+    }
+
+    /// After amoCRM answered 401 to the token of generation `seen`: refreshes, unless that
+    /// token is seconds old (then the 401 is not about its age, and a refresh would not help).
+    pub async fn refresh_after_401(&self, seen: u64) -> Result<(SecretString, u64), AmoError> {
+        {
+            let pair = self.lock();
+            if pair.generation == seen
+                && pair.after_401
+                && pair
+                    .obtained_at
+                    .is_some_and(|at| at.elapsed() < FRESH_TOKEN)
+            {
+                return Err(AmoError::Unauthorized {
+                    detail: Some("amoCRM refused an access token obtained moments ago".to_owned()),
+                });
+            }
+        }
+        self.refresh_for(seen, true).await
     }
 
     /// Refreshes, unless someone did since generation `seen` was handed out (after a 401, or
-    /// at expiry). Serialized: concurrent callers wait for one refresh and share it.
+    /// at expiry). Serialized: concurrent callers wait for one refresh and share it, or share
+    /// its failure.
     pub async fn refresh(&self, seen: u64) -> Result<(SecretString, u64), AmoError> {
-        let _serial = self.refreshing.lock().await;
+        self.refresh_for(seen, false).await
+    }
+
+    async fn refresh_for(
+        &self,
+        seen: u64,
+        after_401: bool,
+    ) -> Result<(SecretString, u64), AmoError> {
+        let mut failed = self.refreshing.lock().await;
         if let Some(current) = self.newer_than(seen) {
             return Ok(current);
         }
-        let _lock = self.lock_replicas().await;
-        // Another replica may have refreshed while this one waited: its pair is the valid one.
-        let ours = self.lock().refresh.expose_secret().to_owned();
+        match &*failed {
+            Some(Failed::Revoked { hint }) => return Err(self.revoked(hint.clone())),
+            Some(Failed::Other {
+                at,
+                generation,
+                reason,
+            }) if *generation == seen && at.elapsed() < FAILED_REFRESH_BACKOFF => {
+                return Err(AmoError::TokenRefresh(reason.clone()));
+            }
+            _ => {}
+        }
+        let outcome = self.refresh_now(seen, after_401).await;
+        *failed = match &outcome {
+            Ok(_) => None,
+            Err(AmoError::AuthorizationRevoked { hint, .. }) => {
+                Some(Failed::Revoked { hint: hint.clone() })
+            }
+            Err(error) => Some(Failed::Other {
+                at: std::time::Instant::now(),
+                generation: seen,
+                reason: error.to_string(),
+            }),
+        };
+        outcome
+    }
+
+    async fn refresh_now(
+        &self,
+        seen: u64,
+        after_401: bool,
+    ) -> Result<(SecretString, u64), AmoError> {
+        let _lock = match self.lock_replicas().await {
+            Ok(lock) => lock,
+            Err(()) => {
+                return Err(AmoError::TokenRefresh(
+                    "another replica held the refresh lock too long".to_owned(),
+                ));
+            }
+        };
+        // Another replica may have refreshed meanwhile: its pair succeeds ours, and ours is
+        // dead. Any other pair in Redis (older, or from before a re-authorization) is ignored.
+        let ours = digest(self.lock().refresh.expose_secret());
         if let Some(shared) = self.shared_pair().await
-            && shared.refresh_token != ours
+            && shared.replaces.contains(&ours)
         {
-            self.store(&shared).await?;
+            self.store(&shared).await;
             if let Some(current) = self.adopt(shared, seen) {
                 return Ok(current);
             }
         }
-        let refresh = self.lock().refresh.clone();
+        let (refresh, mut ancestors) = {
+            let pair = self.lock();
+            (pair.refresh.clone(), pair.ancestors.clone())
+        };
         let granted = self.grant(&refresh).await?;
+        let lifetime = granted.expires_in.clamp(MIN_LIFETIME, MAX_LIFETIME);
+        ancestors.insert(0, digest(refresh.expose_secret()));
+        ancestors.truncate(MAX_ANCESTORS);
         let stored = StoredPair {
             access_token: Some(granted.access_token),
             refresh_token: granted.refresh_token,
-            expires_at: unix_now() + granted.expires_in,
+            expires_at: unix_now().saturating_add(lifetime),
+            replaces: ancestors.clone(),
         };
-        // Written before it is used: the old refresh token is dead from now on.
-        self.store(&stored).await?;
+        // The old refresh token is dead from now on: the new pair goes to the file, and to
+        // the other replicas, before it is used.
+        self.store(&stored).await;
         self.share(&stored).await;
-        tracing::info!(
-            expires_in = granted.expires_in,
-            "obtained a new amoCRM access token"
-        );
+        tracing::info!(expires_in = lifetime, "obtained a new amoCRM access token");
         let mut pair = self.lock();
         *pair = Pair {
             access: stored.access_token.map(SecretString::from),
             refresh: SecretString::from(stored.refresh_token),
             expires_at: stored.expires_at,
-            lifetime: granted.expires_in,
+            lifetime,
             generation: pair.generation + 1,
+            obtained_at: Some(std::time::Instant::now()),
+            after_401,
+            ancestors,
         };
         let access = pair.access.clone().expect("just set");
         Ok((access, pair.generation))
+    }
+
+    fn revoked(&self, hint: Option<String>) -> AmoError {
+        AmoError::AuthorizationRevoked {
+            hint,
+            token_file: self.config.token_file.display().to_string(),
+        }
     }
 
     fn newer_than(&self, seen: u64) -> Option<(SecretString, u64)> {
@@ -237,6 +375,9 @@ impl TokenSource {
             expires_at: shared.expires_at,
             lifetime: pair.lifetime,
             generation: pair.generation + 1,
+            obtained_at: Some(std::time::Instant::now()),
+            after_401: false,
+            ancestors: shared.replaces,
         };
         drop(pair);
         self.newer_than(seen)
@@ -289,10 +430,7 @@ impl TokenSource {
                 hint = hint.as_deref().unwrap_or_default(),
                 "amoCRM refused the gateway's refresh token: the integration must be re-authorized"
             );
-            return Err(AmoError::AuthorizationRevoked {
-                hint,
-                token_file: self.config.token_file.display().to_string(),
-            });
+            return Err(self.revoked(hint));
         }
         if status.is_server_error() {
             return Err(AmoError::Server {
@@ -309,17 +447,28 @@ impl TokenSource {
     }
 
     /// Replaces the token file atomically: a temporary file beside it, synced, then renamed.
-    async fn store(&self, pair: &StoredPair) -> Result<(), AmoError> {
+    /// A failure is logged, not returned: the new pair is the only valid one whether or not
+    /// the file took it, so it is used (and shared) anyway.
+    async fn store(&self, pair: &StoredPair) {
         let path = self.config.token_file.clone();
-        let json = serde_json::to_vec_pretty(pair).expect("a token pair serializes");
+        let file = StoredPair {
+            replaces: Vec::new(),
+            ..pair.clone()
+        };
+        let json = serde_json::to_vec_pretty(&file).expect("a token pair serializes");
         let written = tokio::task::spawn_blocking(move || write_atomically(&path, &json))
             .await
             .map_err(std::io::Error::other)
             .and_then(|r| r);
-        written.map_err(|e| AmoError::TokenFile {
-            path: self.config.token_file.display().to_string(),
-            reason: e.to_string(),
-        })
+        if let Err(error) = written {
+            tracing::error!(
+                %error,
+                file = %self.config.token_file.display(),
+                "could not save the new amoCRM token pair: the gateway uses it, but after a \
+                 restart the file's refresh token is revoked; fix the file's permissions or \
+                 space now"
+            );
+        }
     }
 
     fn redis_key(&self, what: &str) -> Option<(Redis, String)> {
@@ -356,14 +505,17 @@ impl TokenSource {
             .await;
     }
 
-    /// Holds the replicas' refresh lock until the guard drops; `None` without Redis, or when
-    /// Redis does not answer (then only this process is serialized).
-    async fn lock_replicas(&self) -> Option<ReplicaLock> {
-        let (redis, key) = self.redis_key("refresh-lock")?;
+    /// Holds the replicas' refresh lock until the guard drops; `Ok(None)` without Redis, or
+    /// when Redis does not answer (then only this process is serialized), `Err` when another
+    /// replica held it past `LOCK_FOR`.
+    async fn lock_replicas(&self) -> Result<Option<ReplicaLock>, ()> {
+        let Some((redis, key)) = self.redis_key("refresh-lock") else {
+            return Ok(None);
+        };
         let token = format!("{}:{:016x}", redis.replica(), rand::random::<u64>());
         let deadline = tokio::time::Instant::now() + LOCK_FOR;
         loop {
-            let taken: Option<String> = redis
+            let taken: Option<Option<String>> = redis
                 .run_always(Operation::Lease, |mut conn| {
                     let mut set = redis::cmd("SET");
                     set.arg(&key)
@@ -373,13 +525,15 @@ impl TokenSource {
                         .arg(u64::try_from(LOCK_FOR.as_millis()).unwrap_or(u64::MAX));
                     async move { set.query_async(&mut conn).await }
                 })
-                .await?;
-            if taken.is_some() {
-                return Some(ReplicaLock { redis, key, token });
+                .await;
+            match taken {
+                None => return Ok(None),
+                Some(Some(_)) => return Ok(Some(ReplicaLock { redis, key, token })),
+                Some(None) => {}
             }
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!("another replica held the OAuth refresh lock too long");
-                return None;
+                return Err(());
             }
             tokio::time::sleep(LOCK_POLL).await;
         }
@@ -441,5 +595,10 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
     file.sync_all()?;
     drop(file);
     std::fs::rename(&temporary, path)?;
-    std::fs::File::open(directory)?.sync_all()
+    // Makes the rename durable where the file system supports syncing a directory; the file
+    // itself is in place either way.
+    if let Ok(directory) = std::fs::File::open(directory) {
+        let _ = directory.sync_all();
+    }
+    Ok(())
 }

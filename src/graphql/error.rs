@@ -55,7 +55,7 @@ impl ApiError {
 fn upstream_code(error: &AmoError) -> &'static str {
     match error {
         AmoError::Unauthorized { .. } | AmoError::AuthorizationRevoked { .. } => "UNAUTHENTICATED",
-        AmoError::TokenFile { .. } => "UPSTREAM_UNAVAILABLE",
+        AmoError::TokenRefresh(_) => "UPSTREAM_UNAVAILABLE",
         AmoError::PaymentRequired => "PAYMENT_REQUIRED",
         AmoError::Forbidden { .. } => "FORBIDDEN",
         AmoError::RateLimited { .. } | AmoError::QueueTimeout { .. } => "RATE_LIMITED",

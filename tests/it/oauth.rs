@@ -213,3 +213,42 @@ async fn replicas_on_redis_refresh_once_between_them_and_both_keep_the_new_pair(
     let _ = std::fs::remove_file(file_a);
     let _ = std::fs::remove_file(file_b);
 }
+
+#[tokio::test]
+async fn a_pair_in_redis_that_does_not_succeed_ours_is_ignored() {
+    // Left in Redis from before the operator re-authorized: unrelated to the file's token.
+    let redis = crate::support::RedisServer::start().await;
+    let client = redis::Client::open(redis.url()).expect("a URL");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis answers");
+    let old = json!({
+        "access_token": "oauth-access-old",
+        "refresh_token": "oauth-refresh-old",
+        "expires_at": 4_000_000_000_i64,
+        "replaces": ["0000"],
+    });
+    let _: () = redis::cmd("SET")
+        .arg("amocrm-gateway:v1:oauth:pair")
+        .arg(old.to_string())
+        .query_async(&mut conn)
+        .await
+        .expect("SET");
+    let file = token_file(
+        "reauthorized",
+        &json!({ "refresh_token": OAUTH_REFRESH_TOKEN }),
+    );
+    let url = redis.url();
+    let app = oauth_gateway(&file, &["--redis-url", &url, "--redis-timeout", "2s"]).await;
+    app.query(None, "{ contacts(first: 1) { nodes { id } } }")
+        .await
+        .data();
+    assert_eq!(app.fake.oauth_refreshes(), 1);
+    assert_eq!(tokens_used(&app), vec!["oauth-access-1"]);
+    assert_eq!(
+        stored(&file)["refresh_token"],
+        app.fake.oauth_refresh_token()
+    );
+    let _ = std::fs::remove_file(file);
+}
