@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use amocrm_gateway::fake_amocrm::{ADMIN_TOKEN, FakeOptions};
 
 mod common;
-use common::{Background, GatewayProcess, background, client, start_fake};
+use common::{Background, GatewayProcess, background, client, load, start_fake};
 
 const HOT_SECONDS: u64 = 5;
 const COLD_SECONDS: u64 = 3;
@@ -65,61 +65,6 @@ fn main() {
             memory().await;
         }
     });
-}
-
-/// Latencies of one run, and how many requests it made.
-struct Run {
-    latencies: Vec<Duration>,
-    elapsed: Duration,
-}
-
-impl Run {
-    fn rps(&self) -> f64 {
-        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn percentile(&self, p: f64) -> Duration {
-        let mut sorted = self.latencies.clone();
-        sorted.sort();
-        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-        sorted.get(index).copied().unwrap_or_default()
-    }
-}
-
-/// `clients` loops sending `request(n)` for `seconds`, with `n` unique across the run.
-async fn load<F, Fut>(clients: usize, seconds: u64, request: F) -> Run
-where
-    F: Fn(u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let request = Arc::new(request);
-    let counter = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(seconds);
-    let workers: Vec<_> = (0..clients)
-        .map(|_| {
-            let request = request.clone();
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                while Instant::now() < deadline {
-                    let n = counter.fetch_add(1, Ordering::Relaxed);
-                    let sent = Instant::now();
-                    request(n).await;
-                    latencies.push(sent.elapsed());
-                }
-                latencies
-            })
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    for worker in workers {
-        latencies.extend(worker.await.expect("a worker"));
-    }
-    Run {
-        latencies,
-        elapsed: started.elapsed(),
-    }
 }
 
 async fn post_graphql(client: &reqwest::Client, url: &str, query: &str) -> bytes::Bytes {

@@ -8,11 +8,10 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use amocrm_gateway::fake_amocrm::{ADMIN_TOKEN, FakeOptions};
-use common::{GatewayProcess, client, start_fake};
+use common::{GatewayProcess, client, load, start_fake};
 
 /// Distinct pages the clients ask for, in random order.
 const PAGES: u64 = 40;
@@ -123,36 +122,19 @@ async fn run(setup: Setup, seconds: u64) -> Row {
     let upstream_calls = upstream.fake.requests().len();
 
     // Hot: random pages, requests alternating over the replicas.
-    let counter = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(seconds);
-    let workers: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let (http, urls, counter) = (http.clone(), urls.clone(), counter.clone());
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                while Instant::now() < deadline {
-                    let n = counter.fetch_add(1, Ordering::Relaxed);
-                    let page = n.wrapping_mul(2_654_435_761) % PAGES;
-                    let url = &urls[(n % urls.len() as u64) as usize];
-                    let sent = Instant::now();
-                    ask(&http, url, &query(page)).await;
-                    latencies.push(sent.elapsed());
-                }
-                latencies
-            })
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    for worker in workers {
-        latencies.extend(worker.await.expect("a hot client"));
-    }
-    let elapsed = started.elapsed();
-    latencies.sort_unstable();
+    let run = load(CLIENTS, seconds, move |n| {
+        let (http, urls) = (http.clone(), urls.clone());
+        async move {
+            let page = n.wrapping_mul(2_654_435_761) % PAGES;
+            let url = &urls[(n % urls.len() as u64) as usize];
+            ask(&http, url, &query(page)).await;
+        }
+    })
+    .await;
     Row {
         upstream_calls,
-        rps: latencies.len() as f64 / elapsed.as_secs_f64(),
-        p50: latencies[latencies.len() / 2],
+        rps: run.rps(),
+        p50: run.percentile(0.5),
     }
 }
 

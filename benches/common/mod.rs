@@ -2,6 +2,9 @@
 #![allow(dead_code, reason = "each benchmark uses its own part of this")]
 
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use amocrm_gateway::fake_amocrm::{FakeAmoCrm, FakeOptions};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -98,4 +101,59 @@ pub fn client() -> reqwest::Client {
         .pool_max_idle_per_host(64)
         .build()
         .expect("a client")
+}
+
+/// Latencies of one run, and how many requests it made.
+pub struct Run {
+    pub latencies: Vec<Duration>,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    pub fn rps(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted.get(index).copied().unwrap_or_default()
+    }
+}
+
+/// `clients` loops sending `request(n)` for `seconds`, with `n` unique across the run.
+pub async fn load<F, Fut>(clients: usize, seconds: u64, request: F) -> Run
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let request = Arc::new(request);
+    let counter = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let workers: Vec<_> = (0..clients)
+        .map(|_| {
+            let request = request.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    let sent = Instant::now();
+                    request(n).await;
+                    latencies.push(sent.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for worker in workers {
+        latencies.extend(worker.await.expect("a worker"));
+    }
+    Run {
+        latencies,
+        elapsed: started.elapsed(),
+    }
 }

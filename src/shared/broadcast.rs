@@ -84,7 +84,7 @@ async fn listen<T: DeserializeOwned>(redis: Redis, channel: String, heard: mpsc:
     loop {
         let pubsub = tokio::select! {
             () = heard.closed() => return,
-            pubsub = subscribe(&redis, &channel) => pubsub,
+            pubsub = redis.subscribe(&channel) => pubsub,
         };
         let Some(pubsub) = pubsub else {
             missed = true;
@@ -126,23 +126,5 @@ async fn listen<T: DeserializeOwned>(redis: Redis, channel: String, heard: mpsc:
         }
         redis.inner.metrics.redis_subscribed(false);
         redis.mark_down(Operation::Subscribe, "the subscription's connection closed");
-    }
-}
-
-async fn subscribe(redis: &Redis, channel: &str) -> Option<redis::aio::PubSub> {
-    let mut pubsub = redis.pubsub().await?;
-    match tokio::time::timeout(redis.timeout(), pubsub.subscribe(channel)).await {
-        Ok(Ok(())) => {
-            redis.mark_up();
-            Some(pubsub)
-        }
-        Ok(Err(error)) => {
-            redis.mark_down(Operation::Subscribe, &error.to_string());
-            None
-        }
-        Err(_) => {
-            redis.mark_down(Operation::Subscribe, "timed out");
-            None
-        }
     }
 }

@@ -71,7 +71,6 @@ pub struct SharedLimiter {
     window: Duration,
     in_flight_max: Duration,
     acquire: Script,
-    complete: Script,
     next: AtomicU64,
     health: Health,
     timeout: Duration,
@@ -90,7 +89,6 @@ impl SharedLimiter {
             window,
             in_flight_max,
             acquire: Script::new(ACQUIRE),
-            complete: Script::new(COMPLETE),
             next: AtomicU64::new(0),
             health: Health::new(
                 "Redis is unavailable to the shared rate limit: this replica keeps to its share \
@@ -164,25 +162,9 @@ impl SharedLimiter {
     }
 
     fn forget(self: &Arc<Self>, member: String) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (limiter, key) = (self.clone(), self.key.clone());
-        runtime.spawn(async move {
-            limiter
-                .redis
-                .run_anyway(
-                    &limiter.health,
-                    limiter.timeout,
-                    Operation::Limit,
-                    |mut conn| {
-                        let mut remove = redis::cmd("ZREM");
-                        remove.arg(&key).arg(&member);
-                        async move { remove.query_async::<i64>(&mut conn).await }
-                    },
-                )
-                .await;
-        });
+        let mut remove = redis::cmd("ZREM");
+        remove.arg(&self.key).arg(member);
+        self.send_in_background(remove);
     }
 
     fn completed(self: &Arc<Self>, member: String) {
@@ -191,36 +173,39 @@ impl SharedLimiter {
             let until = Instant::now() + self.window;
             *quiet = Some(quiet.map_or(until, |q| q.max(until)));
         }
+        let mut complete = redis::cmd("EVAL");
+        complete
+            .arg(COMPLETE)
+            .arg(1)
+            .arg(&self.key)
+            .arg(millis(self.window))
+            .arg(member);
+        self.send_in_background(complete);
+    }
+
+    /// Sends `command` without making the caller wait. Not skipped while Redis seems down, and
+    /// tried again: a completion that never lands keeps its slot counting as in flight until
+    /// `in_flight_max`.
+    fn send_in_background(self: &Arc<Self>, command: redis::Cmd) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (limiter, script, key) = (self.clone(), self.complete.clone(), self.key.clone());
-        let window = millis(self.window);
-        // Not skipped while Redis seems down, and tried again: a completion that never lands
-        // keeps its slot counting as in flight until `in_flight_max`.
+        let limiter = self.clone();
         runtime.spawn(async move {
             for _ in 0..3 {
-                let done = limiter
+                let sent = limiter
                     .redis
                     .run_anyway(
                         &limiter.health,
                         limiter.timeout,
                         Operation::Limit,
                         |mut conn| {
-                            let (script, key, member) =
-                                (script.clone(), key.clone(), member.clone());
-                            async move {
-                                script
-                                    .key(&key)
-                                    .arg(window)
-                                    .arg(&member)
-                                    .invoke_async::<i64>(&mut conn)
-                                    .await
-                            }
+                            let command = command.clone();
+                            async move { command.query_async::<redis::Value>(&mut conn).await }
                         },
                     )
                     .await;
-                if done.is_some() {
+                if sent.is_some() {
                     return;
                 }
                 tokio::time::sleep(super::RETRY_EVERY).await;

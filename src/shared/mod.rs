@@ -275,46 +275,24 @@ impl Redis {
                 outcome => outcome,
             }
         };
-        match tokio::time::timeout(timeout, attempts).await {
-            Ok(Ok(value)) => {
-                health.mark_up(metrics);
-                Some(value)
-            }
-            Ok(Err(error)) => {
-                health.mark_down(metrics, operation, &error.to_string());
-                None
-            }
-            Err(_) => {
-                health.mark_down(metrics, operation, "timed out");
-                None
-            }
-        }
+        let outcome = tokio::time::timeout(timeout, attempts).await;
+        settle(health, metrics, operation, outcome)
     }
 
-    /// A dedicated connection for pub/sub, which cannot share the multiplexed one.
-    async fn pubsub(&self) -> Option<redis::aio::PubSub> {
-        if !self.due() {
+    /// A dedicated connection for pub/sub (it cannot share the multiplexed one), subscribed to
+    /// `channel`, within the timeout.
+    async fn subscribe(&self, channel: &str) -> Option<redis::aio::PubSub> {
+        let health = &self.inner.health;
+        if !health.due() {
             return None;
         }
-        match tokio::time::timeout(self.inner.timeout, self.inner.client.get_async_pubsub()).await {
-            Ok(Ok(pubsub)) => Some(pubsub),
-            Ok(Err(error)) => {
-                self.mark_down(Operation::Subscribe, &error.to_string());
-                None
-            }
-            Err(_) => {
-                self.mark_down(Operation::Subscribe, "timed out");
-                None
-            }
-        }
-    }
-
-    fn due(&self) -> bool {
-        self.inner.health.due()
-    }
-
-    fn mark_up(&self) {
-        self.inner.health.mark_up(&self.inner.metrics);
+        let attempt = async {
+            let mut pubsub = self.inner.client.get_async_pubsub().await?;
+            pubsub.subscribe(channel).await?;
+            Ok(pubsub)
+        };
+        let outcome = tokio::time::timeout(self.inner.timeout, attempt).await;
+        settle(health, &self.inner.metrics, Operation::Subscribe, outcome)
     }
 
     fn mark_down(&self, operation: Operation, error: &str) {
@@ -350,6 +328,26 @@ pub fn release_in_background(redis: &Redis, key: String, token: String) {
             })
             .await;
     });
+}
+
+/// What a timed Redis operation means for `health`: its value, or `None` after marking Redis
+/// down.
+fn settle<T>(
+    health: &Health,
+    metrics: &Metrics,
+    operation: Operation,
+    outcome: Result<RedisResult<T>, tokio::time::error::Elapsed>,
+) -> Option<T> {
+    let error = match outcome {
+        Ok(Ok(value)) => {
+            health.mark_up(metrics);
+            return Some(value);
+        }
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => "timed out".to_owned(),
+    };
+    health.mark_down(metrics, operation, &error);
+    None
 }
 
 /// Milliseconds since the Unix epoch: how replicas agree on when something happened.

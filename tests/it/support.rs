@@ -193,6 +193,41 @@ impl TestApp {
     }
 }
 
+/// Checks a burst of `replies` against a fake that 429s above `limit` calls a second: each
+/// was answered or refused with RATE_LIMITED, amoCRM never said 429, no second held more than
+/// `limit` calls, and every refused query made no upstream call. Returns (answered, refused).
+pub fn kept_to_the_rate_limit(
+    fake: &FakeAmoCrm,
+    replies: &[Reply],
+    limit: usize,
+) -> (usize, usize) {
+    let (mut answered, mut limited) = (0, 0);
+    for reply in replies {
+        match reply.codes().as_slice() {
+            [] => answered += 1,
+            [code] if code == "RATE_LIMITED" => limited += 1,
+            other => panic!(
+                "neither answered nor RATE_LIMITED: {other:?} {}",
+                reply.body
+            ),
+        }
+    }
+    let requests = fake.requests();
+    assert_eq!(
+        requests.iter().filter(|r| r.rate_limited).count(),
+        0,
+        "amoCRM never said 429"
+    );
+    let busiest = fake.busiest_second();
+    assert!(busiest <= limit, "{busiest} calls in one second");
+    assert_eq!(
+        answered,
+        requests.len(),
+        "a refused query made no upstream call"
+    );
+    (answered, limited)
+}
+
 /// Lets a cache TTL pass: the passing of time is what these tests are about.
 pub async fn outlive(ttl: std::time::Duration) {
     tokio::time::sleep(ttl + std::time::Duration::from_millis(100)).await;
