@@ -83,6 +83,7 @@ pub fn bearer_token(header: Option<&[u8]>) -> Result<&str, AuthError> {
 }
 
 /// The key for hashing forwarded tokens into scopes. Never printed.
+#[derive(Clone)]
 pub struct ScopeKey([u8; 32]);
 
 impl ScopeKey {
@@ -115,7 +116,7 @@ impl std::fmt::Debug for ScopeKey {
 }
 
 /// Who may call a gateway that holds its own token.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum ClientKeys {
     /// `--allow-anonymous` (and `--demo`): anyone who reaches the gateway.
     Anyone,

@@ -6,27 +6,35 @@
 //! overlapping views from a per-token cache, so amoCRM's 7 requests per second go a long way.
 //!
 //! ## Map
-//! - [`config`]: the command line, every flag with its environment twin.
-//! - [`server`]: axum router, the GraphQL handler and its headers, GraphiQL, health;
-//!   [`server::Gateway`] separates binding from serving.
-//! - [`auth`]: whose token calls amoCRM, and the credential scope cached data belongs to.
+//! Layers, top to bottom; each imports only from layers below it, and a test
+//! (`tests/it/layers.rs`) fails when an arrow runs back up.
+//! - [`gateway`]: the composition root. [`Gateway::build`] turns validated settings into
+//!   components (Redis, credentials, the amoCRM client, caches, persisted queries, the schema)
+//!   and binds; [`Gateway::run`] serves them.
+//! - [`config`]: the command line, every flag with its environment twin, and
+//!   [`config::Settings`], the flags checked against each other.
+//! - [`http`]: the router, the middleware stack and graceful shutdown, with one file per
+//!   concern (GraphQL, webhooks, admin, health and metrics, the playground). Thin handlers.
 //! - [`graphql`]: the client boundary (schema, selections, paging, error codes). Builds no URLs.
+//! - [`persisted`]: automatic persisted queries (documents by their SHA-256).
 //! - [`cache`]: moka caches between the boundaries: upstream pages (stale-while-revalidate,
-//!   probes, stale-if-error, relation reuse) and whole responses; coalesces concurrent misses.
+//!   probes, stale-if-error, relation reuse) and whole responses; coalesces concurrent misses;
+//!   turns webhooks and purges into invalidations.
 //! - [`shared`]: what replicas share through Redis (`--redis-url`): a second cache tier with
 //!   leases for single-flight across replicas, one upstream rate limit, invalidation broadcast.
 //!   Off without Redis, and never needed to answer.
 //! - [`amocrm`]: the upstream boundary (typed queries; the client with its rate limiter,
 //!   retries and circuit breaker; tolerant models; the webhook parser). Knows no GraphQL.
-//! - [`graphiql`]: the playground, its assets embedded at build time when fetched.
-//! - [`persisted`]: automatic persisted queries (documents by their SHA-256).
-//! - [`metrics`]: Prometheus metrics, one recorder per gateway.
-//! - [`fake_amocrm`]: a faithful fake of the upstream, for `--demo` and the tests.
+//! - Used by every layer: [`auth`] (whose token calls amoCRM, and the credential scope cached
+//!   data belongs to), [`metrics`] (Prometheus, one recorder per gateway), [`background`]
+//!   (tasks that end with the gateway).
+//! - Beside them: [`graphiql`] (the playground page, its assets embedded at build time) and
+//!   [`fake_amocrm`] (a faithful fake of the upstream, for `--demo` and the tests).
 //!
 //! ## Request flow
-//! 1. `server` resolves the caller's [`auth::Credentials`]. An operation identical to a recent
-//!    one is answered from [`cache::ResponseCache`] while every page it was built from is
-//!    unchanged and fresh; otherwise a fresh [`graphql::RequestContext`] (credentials,
+//! 1. `http::graphql` resolves the caller's [`auth::Credentials`]. An operation identical to a
+//!    recent one is answered from [`cache::ResponseCache`] while every page it was built from
+//!    is unchanged and fresh; otherwise a fresh [`graphql::RequestContext`] (credentials,
 //!    DataLoader, cache report) goes into the request.
 //! 2. Before execution, `graphql::selection` plans the operation: which relations each root field
 //!    selects (following fragments, aliases, `@skip`/`@include`) and every `contact(id:)` id.
@@ -38,19 +46,21 @@
 //!    entities come the same way, one batch per kind for the whole operation. Every upstream
 //!    call passes the one rate limiter (in Redis when replicas share it) and the circuit
 //!    breaker.
-//! 5. Errors become `extensions.code` in one place (`graphql::error`); `server` sets `x-cache`
-//!    and `Cache-Control` from the request's cache report.
+//! 5. Errors become `extensions.code` in one place (`graphql::error`); `http::graphql` sets
+//!    `x-cache` and `Cache-Control` from the request's cache report.
 
 pub mod amocrm;
 pub mod auth;
+pub mod background;
 pub mod cache;
 pub mod config;
 pub mod fake_amocrm;
+pub mod gateway;
 pub mod graphiql;
 pub mod graphql;
+pub mod http;
 pub mod metrics;
 pub mod persisted;
-pub mod server;
 pub mod shared;
 
-pub use server::Gateway;
+pub use gateway::{Gateway, StartupError};

@@ -17,6 +17,7 @@
 
 pub mod entities;
 mod flight;
+mod invalidation;
 pub mod pages;
 pub mod responses;
 
@@ -24,10 +25,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use entities::{Answer, Cached, EntityCache, EntityKey};
+pub use invalidation::Invalidation;
 pub use pages::{Freshness, PageCache, PageDep};
 pub use responses::{ResponseCache, ResponseKey};
 
-use crate::amocrm::{AmoClient, ContactId, EntityKind, Relation};
+use crate::amocrm::AmoClient;
+use crate::background::Background;
 use crate::metrics::Metrics;
 use crate::shared::broadcast::Heard;
 use crate::shared::{Broadcast, Redis, Tier};
@@ -120,20 +123,6 @@ impl CacheReport {
     fn lock(&self) -> std::sync::MutexGuard<'_, ReportState> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// What changed upstream, from a webhook or an operator's purge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Invalidation {
-    /// Forget everything.
-    All,
-    /// A contact changed: any list may now include or exclude it, so every contact page of
-    /// every scope goes, and with them the responses built from them.
-    Contact(ContactId),
-    /// Links to this relation were added or removed: pages that embed it go.
-    Relation(Relation),
-    /// A linked entity changed: what is cached about it goes.
-    Entity(EntityKind, u64),
 }
 
 /// All of the gateway's caches, sharing one memory budget.
@@ -239,9 +228,10 @@ impl Caches {
 
     /// Applies other replicas' invalidations to this replica's caches until the gateway's
     /// returned handle is dropped. A gap in them (Redis was away) drops everything held here.
-    pub fn follow_other_replicas(&self) -> crate::server::Background {
+    pub fn follow_other_replicas(&self) -> Background {
+        let mut background = Background::default();
         let Some(shared) = &self.shared else {
-            return crate::server::Background::default();
+            return background;
         };
         let mut heard = shared.broadcast.listen::<Invalidation>();
         let caches = self.clone();
@@ -255,7 +245,8 @@ impl Caches {
                 caches.metrics.broadcast_applied(kind);
             }
         });
-        crate::server::Background(vec![task.abort_handle()])
+        background.hold(&task);
+        background
     }
 
     /// Drops what `invalidation` voids from this replica's moka caches.

@@ -12,6 +12,7 @@ mod examples;
 mod freshness;
 mod http;
 mod invalidation;
+mod layers;
 mod metrics;
 mod oauth;
 mod paging;

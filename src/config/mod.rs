@@ -1,6 +1,16 @@
 //! The command line. Every flag has an environment twin (INTERFACE.md): `--upstream-url` ↔
 //! `AMOCRM_BASE_URL`, `--access-token` ↔ `AMOCRM_ACCESS_TOKEN`, any other `--some-flag` ↔
 //! `GATEWAY_SOME_FLAG`. Defaults are named constants.
+//!
+//! This file is what clap parses, flag by flag; [`settings`] checks the flags against each
+//! other and yields the validated [`Settings`] the gateway is built from.
+
+mod settings;
+
+pub use settings::{
+    ConfigError, CorsOrigins, CredentialPlan, MAX_DURATION, RedisSettings, Settings, Upstream,
+    UpstreamLimits,
+};
 
 use std::net::SocketAddr;
 use std::time::Duration;
