@@ -3,7 +3,7 @@
 //! Each gateway owns its recorder instead of installing the process-global one: two gateways in
 //! one process (the tests run dozens) then never mix their counts.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics::{Key, Label, Metadata, Recorder};
@@ -78,6 +78,18 @@ impl Refresh {
 pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
+    /// The counters every request bumps, registered on first use: a registration builds and
+    /// hashes a labelled key and looks it up in the registry, which is most of a hit's cost
+    /// of counting. Lazily, so that `/metrics` lists a series only once it has counted.
+    hot: Arc<HotCounters>,
+}
+
+#[derive(Default)]
+struct HotCounters {
+    /// By [`CacheName`], then [`Lookup`].
+    lookups: [[OnceLock<metrics::Counter>; 3]; 3],
+    /// `ok`, `error`, `cached`.
+    graphql: [OnceLock<metrics::Counter>; 3],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -105,6 +117,7 @@ impl Metrics {
         Metrics {
             recorder: Arc::new(recorder),
             handle,
+            hot: Arc::default(),
         }
     }
 
@@ -119,19 +132,22 @@ impl Metrics {
     }
 
     pub fn cache_lookup(&self, cache: CacheName, result: Lookup) {
-        let result = match result {
-            Lookup::Hit => "hit",
-            Lookup::Stale => "stale",
-            Lookup::Miss => "miss",
+        let (name, index) = match result {
+            Lookup::Hit => ("hit", 0),
+            Lookup::Stale => ("stale", 1),
+            Lookup::Miss => ("miss", 2),
         };
-        self.counter(
-            "gateway_cache_lookups_total",
-            vec![
-                Label::new("cache", cache.as_str()),
-                Label::new("result", result),
-            ],
-        )
-        .increment(1);
+        self.hot.lookups[cache as usize][index]
+            .get_or_init(|| {
+                self.counter(
+                    "gateway_cache_lookups_total",
+                    vec![
+                        Label::new("cache", cache.as_str()),
+                        Label::new("result", name),
+                    ],
+                )
+            })
+            .increment(1);
     }
 
     pub fn cache_refresh(&self, cache: CacheName, outcome: Refresh) {
@@ -194,11 +210,16 @@ impl Metrics {
     /// One GraphQL request: `ok`, `error` (any error in the response) or `cached` (answered from
     /// the response cache).
     pub fn graphql_request(&self, outcome: &'static str) {
-        self.counter(
-            "gateway_graphql_requests_total",
-            vec![Label::new("outcome", outcome)],
-        )
-        .increment(1);
+        let register = || {
+            self.counter(
+                "gateway_graphql_requests_total",
+                vec![Label::new("outcome", outcome)],
+            )
+        };
+        match ["ok", "error", "cached"].iter().position(|o| *o == outcome) {
+            Some(index) => self.hot.graphql[index].get_or_init(register).increment(1),
+            None => register().increment(1),
+        }
     }
 
     /// A lookup in the shared (Redis) tier after a miss in moka.
