@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 pub use entities::{Answer, Cached, EntityCache, EntityKey};
 pub use invalidation::Invalidation;
 pub use pages::{Freshness, PageCache, PageDep};
-pub use responses::{ResponseCache, ResponseKey};
+pub use responses::{ResponseCache, ResponseKey, StoredResponse};
 
 use crate::amocrm::AmoClient;
 use crate::background::Background;

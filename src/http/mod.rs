@@ -2,14 +2,17 @@
 //! handlers, one file per concern, only translate HTTP to calls on the [`Components`] the
 //! composition root built, and back. Nothing below this layer imports it.
 //!
-//! - [`graphql`]: `POST` and `GET /graphql` (APQ, the response cache, response headers).
+//! - [`graphql`]: `POST` and `GET /graphql` (APQ, the response cache, response headers);
+//!   [`encoding`]: stored responses compressed once, as the client prefers.
 //! - [`webhooks`]: amoCRM's webhooks. [`admin`]: the cache purge.
 //! - [`health`]: `/healthz` and `/metrics`. [`playground`]: GraphiQL and its assets.
 
 mod admin;
+mod encoding;
 mod graphql;
 mod health;
 mod playground;
+mod request_id;
 mod webhooks;
 
 use std::future::IntoFuture;
@@ -24,7 +27,7 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::amocrm::PageSize;
@@ -128,7 +131,10 @@ pub fn router(components: Components, settings: &Settings) -> (Router, Drain) {
         // that shrinks about tenfold.
         .layer(CompressionLayer::new().gzip(true).br(true))
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
-        .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(
+            X_REQUEST_ID,
+            request_id::RandomRequestId,
+        ))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             settings.max_body_bytes,
         ));

@@ -175,7 +175,8 @@ async fn responses_are_compressed_as_the_client_prefers() {
         .no_gzip()
         .build()
         .expect("a client");
-    let fetch = |encoding: &'static str| {
+    // The first answer is built; the others are response-cache hits, compressed once per entry.
+    let fetch = |encoding: &'static str, expected_cache: &'static str| {
         let request = raw
             .post(app.url("/graphql"))
             .bearer_auth(ADMIN_TOKEN)
@@ -187,15 +188,28 @@ async fn responses_are_compressed_as_the_client_prefers() {
                 .headers()
                 .get("content-encoding")
                 .map(|v| v.to_str().expect("ASCII").to_owned());
+            let vary: Vec<String> = response
+                .headers()
+                .get_all("vary")
+                .iter()
+                .flat_map(|v| v.to_str().expect("ASCII").split(','))
+                .map(|v| v.trim().to_ascii_lowercase())
+                .collect();
+            assert!(
+                vary.contains(&"authorization".to_owned())
+                    && vary.contains(&"accept-encoding".to_owned()),
+                "{vary:?}"
+            );
+            assert_eq!(response.headers()["x-cache"], expected_cache);
             (encoding, response.bytes().await.expect("a body").to_vec())
         }
     };
-    let (none, plain) = fetch("identity").await;
+    let (none, plain) = fetch("identity", "MISS").await;
     assert_eq!(none, None);
     let plain: serde_json::Value = serde_json::from_slice(&plain).expect("JSON");
     assert!(plain.get("errors").is_none(), "{plain}");
 
-    let (gzip, zipped) = fetch("gzip").await;
+    let (gzip, zipped) = fetch("gzip", "HIT").await;
     assert_eq!(gzip.as_deref(), Some("gzip"));
     let mut unzipped = Vec::new();
     flate2::read::GzDecoder::new(&zipped[..])
@@ -206,7 +220,7 @@ async fn responses_are_compressed_as_the_client_prefers() {
         plain
     );
 
-    let (br, brotli_bytes) = fetch("gzip;q=0.5, br").await;
+    let (br, brotli_bytes) = fetch("gzip;q=0.5, br", "HIT").await;
     assert_eq!(br.as_deref(), Some("br"));
     let mut unbrotli = Vec::new();
     brotli::Decompressor::new(&brotli_bytes[..], 4096)
@@ -217,4 +231,12 @@ async fn responses_are_compressed_as_the_client_prefers() {
         plain
     );
     assert!(brotli_bytes.len() * 3 < unbrotli.len(), "it shrank");
+    let (_, again) = fetch("br", "HIT").await;
+    assert_eq!(again, brotli_bytes, "the stored compressed bytes");
+    let (none, identity) = fetch("br;q=0, gzip;q=0", "HIT").await;
+    assert_eq!(none, None);
+    assert_eq!(
+        identity, unbrotli,
+        "plain bytes for a client that takes no coding"
+    );
 }
