@@ -11,21 +11,26 @@
 //!
 //! The token file is JSON: `{"refresh_token": "…"}` is enough to start; the gateway adds
 //! `access_token` and `expires_at` (Unix seconds).
+//!
+//! This file is the token's lifecycle: when to refresh, who refreshes, and when to adopt
+//! another replica's pair. Where the pair is kept (the file, the Redis copy) is `store.rs`'s;
+//! how amoCRM's token endpoint is called and what it answers is `endpoint.rs`'s.
+
+mod endpoint;
+mod store;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::AmoError;
 use crate::metrics::Metrics;
 use crate::shared::{Operation, Redis};
+use store::{StoredPair, digest};
 
-const TOKEN_ENDPOINT: &str = "/oauth2/access_token";
 /// An access token is refreshed when it has less than this left (or a tenth of its lifetime,
 /// for short-lived ones), so that no call goes out with a token about to expire.
 const REFRESH_AHEAD: Duration = Duration::from_secs(300);
@@ -56,22 +61,6 @@ pub enum OAuthError {
     Client(#[from] reqwest::Error),
 }
 
-/// The token file's content, and the pair shared through Redis.
-#[derive(Clone, Serialize, Deserialize)]
-struct StoredPair {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    access_token: Option<String>,
-    refresh_token: String,
-    /// Unix seconds.
-    #[serde(default)]
-    expires_at: i64,
-    /// In Redis only: SHA-256 digests of the refresh tokens this pair succeeds, newest first.
-    /// A replica adopts the shared pair only if its own refresh token is among them: never an
-    /// unrelated pair (after the operator re-authorized, say), never an older one.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    replaces: Vec<String>,
-}
-
 /// How many predecessors a shared pair remembers.
 const MAX_ANCESTORS: usize = 16;
 /// The longest a token lifetime amoCRM grants is taken to be, and the shortest.
@@ -83,19 +72,6 @@ const FRESH_TOKEN: Duration = Duration::from_secs(10);
 /// After a refresh failed (not revoked), callers within this time get the same failure
 /// instead of a refresh each.
 const FAILED_REFRESH_BACKOFF: Duration = Duration::from_secs(5);
-
-fn digest(refresh_token: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(refresh_token.as_bytes()))
-}
-
-/// What amoCRM's token endpoint answers.
-#[derive(Deserialize)]
-struct Granted {
-    access_token: String,
-    refresh_token: String,
-    expires_in: i64,
-}
 
 #[derive(Clone)]
 struct Pair {
@@ -156,30 +132,9 @@ impl TokenSource {
         redis: Option<Redis>,
         metrics: Metrics,
     ) -> Result<Arc<Self>, OAuthError> {
-        let path = config.token_file.display().to_string();
-        let text =
-            std::fs::read_to_string(&config.token_file).map_err(|source| OAuthError::Read {
-                path: path.clone(),
-                source,
-            })?;
-        let stored: StoredPair = serde_json::from_str(&text).map_err(|e| OAuthError::Format {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        if stored.refresh_token.trim().is_empty() {
-            return Err(OAuthError::Format {
-                path,
-                reason: "refresh_token is empty".to_owned(),
-            });
-        }
-        let mut endpoint = base_url.clone();
-        endpoint.set_path(TOKEN_ENDPOINT);
-        let http = reqwest::Client::builder()
-            // Well within the replicas' refresh lock, which is not renewed.
-            .timeout(timeout.min(LOCK_FOR / 3))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("amocrm-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let stored = store::read(&config.token_file)?;
+        // Well within the replicas' refresh lock, which is not renewed.
+        let (endpoint, http) = endpoint::client(base_url, timeout.min(LOCK_FOR / 3))?;
         Ok(Arc::new(TokenSource {
             current: Mutex::new(Pair {
                 access: stored.access_token.map(SecretString::from),
@@ -383,126 +338,10 @@ impl TokenSource {
         self.newer_than(seen)
     }
 
-    /// `POST /oauth2/access_token` with the refresh token.
-    async fn grant(&self, refresh: &SecretString) -> Result<Granted, AmoError> {
-        let started = std::time::Instant::now();
-        let body = serde_json::json!({
-            "client_id": self.config.client_id,
-            "client_secret": self.config.client_secret.expose_secret(),
-            "grant_type": "refresh_token",
-            "refresh_token": refresh.expose_secret(),
-            "redirect_uri": self.config.redirect_uri,
-        });
-        let response = self
-            .http
-            .post(self.endpoint.clone())
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| {
-                let error = if e.is_timeout() {
-                    AmoError::Timeout(started.elapsed())
-                } else {
-                    AmoError::Connect
-                };
-                self.metrics.upstream_request(
-                    TOKEN_ENDPOINT,
-                    error.transport_label(),
-                    started.elapsed(),
-                );
-                error
-            })?;
-        let status = response.status();
-        self.metrics
-            .upstream_request(TOKEN_ENDPOINT, status.as_str(), started.elapsed());
-        let text = response.text().await.map_err(|_| AmoError::Transport)?;
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::BAD_REQUEST {
-            let hint = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| {
-                    v.get("hint")
-                        .or_else(|| v.get("detail"))
-                        .and_then(|h| h.as_str())
-                        .map(|h| h.chars().take(200).collect::<String>())
-                });
-            tracing::error!(
-                status = status.as_u16(),
-                hint = hint.as_deref().unwrap_or_default(),
-                "amoCRM refused the gateway's refresh token: the integration must be re-authorized"
-            );
-            return Err(self.revoked(hint));
-        }
-        if status.is_server_error() {
-            return Err(AmoError::Server {
-                status: status.as_u16(),
-            });
-        }
-        if !status.is_success() {
-            return Err(AmoError::UnexpectedStatus {
-                status: status.as_u16(),
-            });
-        }
-        serde_json::from_str::<Granted>(&text)
-            .map_err(|e| AmoError::Decode(format!("the token endpoint's answer: {e}")))
-    }
-
-    /// Replaces the token file atomically: a temporary file beside it, synced, then renamed.
-    /// A failure is logged, not returned: the new pair is the only valid one whether or not
-    /// the file took it, so it is used (and shared) anyway.
-    async fn store(&self, pair: &StoredPair) {
-        let path = self.config.token_file.clone();
-        let file = StoredPair {
-            replaces: Vec::new(),
-            ..pair.clone()
-        };
-        let json = serde_json::to_vec_pretty(&file).expect("a token pair serializes");
-        let written = tokio::task::spawn_blocking(move || write_atomically(&path, &json))
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r);
-        if let Err(error) = written {
-            tracing::error!(
-                %error,
-                file = %self.config.token_file.display(),
-                "could not save the new amoCRM token pair: the gateway uses it, but after a \
-                 restart the file's refresh token is revoked; fix the file's permissions or \
-                 space now"
-            );
-        }
-    }
-
     fn redis_key(&self, what: &str) -> Option<(Redis, String)> {
         let redis = self.redis.clone()?;
         let key = redis.key(format_args!("v1:oauth:{what}"));
         Some((redis, key))
-    }
-
-    /// The pair another replica stored last, if any.
-    async fn shared_pair(&self) -> Option<StoredPair> {
-        let (redis, key) = self.redis_key("pair")?;
-        let text: Option<String> = redis
-            .run_always(Operation::Read, |mut conn| {
-                let mut get = redis::cmd("GET");
-                get.arg(&key);
-                async move { get.query_async(&mut conn).await }
-            })
-            .await
-            .flatten();
-        serde_json::from_str(&text?).ok()
-    }
-
-    async fn share(&self, pair: &StoredPair) {
-        let Some((redis, key)) = self.redis_key("pair") else {
-            return;
-        };
-        let json = serde_json::to_string(pair).expect("a token pair serializes");
-        redis
-            .run_always(Operation::Write, |mut conn| {
-                let mut set = redis::cmd("SET");
-                set.arg(&key).arg(&json);
-                async move { set.query_async::<()>(&mut conn).await }
-            })
-            .await;
     }
 
     /// Holds the replicas' refresh lock until the guard drops; `Ok(None)` without Redis, or
@@ -569,36 +408,4 @@ fn ahead(lifetime: i64) -> i64 {
 
 fn unix_now() -> i64 {
     crate::shared::unix_millis() / 1000
-}
-
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let directory = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "tokens".to_owned());
-    let temporary = directory.join(format!(".{name}.{}.tmp", std::process::id()));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        // Tokens are secrets: readable by the gateway's user only.
-        options.mode(0o600);
-    }
-    let mut file = options.open(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&temporary, path)?;
-    // Makes the rename durable where the file system supports syncing a directory; the file
-    // itself is in place either way.
-    if let Ok(directory) = std::fs::File::open(directory) {
-        let _ = directory.sync_all();
-    }
-    Ok(())
 }

@@ -1,0 +1,192 @@
+//! What an amoCRM answer means: the status, a 204 or an empty 200, a problem+json body,
+//! `Retry-After`, the `Date` the answer was given at, and transport failures, each turned into
+//! a body or an [`AmoError`]. Which of those errors are retried, transient or held against the
+//! upstream is [`AmoError`]'s to say; this file only decides which error an answer is.
+
+use std::time::Duration;
+
+use reqwest::{StatusCode, header};
+
+use crate::amocrm::{AmoError, ForbiddenReason};
+
+/// Bodies larger than this are refused rather than buffered: a full page of 250 contacts with
+/// every relation is a few hundred KiB, so this only ever stops a broken or hostile upstream.
+const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+/// Error bodies are only read for their short problem text.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+/// Problem details are shown to clients; a long one is cut, not forwarded whole.
+const MAX_DETAIL_CHARS: usize = 300;
+
+/// The body of a 2xx answer (`None` for "no content"), or the error a failed answer means.
+/// `endpoint` is the route template that logs and errors name.
+pub(super) async fn outcome(
+    response: reqwest::Response,
+    endpoint: &'static str,
+    request_timeout: Duration,
+) -> Result<Option<Vec<u8>>, AmoError> {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("json"));
+
+    if status == StatusCode::NO_CONTENT {
+        Ok(None)
+    } else if status.is_success() {
+        match read_capped(response, MAX_BODY_BYTES).await {
+            Ok(body) if body.is_empty() => {
+                tracing::warn!(endpoint, "amoCRM answered 200 with an empty body");
+                Ok(None)
+            }
+            Ok(body) => Ok(Some(body)),
+            Err(e) => Err(body_error(e, request_timeout)),
+        }
+    } else {
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = read_capped(response, MAX_ERROR_BODY_BYTES)
+            .await
+            .unwrap_or_default();
+        Err(classify_error(
+            status,
+            is_json,
+            &body,
+            retry_after,
+            endpoint,
+        ))
+    }
+}
+
+/// Unix seconds from amoCRM's `Date` header (or our clock when it has none), less the time the
+/// request took since `started`.
+pub(super) fn upstream_time(headers: &header::HeaderMap, started: std::time::Instant) -> i64 {
+    headers
+        .get(header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or_else(unix_now, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        // amoCRM read the data some time before it answered: count the whole request.
+        - i64::try_from(started.elapsed().as_secs() + 1).unwrap_or(i64::MAX)
+}
+
+pub(super) fn transport_error(e: &reqwest::Error, request_timeout: Duration) -> AmoError {
+    // reqwest's Display can include the URL; ours never does (the URL carries no token, but
+    // it can carry a customer's search text).
+    if e.is_timeout() {
+        AmoError::Timeout(request_timeout)
+    } else if e.is_connect() {
+        AmoError::Connect
+    } else {
+        AmoError::Transport
+    }
+}
+
+fn body_error(e: BodyError, request_timeout: Duration) -> AmoError {
+    match e {
+        BodyError::TooLarge => {
+            AmoError::Decode(format!("the body is larger than {MAX_BODY_BYTES} bytes"))
+        }
+        BodyError::Transport(e) => transport_error(&e, request_timeout),
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+enum BodyError {
+    TooLarge,
+    Transport(reqwest::Error),
+}
+
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, BodyError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
+        if body.len() + chunk.len() > cap {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// amoCRM's problem body. 403 and 429 often come as HTML from its front proxy instead, so the
+/// status decides the error and the body only adds detail when it is JSON.
+#[derive(serde::Deserialize, Default)]
+struct Problem {
+    title: Option<String>,
+    detail: Option<String>,
+    hint: Option<String>,
+}
+
+fn classify_error(
+    status: StatusCode,
+    is_json: bool,
+    body: &[u8],
+    retry_after: Option<Duration>,
+    endpoint: &'static str,
+) -> AmoError {
+    let problem: Option<Problem> = serde_json::from_slice(body).ok();
+    let detail = problem.as_ref().and_then(|p| {
+        let text = p.hint.as_ref().or(p.detail.as_ref()).or(p.title.as_ref())?;
+        Some(text.chars().take(MAX_DETAIL_CHARS).collect::<String>())
+    });
+    match status.as_u16() {
+        400 => AmoError::BadRequest { detail },
+        401 => AmoError::Unauthorized { detail },
+        402 => AmoError::PaymentRequired,
+        403 => AmoError::Forbidden {
+            reason: if is_json && problem.is_some() {
+                ForbiddenReason::Rights
+            } else {
+                ForbiddenReason::AccountBlocked
+            },
+            detail,
+        },
+        404 => AmoError::UnknownEndpoint { endpoint },
+        429 => AmoError::RateLimited { retry_after },
+        500..=599 => AmoError::Server {
+            status: status.as_u16(),
+        },
+        other => AmoError::UnexpectedStatus { status: other },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_403_is_a_block_unless_it_carries_a_problem_body() {
+        let html = classify_error(StatusCode::FORBIDDEN, false, b"<html>", None, "/x");
+        assert!(matches!(
+            html,
+            AmoError::Forbidden {
+                reason: ForbiddenReason::AccountBlocked,
+                ..
+            }
+        ));
+        let json = classify_error(
+            StatusCode::FORBIDDEN,
+            true,
+            br#"{"title":"Forbidden","detail":"no rights"}"#,
+            None,
+            "/x",
+        );
+        assert!(matches!(
+            json,
+            AmoError::Forbidden {
+                reason: ForbiddenReason::Rights,
+                detail: Some(ref d),
+            } if d == "no rights"
+        ));
+    }
+}

@@ -1,0 +1,227 @@
+//! How one call goes out: the circuit breaker and the rate limiter before every attempt, the
+//! request itself, and the retry loop with its backoff, deadline and one refresh after a 401.
+
+use std::time::Duration;
+
+use reqwest::header;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{AccessToken, AmoClient, TokenKind, classify};
+use crate::amocrm::AmoError;
+use crate::amocrm::limiter::{Permit, Priority};
+use crate::shared::limiter::{Grant, SharedSlot, WouldWaitTooLong};
+
+/// Attempts of one call, the first included, for failures a retry can cure.
+const MAX_ATTEMPTS: u32 = 3;
+/// No call is retried past this, whatever its attempts.
+const RETRY_DEADLINE: Duration = Duration::from_secs(20);
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+
+/// The rate limit's permission for one call, held until it completes: dropping each part
+/// starts its slot's last window.
+#[derive(Default)]
+struct Admission {
+    _local: Option<Permit>,
+    _shared: Option<SharedSlot>,
+    _fallback: Option<Permit>,
+}
+
+/// A successful answer: the body (`None` for 204) and when amoCRM says it answered.
+pub(super) struct Answer {
+    pub(super) body: Option<Vec<u8>>,
+    /// Unix seconds from amoCRM's `Date` header (or our clock when it has none), less the time
+    /// the request took: no change after this can be missing from the answer.
+    pub(super) upstream_time: i64,
+}
+
+impl AmoClient {
+    /// Sends one GET and returns the body of a 2xx answer, or `None` for "no content".
+    /// One call, through the circuit breaker and the rate limiter, retried with backoff for
+    /// failures a retry can cure (429, 5xx, timeouts, connection errors; never another 4xx).
+    /// Every attempt passes the breaker and the limiter again.
+    pub(super) async fn get(
+        &self,
+        token: &AccessToken,
+        priority: Priority,
+        endpoint: &'static str,
+        path: &str,
+        params: &[(String, String)],
+    ) -> Result<Answer, AmoError> {
+        let deadline = tokio::time::Instant::now() + RETRY_DEADLINE;
+        let mut attempt = 1;
+        let caller = token.caller(&self.callers);
+        // Under OAuth a 401 is answered by one refresh and one more try of the same call.
+        let mut refreshed_after_401 = false;
+        loop {
+            let (bearer, generation) = token.bearer().await?;
+            // Fail fast while the circuit is open, without queueing for the limiter.
+            self.breaker.check()?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // Held until the call completes: the limiter counts the slot from then on.
+            let permit = self.admit(caller, priority, left).await?;
+            // Admitted again now that the call really goes out: the circuit may have opened
+            // while this call waited in the queue.
+            let ticket = self.breaker.admit(caller)?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let outcome =
+                match tokio::time::timeout(left, self.get_once(&bearer, endpoint, path, params))
+                    .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(AmoError::Timeout(RETRY_DEADLINE)),
+                };
+            drop(permit);
+            self.breaker
+                .record(ticket, endpoint, outcome.as_ref().map(|_| ()));
+            if let (Err(AmoError::Unauthorized { .. }), Some(generation), TokenKind::OAuth(source)) =
+                (&outcome, generation, &token.0)
+                && !refreshed_after_401
+            {
+                tracing::info!(endpoint, "amoCRM answered 401: refreshing the access token");
+                source.refresh_after_401(generation).await?;
+                refreshed_after_401 = true;
+                continue;
+            }
+            let error = match outcome {
+                Err(error) if error.is_retryable() && attempt < MAX_ATTEMPTS => error,
+                other => return other,
+            };
+            let wait = match &error {
+                AmoError::RateLimited {
+                    retry_after: Some(after),
+                } => *after,
+                _ => backoff(attempt),
+            };
+            if tokio::time::Instant::now() + wait > deadline {
+                return Err(error);
+            }
+            tracing::info!(%error, attempt, ?wait, endpoint, "retrying an amoCRM call");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    /// Waits for the rate limit: this replica's queue, then (with Redis) a slot in the shared
+    /// log, or this replica's share of the budget while Redis is unreachable. Everything
+    /// returned is held until the call completes.
+    async fn admit(
+        &self,
+        caller: u64,
+        priority: Priority,
+        left: Duration,
+    ) -> Result<Admission, AmoError> {
+        let refused = || AmoError::QueueTimeout {
+            rate: self.rate_limit,
+        };
+        let Some(limiter) = &self.limiter else {
+            return Ok(Admission::default());
+        };
+        let started = tokio::time::Instant::now();
+        let local = limiter
+            .acquire(caller, priority, left)
+            .await
+            .map_err(|_| refused())?;
+        let Some((shared, fallback)) = &self.shared else {
+            return Ok(Admission {
+                _local: Some(local),
+                ..Admission::default()
+            });
+        };
+        let deadline = started + left.min(limiter.queue_timeout());
+        match shared.acquire(deadline).await {
+            Ok(Grant::Slot(slot)) => Ok(Admission {
+                _local: Some(local),
+                _shared: Some(slot),
+                _fallback: None,
+            }),
+            Ok(Grant::Unavailable) => {
+                // Slots Redis counted for this replica still count until their window ends.
+                if let Some(quiet_from) = shared.quiet_from() {
+                    if quiet_from > deadline {
+                        return Err(refused());
+                    }
+                    tokio::time::sleep_until(quiet_from).await;
+                }
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let fallback = fallback
+                    .acquire(caller, priority, left)
+                    .await
+                    .map_err(|_| refused())?;
+                Ok(Admission {
+                    _local: Some(local),
+                    _shared: None,
+                    _fallback: Some(fallback),
+                })
+            }
+            Err(WouldWaitTooLong) => Err(refused()),
+        }
+    }
+
+    /// `endpoint` is the route template that logs and metrics name; `path` the concrete path.
+    async fn get_once(
+        &self,
+        token: &SecretString,
+        endpoint: &'static str,
+        path: &str,
+        params: &[(String, String)],
+    ) -> Result<Answer, AmoError> {
+        let mut url = self.base_url.clone();
+        url.set_path(path);
+        let started = std::time::Instant::now();
+        let response = self
+            .http
+            .get(url)
+            .query(params)
+            .bearer_auth(token.expose_secret())
+            .header(header::ACCEPT, "application/hal+json, application/json")
+            .send()
+            .await
+            .map_err(|e| {
+                let error = classify::transport_error(&e, self.request_timeout);
+                self.metrics
+                    .upstream_request(endpoint, error.transport_label(), started.elapsed());
+                error
+            })?;
+
+        let status = response.status();
+        let upstream_time = classify::upstream_time(response.headers(), started);
+        let upstream_request_id = response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let outcome = classify::outcome(response, endpoint, self.request_timeout).await;
+
+        self.metrics
+            .upstream_request(endpoint, status.as_str(), started.elapsed());
+        let elapsed_ms = started.elapsed().as_millis();
+        match &outcome {
+            Ok(_) => tracing::debug!(
+                endpoint,
+                status = status.as_u16(),
+                elapsed_ms,
+                upstream_request_id,
+                "amoCRM call"
+            ),
+            Err(error) => tracing::warn!(
+                endpoint,
+                status = status.as_u16(),
+                elapsed_ms,
+                upstream_request_id,
+                %error,
+                "amoCRM call failed"
+            ),
+        }
+        outcome.map(|body| Answer {
+            body,
+            upstream_time,
+        })
+    }
+}
+
+/// Exponential backoff with jitter: 250 ms, 500 ms, ... each scaled by a random 0.5..1.5, so
+/// that callers failing together do not retry together.
+fn backoff(attempt: u32) -> Duration {
+    let base = FIRST_BACKOFF * 2u32.saturating_pow(attempt.saturating_sub(1));
+    base.mul_f64(rand::random_range(0.5..1.5))
+}

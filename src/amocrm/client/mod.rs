@@ -1,0 +1,279 @@
+//! The HTTP client for amoCRM: its configuration, the caller's token, and the calls the gateway
+//! makes (contacts, linked entities, users), each decoded from what amoCRM answers.
+//!
+//! How a call goes out (breaker, rate limit, retries) is `execute.rs`'s; what an answer means
+//! (statuses, 204s, problem bodies, timeouts) is `classify.rs`'s.
+
+mod classify;
+mod execute;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use super::breaker::Breaker;
+use super::entities::{self, EntityKind, RelatedEntity, User};
+use super::limiter::{Limiter, Priority};
+use super::oauth::TokenSource;
+use super::query::MAX_PAGE_SIZE;
+use super::{
+    AmoError, ContactFilter, ContactList, ContactsPage, ContactsQuery, PageSize, Relations,
+    TimeRange, model,
+};
+use crate::metrics::Metrics;
+use crate::shared::SharedLimiter;
+
+pub(super) const CONTACTS_ENDPOINT: &str = "/api/v4/contacts";
+const USERS_ENDPOINT: &str = "/api/v4/users";
+const MAX_USER_PAGES: u32 = 100;
+
+/// An amoCRM access token: a fixed one, or the gateway's own under OAuth, which is fetched
+/// (and refreshed) when a call goes out. It never prints: `Debug` shows a placeholder.
+#[derive(Clone)]
+pub struct AccessToken(TokenKind);
+
+#[derive(Clone)]
+enum TokenKind {
+    Fixed(SecretString),
+    OAuth(Arc<TokenSource>),
+}
+
+impl AccessToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        AccessToken(TokenKind::Fixed(SecretString::from(token.into())))
+    }
+
+    pub fn oauth(source: Arc<TokenSource>) -> Self {
+        AccessToken(TokenKind::OAuth(source))
+    }
+
+    /// Keys the limiter's per-caller lanes without keeping the token.
+    fn caller(&self, hasher: &std::hash::RandomState) -> u64 {
+        match &self.0 {
+            TokenKind::Fixed(token) => {
+                std::hash::BuildHasher::hash_one(hasher, token.expose_secret())
+            }
+            TokenKind::OAuth(_) => 0,
+        }
+    }
+
+    /// The bearer for one attempt, and (under OAuth) the generation to refresh from after a
+    /// 401.
+    async fn bearer(&self) -> Result<(SecretString, Option<u64>), AmoError> {
+        match &self.0 {
+            TokenKind::Fixed(token) => Ok((token.clone(), None)),
+            TokenKind::OAuth(source) => {
+                let (token, generation) = source.access().await?;
+                Ok((token, Some(generation)))
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessToken(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `scheme://host[:port]` of the account.
+    pub base_url: Url,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    /// Calls a second at most, for all replicas together; `None` lifts the limit (benchmarks
+    /// of the gateway itself).
+    pub rate_limit: Option<u32>,
+    /// How many replicas share `rate_limit`: each keeps to its share when there is no shared
+    /// limiter, or while the shared limiter's Redis is unreachable.
+    pub replicas_hint: u32,
+    /// The rate limit kept in Redis for every replica.
+    pub shared_limiter: Option<Arc<SharedLimiter>>,
+    /// The longest a call waits for the rate limit before it is refused.
+    pub queue_timeout: Duration,
+    /// Whether every call uses the gateway's own token (not forwarded callers' tokens).
+    pub shared_token: bool,
+}
+
+/// Calls amoCRM. Cheap to clone: reqwest's client is a handle to one connection pool.
+#[derive(Debug, Clone)]
+pub struct AmoClient {
+    http: reqwest::Client,
+    base_url: Url,
+    request_timeout: Duration,
+    metrics: Metrics,
+    /// Orders this replica's callers (per-caller lanes, background last). Without a shared
+    /// limiter it is the limit itself, at this replica's share.
+    limiter: Option<Arc<Limiter>>,
+    /// With Redis: the limit for every replica, and this replica's share for when Redis is
+    /// unreachable.
+    shared: Option<(Arc<SharedLimiter>, Arc<Limiter>)>,
+    rate_limit: u32,
+    breaker: Arc<Breaker>,
+    /// Keys callers for the limiter's fairness without keeping their tokens.
+    callers: std::hash::RandomState,
+}
+
+/// A replica's share of a rate limit shared by `replicas` (at least one call a second).
+fn share(rate: u32, replicas: u32) -> u32 {
+    (rate / replicas.max(1)).max(1)
+}
+
+impl AmoClient {
+    pub fn new(config: ClientConfig, metrics: Metrics) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .user_agent(concat!("amocrm-gateway/", env!("CARGO_PKG_VERSION")))
+            // A redirect would be a further upstream call past the rate limiter.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(AmoClient {
+            http,
+            base_url: config.base_url,
+            request_timeout: config.request_timeout,
+            metrics,
+            limiter: Limiter::new(
+                match &config.shared_limiter {
+                    Some(_) => config.rate_limit,
+                    None => config
+                        .rate_limit
+                        .map(|rate| share(rate, config.replicas_hint)),
+                },
+                config.queue_timeout,
+            ),
+            shared: config.shared_limiter.zip(Limiter::new(
+                config
+                    .rate_limit
+                    .map(|rate| share(rate, config.replicas_hint)),
+                config.queue_timeout,
+            )),
+            rate_limit: config.rate_limit.unwrap_or(0),
+            breaker: Arc::new(Breaker::new(config.shared_token)),
+            callers: std::hash::RandomState::new(),
+        })
+    }
+
+    /// `GET /api/v4/contacts`. amoCRM's "nothing found" (204, also past the last page) is an
+    /// empty page, not an error.
+    pub async fn contacts(
+        &self,
+        token: &AccessToken,
+        query: &ContactsQuery,
+        priority: Priority,
+    ) -> Result<ContactsPage, AmoError> {
+        let answer = self
+            .get(
+                token,
+                priority,
+                CONTACTS_ENDPOINT,
+                CONTACTS_ENDPOINT,
+                &query.to_params(),
+            )
+            .await?;
+        let mut page = match answer.body {
+            Some(body) => model::decode_contacts_page(&body)?,
+            None => ContactsPage::default(),
+        };
+        page.upstream_time = answer.upstream_time;
+        Ok(page)
+    }
+
+    /// The documented cheap question: did any contact this token can see change since `since`
+    /// (Unix seconds)? `GET /api/v4/contacts?filter[updated_at][from]=since&limit=1` answers 204
+    /// when nothing did. Deletions do not show up in it.
+    pub async fn contacts_changed_since(
+        &self,
+        token: &AccessToken,
+        since: i64,
+    ) -> Result<bool, AmoError> {
+        let probe = ContactsQuery {
+            list: ContactList {
+                filter: ContactFilter {
+                    updated_at: TimeRange::new(Some(since), None),
+                    ..ContactFilter::default()
+                },
+                ..ContactList::default()
+            },
+            page: 1,
+            limit: PageSize::new(1).expect("1 is a valid page size"),
+            relations: Relations::NONE,
+        };
+        let answer = self
+            .get(
+                token,
+                Priority::Background,
+                CONTACTS_ENDPOINT,
+                CONTACTS_ENDPOINT,
+                &probe.to_params(),
+            )
+            .await?;
+        match answer.body {
+            None => Ok(false),
+            Some(body) => Ok(!model::decode_contacts_page(&body)?.contacts.is_empty()),
+        }
+    }
+
+    /// Linked entities of one kind by id, at most one page (250) of ids per call. Ids amoCRM
+    /// does not return are deleted or not visible to the token.
+    pub async fn entities(
+        &self,
+        token: &AccessToken,
+        kind: EntityKind,
+        ids: &[u64],
+        priority: Priority,
+    ) -> Result<Vec<RelatedEntity>, AmoError> {
+        let mut params = kind.id_params(ids);
+        params.push(("limit".to_owned(), MAX_PAGE_SIZE.to_string()));
+        let answer = self
+            .get(token, priority, kind.route(), &kind.path(), &params)
+            .await?;
+        match answer.body {
+            Some(body) => entities::decode_entities(kind, &body),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Every user of the account, page by page. amoCRM has no id filter for users and answers
+    /// 403 to tokens of non-admins.
+    pub async fn users(
+        &self,
+        token: &AccessToken,
+        priority: Priority,
+    ) -> Result<Vec<User>, AmoError> {
+        let mut users = Vec::new();
+        // A bound for a broken upstream that links next pages forever.
+        for page in 1..=MAX_USER_PAGES {
+            let params = [
+                ("page".to_owned(), page.to_string()),
+                ("limit".to_owned(), MAX_PAGE_SIZE.to_string()),
+            ];
+            let answer = self
+                .get(token, priority, USERS_ENDPOINT, USERS_ENDPOINT, &params)
+                .await?;
+            let Some(body) = answer.body else { break };
+            let listed = entities::decode_users(&body)?;
+            // A full page is judged by what amoCRM sent, not by what decoded.
+            let full = listed.sent == usize::from(MAX_PAGE_SIZE);
+            users.extend(listed.items);
+            if !(full && listed.has_next_link) {
+                break;
+            }
+        }
+        Ok(users)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_never_appears_in_debug() {
+        let token = AccessToken::new("very-secret");
+        assert!(!format!("{token:?}").contains("very-secret"));
+    }
+}
