@@ -86,11 +86,7 @@ impl Contact {
 
     /// Values of the contact's custom fields (phones and e-mails among them); empty when none.
     async fn custom_fields_values(&self) -> Vec<CustomFieldValue<'_>> {
-        self.0
-            .custom_fields_values
-            .iter()
-            .map(CustomFieldValue)
-            .collect()
+        custom_fields(&self.0.custom_fields_values)
     }
 
     async fn tags(&self) -> Vec<Tag<'_>> {
@@ -271,6 +267,10 @@ fn date(seconds: Option<i64>) -> Option<DateTime> {
     seconds.map(DateTime::from_unix)
 }
 
+fn custom_fields(values: &[model::CustomFieldValue]) -> Vec<CustomFieldValue<'_>> {
+    values.iter().map(CustomFieldValue).collect()
+}
+
 /// The values of one custom field of a contact.
 pub struct CustomFieldValue<'a>(&'a model::CustomFieldValue);
 
@@ -337,150 +337,80 @@ impl Tag<'_> {
     }
 }
 
+/// Writes the `#[Object]` impl of a linked entity: its `id`, from the link, then one detail
+/// field per `field: Type = |entity| value`. A detail field resolves to `value` computed from the
+/// loaded entity, or to null when the entity does not load (`Linked::details` reports why, once).
+/// The fields' `///` docs become their schema descriptions, as in a hand-written impl; the
+/// struct's doc does not, since `#[Object]` reads the impl's (and these types have none in the SDL).
+macro_rules! linked_entity_object {
+    ($object:ident {
+        $( $(#[$attr:meta])* $field:ident: $ty:ty = |$entity:ident| $value:expr ),* $(,)?
+    }) => {
+        #[Object]
+        impl $object {
+            async fn id(&self) -> ID {
+                self.0.id()
+            }
+
+            $(
+                $(#[$attr])*
+                async fn $field(&self, ctx: &Context<'_>) -> $ty {
+                    let $entity = self.0.details(ctx).await?;
+                    $value
+                }
+            )*
+        }
+    };
+}
+
 /// A company linked to a contact.
 pub struct Company(Linked);
 
-#[Object]
-impl Company {
-    async fn id(&self) -> ID {
-        self.0.id()
-    }
-
-    async fn name(&self, ctx: &Context<'_>) -> Option<&str> {
-        self.0.details(ctx).await?.name.as_deref()
-    }
-
-    async fn responsible_user_id(&self, ctx: &Context<'_>) -> Option<ID> {
-        self.0.details(ctx).await?.responsible_user_id.map(id)
-    }
-
-    async fn created_at(&self, ctx: &Context<'_>) -> Option<DateTime> {
-        date(self.0.details(ctx).await?.created_at)
-    }
-
-    async fn updated_at(&self, ctx: &Context<'_>) -> Option<DateTime> {
-        date(self.0.details(ctx).await?.updated_at)
-    }
-
-    async fn custom_fields_values(&self, ctx: &Context<'_>) -> Option<Vec<CustomFieldValue<'_>>> {
-        let entity = self.0.details(ctx).await?;
-        Some(
-            entity
-                .custom_fields_values
-                .iter()
-                .map(CustomFieldValue)
-                .collect(),
-        )
-    }
-}
+linked_entity_object!(Company {
+    name: Option<&str> = |company| company.name.as_deref(),
+    responsible_user_id: Option<ID> = |company| company.responsible_user_id.map(id),
+    created_at: Option<DateTime> = |company| date(company.created_at),
+    updated_at: Option<DateTime> = |company| date(company.updated_at),
+    custom_fields_values: Option<Vec<CustomFieldValue<'_>>> =
+        |company| Some(custom_fields(&company.custom_fields_values)),
+});
 
 /// A lead (deal) linked to a contact.
 pub struct Lead(Linked);
 
-#[Object]
-impl Lead {
-    async fn id(&self) -> ID {
-        self.0.id()
-    }
-
-    async fn name(&self, ctx: &Context<'_>) -> Option<&str> {
-        self.0.details(ctx).await?.name.as_deref()
-    }
-
+linked_entity_object!(Lead {
+    name: Option<&str> = |lead| lead.name.as_deref(),
     /// The deal's price, in the account's currency.
-    async fn price(&self, ctx: &Context<'_>) -> Option<i64> {
-        self.0.details(ctx).await?.price
-    }
-
-    async fn status_id(&self, ctx: &Context<'_>) -> Option<ID> {
-        self.0.details(ctx).await?.status_id.map(id)
-    }
-
-    async fn pipeline_id(&self, ctx: &Context<'_>) -> Option<ID> {
-        self.0.details(ctx).await?.pipeline_id.map(id)
-    }
-
-    async fn responsible_user_id(&self, ctx: &Context<'_>) -> Option<ID> {
-        self.0.details(ctx).await?.responsible_user_id.map(id)
-    }
-
-    async fn created_at(&self, ctx: &Context<'_>) -> Option<DateTime> {
-        date(self.0.details(ctx).await?.created_at)
-    }
-
-    async fn updated_at(&self, ctx: &Context<'_>) -> Option<DateTime> {
-        date(self.0.details(ctx).await?.updated_at)
-    }
-
-    async fn closed_at(&self, ctx: &Context<'_>) -> Option<DateTime> {
-        date(self.0.details(ctx).await?.closed_at)
-    }
-
-    async fn is_deleted(&self, ctx: &Context<'_>) -> Option<bool> {
-        Some(self.0.details(ctx).await?.is_deleted.unwrap_or(false))
-    }
-
-    async fn custom_fields_values(&self, ctx: &Context<'_>) -> Option<Vec<CustomFieldValue<'_>>> {
-        let entity = self.0.details(ctx).await?;
-        Some(
-            entity
-                .custom_fields_values
-                .iter()
-                .map(CustomFieldValue)
-                .collect(),
-        )
-    }
-
+    price: Option<i64> = |lead| lead.price,
+    status_id: Option<ID> = |lead| lead.status_id.map(id),
+    pipeline_id: Option<ID> = |lead| lead.pipeline_id.map(id),
+    responsible_user_id: Option<ID> = |lead| lead.responsible_user_id.map(id),
+    created_at: Option<DateTime> = |lead| date(lead.created_at),
+    updated_at: Option<DateTime> = |lead| date(lead.updated_at),
+    closed_at: Option<DateTime> = |lead| date(lead.closed_at),
+    is_deleted: Option<bool> = |lead| Some(lead.is_deleted.unwrap_or(false)),
+    custom_fields_values: Option<Vec<CustomFieldValue<'_>>> =
+        |lead| Some(custom_fields(&lead.custom_fields_values)),
     /// Closed as won (amoCRM status 142).
-    async fn is_won(&self, ctx: &Context<'_>) -> Option<bool> {
-        Some(self.0.details(ctx).await?.status_id == Some(STATUS_WON))
-    }
-
+    is_won: Option<bool> = |lead| Some(lead.status_id == Some(STATUS_WON)),
     /// Closed as lost (amoCRM status 143).
-    async fn is_lost(&self, ctx: &Context<'_>) -> Option<bool> {
-        Some(self.0.details(ctx).await?.status_id == Some(STATUS_LOST))
-    }
-}
+    is_lost: Option<bool> = |lead| Some(lead.status_id == Some(STATUS_LOST)),
+});
 
 /// A customer (periodic purchases) linked to a contact.
 pub struct Customer(Linked);
 
-#[Object]
-impl Customer {
-    async fn id(&self) -> ID {
-        self.0.id()
-    }
-
-    async fn name(&self, ctx: &Context<'_>) -> Option<&str> {
-        self.0.details(ctx).await?.name.as_deref()
-    }
-
+linked_entity_object!(Customer {
+    name: Option<&str> = |customer| customer.name.as_deref(),
     /// The expected price of the next purchase.
-    async fn next_price(&self, ctx: &Context<'_>) -> Option<i64> {
-        self.0.details(ctx).await?.next_price
-    }
-
+    next_price: Option<i64> = |customer| customer.next_price,
     /// The expected date of the next purchase.
-    async fn next_date(&self, ctx: &Context<'_>) -> Option<DateTime> {
-        date(self.0.details(ctx).await?.next_date)
-    }
-
-    async fn status_id(&self, ctx: &Context<'_>) -> Option<ID> {
-        self.0.details(ctx).await?.status_id.map(id)
-    }
-
-    async fn responsible_user_id(&self, ctx: &Context<'_>) -> Option<ID> {
-        self.0.details(ctx).await?.responsible_user_id.map(id)
-    }
-
-    async fn created_at(&self, ctx: &Context<'_>) -> Option<DateTime> {
-        date(self.0.details(ctx).await?.created_at)
-    }
-
-    async fn updated_at(&self, ctx: &Context<'_>) -> Option<DateTime> {
-        date(self.0.details(ctx).await?.updated_at)
-    }
-}
+    next_date: Option<DateTime> = |customer| date(customer.next_date),
+    status_id: Option<ID> = |customer| customer.status_id.map(id),
+    responsible_user_id: Option<ID> = |customer| customer.responsible_user_id.map(id),
+    created_at: Option<DateTime> = |customer| date(customer.created_at),
+    updated_at: Option<DateTime> = |customer| date(customer.updated_at),
+});
 
 /// A catalog element linked to a contact, with the link's own quantity and price field.
 pub struct CatalogElement<'a> {
