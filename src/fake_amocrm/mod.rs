@@ -247,7 +247,6 @@ impl FakeAmoCrm {
         busiest
     }
 
-    /// Forgets failures queued by [`FakeAmoCrm::fail_next`] that were not used.
     /// How long the access tokens it issues from now on live.
     pub fn set_oauth_lifetime(&self, lifetime: Duration) {
         lock(&self.state.oauth).lifetime = lifetime;
@@ -271,6 +270,7 @@ impl FakeAmoCrm {
             .count()
     }
 
+    /// Forgets failures queued by [`FakeAmoCrm::fail_next`] that were not used.
     pub fn clear_failures(&self) {
         lock(&self.state.failures).clear();
     }
