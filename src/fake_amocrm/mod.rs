@@ -15,30 +15,36 @@
 //!   gets 403 from `/api/v4/users`;
 //! - [`UNPAID_TOKEN`] belongs to an unpaid account and gets 402;
 //! - anything else gets 401.
+//!
+//! Its parts: `admission` is the front door every endpoint passes (recording, rate limit,
+//! latency, queued failures, tokens); `contacts` and `entities` answer their endpoints; `oauth`
+//! issues tokens; `data` holds the dataset. This file is what the tests and the binary see: the
+//! options, the running server with its controls, the route table and the shapes of answers.
 #![allow(
     clippy::result_large_err,
     reason = "handlers return early with a whole response; the fake is no hot path"
 )]
 
+mod admission;
+mod contacts;
 mod data;
 mod entities;
 mod oauth;
 
-use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+pub(crate) use admission::{Viewer, admit};
 pub use data::{
     ACCOUNT_ID, BUDGET_FIELD_ID, EMAIL_FIELD_ID, FakeContact, PHONE_FIELD_ID, SOURCE_FIELD_ID,
     USERS,
@@ -241,7 +247,6 @@ impl FakeAmoCrm {
         busiest
     }
 
-    /// Forgets failures queued by [`FakeAmoCrm::fail_next`] that were not used.
     /// How long the access tokens it issues from now on live.
     pub fn set_oauth_lifetime(&self, lifetime: Duration) {
         lock(&self.state.oauth).lifetime = lifetime;
@@ -265,6 +270,7 @@ impl FakeAmoCrm {
             .count()
     }
 
+    /// Forgets failures queued by [`FakeAmoCrm::fail_next`] that were not used.
     pub fn clear_failures(&self) {
         lock(&self.state.failures).clear();
     }
@@ -351,8 +357,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn router(state: Arc<FakeState>) -> Router {
     Router::new()
-        .route("/api/v4/contacts", get(list_contacts))
-        .route("/api/v4/contacts/{id}", get(contact_by_id))
+        .route("/api/v4/contacts", get(contacts::list_contacts))
+        .route("/api/v4/contacts/{id}", get(contacts::contact_by_id))
         .route("/api/v4/leads", get(entities::leads))
         .route("/api/v4/customers", get(entities::customers))
         .route("/api/v4/companies", get(entities::companies))
@@ -364,111 +370,6 @@ fn router(state: Arc<FakeState>) -> Router {
         .route(oauth::TOKEN_PATH, axum::routing::post(oauth::access_token))
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "Not Found", "unknown endpoint") })
         .with_state(state)
-}
-
-pub(crate) enum Viewer {
-    Admin,
-    Manager,
-}
-
-impl Viewer {
-    fn from_token(token: Option<&str>) -> Result<Viewer, Response> {
-        match token {
-            Some(ADMIN_TOKEN) => Ok(Viewer::Admin),
-            Some(MANAGER_TOKEN) => Ok(Viewer::Manager),
-            Some(UNPAID_TOKEN) => Err(problem(
-                StatusCode::PAYMENT_REQUIRED,
-                "Payment Required",
-                "Account is not paid",
-            )),
-            _ => Err(problem(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "Token is invalid or expired",
-            )),
-        }
-    }
-
-    fn sees(&self, contact: &FakeContact) -> bool {
-        match self {
-            Viewer::Admin => true,
-            Viewer::Manager => contact.responsible_user_id == MANAGER_USER_ID,
-        }
-    }
-}
-
-/// Records the request, waits the configured latency, and answers with a queued failure or
-/// authenticates the caller.
-pub(crate) async fn admit(
-    state: &FakeState,
-    path: String,
-    raw_query: Option<&str>,
-    headers: &HeaderMap,
-) -> Result<(Viewer, Vec<(String, String)>), Response> {
-    let query: Vec<(String, String)> = raw_query
-        .map(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .into_owned()
-                .collect()
-        })
-        .unwrap_or_default();
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
-    let at = std::time::Instant::now();
-    let rate_limited = {
-        let mut requests = lock(&state.requests);
-        let limited = state.rate_limit.is_some_and(|limit| {
-            let recent = requests
-                .iter()
-                .rev()
-                .take_while(|r| at.duration_since(r.at) < Duration::from_secs(1))
-                .count();
-            recent >= limit as usize
-        });
-        requests.push(RecordedRequest {
-            method: "GET".to_owned(),
-            path,
-            query: query.clone(),
-            token: token.clone(),
-            at,
-            rate_limited: limited,
-        });
-        limited
-    };
-    if rate_limited {
-        return Err(Failure::html(429).into_response());
-    }
-    let latency = state.latency_ms.load(Ordering::Relaxed);
-    if latency > 0 {
-        // A thread's sleep is precise to microseconds where tokio's timer rounds up to the next
-        // millisecond: benchmarks that subtract this latency need it exact.
-        let latency = Duration::from_millis(latency);
-        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(latency)).await;
-    }
-    let failure = {
-        let mut failures = lock(&state.failures);
-        (!failures.is_empty()).then(|| failures.remove(0))
-    };
-    if let Some(failure) = failure {
-        return Err(failure.into_response());
-    }
-    if let Some(token) = token.as_deref()
-        && token.starts_with("oauth-access-")
-    {
-        return match lock(&state.oauth).accepts(token) {
-            true => Ok((Viewer::Admin, query)),
-            false => Err(problem(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "Token is invalid or expired",
-            )),
-        };
-    }
-    let viewer = Viewer::from_token(token.as_deref())?;
-    Ok((viewer, query))
 }
 
 impl Failure {
@@ -490,93 +391,6 @@ impl Failure {
             }
         }
         response
-    }
-}
-
-async fn list_contacts(
-    State(state): State<Arc<FakeState>>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    let (viewer, query) =
-        match admit(&state, "/api/v4/contacts".into(), raw.as_deref(), &headers).await {
-            Ok(admitted) => admitted,
-            Err(response) => return response,
-        };
-    let params = match ListParams::parse(&query) {
-        Ok(params) => params,
-        Err(detail) => return problem(StatusCode::BAD_REQUEST, "Bad Request", &detail),
-    };
-    let contacts = state.read_contacts();
-    let mut matches: Vec<&FakeContact> = contacts
-        .iter()
-        .filter(|c| viewer.sees(c) && params.matches(c))
-        .collect();
-    if let Some((field, direction)) = &params.order {
-        let key = |c: &&FakeContact| match field.as_str() {
-            "updated_at" => (c.updated_at, c.id),
-            _ => (c.id as i64, c.id),
-        };
-        matches.sort_by_key(key);
-        if direction == "desc" {
-            matches.reverse();
-        }
-    }
-    let start = (params.page - 1).saturating_mul(params.limit);
-    let page: Vec<&FakeContact> = matches
-        .iter()
-        .skip(start)
-        .take(params.limit)
-        .copied()
-        .collect();
-    if page.is_empty() {
-        return StatusCode::NO_CONTENT.into_response();
-    }
-    let href = |page: usize| {
-        format!(
-            "{}/api/v4/contacts?limit={}&page={page}",
-            state.base_url, params.limit
-        )
-    };
-    let mut links = json!({ "self": { "href": href(params.page) } });
-    // amoCRM links a next page whenever this one is full, even when nothing follows.
-    if page.len() == params.limit {
-        links["next"] = json!({ "href": href(params.page + 1) });
-    }
-    if params.page > 1 {
-        links["prev"] = json!({ "href": href(params.page - 1) });
-    }
-    hal(json!({
-        "_page": params.page,
-        "_links": links,
-        "_embedded": {
-            "contacts": page.iter().map(|c| c.to_json(&params.with, &state.base_url)).collect::<Vec<_>>(),
-        },
-    }))
-}
-
-async fn contact_by_id(
-    State(state): State<Arc<FakeState>>,
-    Path(id): Path<String>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    let path = format!("/api/v4/contacts/{id}");
-    let (viewer, query) = match admit(&state, path, raw.as_deref(), &headers).await {
-        Ok(admitted) => admitted,
-        Err(response) => return response,
-    };
-    let Ok(id) = id.parse::<u64>() else {
-        return problem(StatusCode::NOT_FOUND, "Not Found", "unknown endpoint");
-    };
-    let with = with_set(&query);
-    match state
-        .read_contacts()
-        .iter()
-        .find(|c| c.id == id && viewer.sees(c))
-    {
-        Some(contact) => hal(contact.to_json(&with, &state.base_url)),
-        None => StatusCode::NO_CONTENT.into_response(),
     }
 }
 
@@ -603,184 +417,4 @@ pub(crate) fn problem(status: StatusCode, title: &str, detail: &str) -> Response
         .to_string(),
     )
         .into_response()
-}
-
-fn with_set(query: &[(String, String)]) -> HashSet<String> {
-    query
-        .iter()
-        .filter(|(k, _)| k == "with")
-        .flat_map(|(_, v)| v.split(','))
-        .map(|s| s.trim().to_owned())
-        .collect()
-}
-
-#[derive(Default)]
-struct Range {
-    from: Option<i64>,
-    to: Option<i64>,
-}
-
-impl Range {
-    fn contains(&self, value: Option<i64>) -> bool {
-        let Some(value) = value else { return false };
-        self.from.is_none_or(|f| value >= f) && self.to.is_none_or(|t| value <= t)
-    }
-}
-
-#[derive(Default)]
-struct CustomCondition {
-    values: Vec<String>,
-    from: Option<String>,
-    to: Option<String>,
-}
-
-/// The parameters of `GET /api/v4/contacts`, parsed the way amoCRM reads them: `filter[x][]`,
-/// `filter[x][0]` and `filter[x]` all give values; `[from]`/`[to]` give ranges.
-#[derive(Default)]
-struct ListParams {
-    with: HashSet<String>,
-    page: usize,
-    limit: usize,
-    search: Option<String>,
-    sets: BTreeMap<String, Vec<String>>,
-    ranges: BTreeMap<String, Range>,
-    custom: BTreeMap<u64, CustomCondition>,
-    order: Option<(String, String)>,
-}
-
-/// Splits `filter[a][b][]` into `("filter", ["a", "b", ""])`.
-fn key_path(key: &str) -> (&str, Vec<&str>) {
-    let Some(open) = key.find('[') else {
-        return (key, Vec::new());
-    };
-    let parts = key[open..]
-        .split(']')
-        .filter_map(|part| part.strip_prefix('['))
-        .collect();
-    (&key[..open], parts)
-}
-
-impl ListParams {
-    fn parse(query: &[(String, String)]) -> Result<ListParams, String> {
-        let number = |name: &str, value: &str| {
-            value
-                .parse::<usize>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| format!("{name} must be a positive integer"))
-        };
-        let mut params = ListParams {
-            with: with_set(query),
-            page: 1,
-            limit: 50,
-            ..ListParams::default()
-        };
-        for (key, value) in query {
-            let (base, path) = key_path(key);
-            match (base, path.as_slice()) {
-                ("page", []) => params.page = number("page", value)?,
-                ("limit", []) => {
-                    let limit = number("limit", value)?;
-                    params.limit = if limit > 250 { 50 } else { limit };
-                }
-                ("query", []) => params.search = Some(value.to_lowercase()),
-                ("order", [field]) => {
-                    if !matches!(*field, "id" | "updated_at")
-                        || !matches!(value.as_str(), "asc" | "desc")
-                    {
-                        return Err(format!("order[{field}]={value} is not supported"));
-                    }
-                    params.order = Some(((*field).to_owned(), value.clone()));
-                }
-                ("filter", ["custom_fields_values", field_id, rest @ ..]) => {
-                    let field_id = field_id
-                        .parse::<u64>()
-                        .map_err(|_| format!("bad custom field id {field_id}"))?;
-                    let condition = params.custom.entry(field_id).or_default();
-                    match rest {
-                        ["from"] => condition.from = Some(value.clone()),
-                        ["to"] => condition.to = Some(value.clone()),
-                        [] | [_] => condition.values.push(value.clone()),
-                        _ => return Err(format!("unsupported filter key {key}")),
-                    }
-                }
-                (
-                    "filter",
-                    [
-                        name @ ("created_at" | "updated_at" | "closest_task_at"),
-                        bound,
-                    ],
-                ) => {
-                    let seconds = value
-                        .parse::<i64>()
-                        .map_err(|_| format!("{key} must be Unix seconds"))?;
-                    let range = params.ranges.entry((*name).to_owned()).or_default();
-                    match *bound {
-                        "from" => range.from = Some(seconds),
-                        "to" => range.to = Some(seconds),
-                        _ => return Err(format!("unsupported filter key {key}")),
-                    }
-                }
-                (
-                    "filter",
-                    [
-                        name
-                        @ ("id" | "name" | "responsible_user_id" | "created_by" | "updated_by"),
-                        ..,
-                    ],
-                ) => {
-                    if *name != "name" && value.parse::<u64>().is_err() {
-                        return Err(format!("{key} must be numeric"));
-                    }
-                    params
-                        .sets
-                        .entry((*name).to_owned())
-                        .or_default()
-                        .push(value.clone());
-                }
-                ("filter", _) => return Err(format!("unsupported filter key {key}")),
-                _ => {}
-            }
-        }
-        Ok(params)
-    }
-
-    fn matches(&self, c: &FakeContact) -> bool {
-        let in_set = |name: &str, value: String| {
-            self.sets
-                .get(name)
-                .is_none_or(|values| values.contains(&value))
-        };
-        let in_range = |name: &str, value: Option<i64>| {
-            self.ranges
-                .get(name)
-                .is_none_or(|range| range.contains(value))
-        };
-        in_set("id", c.id.to_string())
-            && in_set("name", c.name.clone())
-            && in_set("responsible_user_id", c.responsible_user_id.to_string())
-            && in_set("created_by", c.created_by.to_string())
-            && in_set("updated_by", c.updated_by.to_string())
-            && in_range("created_at", Some(c.created_at))
-            && in_range("updated_at", Some(c.updated_at))
-            && in_range("closest_task_at", c.closest_task_at)
-            && self.search.as_deref().is_none_or(|q| c.matches_search(q))
-            && self.custom.iter().all(|(field_id, condition)| {
-                let values = c.field_values(*field_id);
-                let numeric = |s: &str| s.trim().parse::<f64>().ok();
-                values.iter().any(|v| {
-                    if !condition.values.is_empty() {
-                        return condition.values.contains(v);
-                    }
-                    let (Some(v), from, to) = (
-                        numeric(v),
-                        condition.from.as_deref().and_then(numeric),
-                        condition.to.as_deref().and_then(numeric),
-                    ) else {
-                        return false;
-                    };
-                    from.is_none_or(|f| v >= f) && to.is_none_or(|t| v <= t)
-                })
-            })
-    }
 }
