@@ -9,6 +9,12 @@
 //!
 //! With Redis, a batch first takes what the shared tier holds fresh for its ids, and loads only
 //! the rest upstream; what it loads is stored there for the other replicas.
+//!
+//! - `batch`: loading a batch of ids upstream and storing the answers.
+//! - `shared`: the entities' part of the Redis tier.
+
+mod batch;
+mod shared;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,18 +24,19 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use moka::Expiry;
 use moka::future::Cache;
-use serde::{Deserialize, Serialize};
 
+use self::batch::{Batch, BatchResult, download, refresh};
+use self::shared::SharedEntities;
 use super::flight::Flights;
 use super::pages::Freshness;
 use super::{CacheReport, CacheStatus, Dep};
 use crate::amocrm::{
-    AmoClient, AmoError, EntityKind, ForbiddenReason, MAX_FILTER_IDS, Priority, RelatedEntity, User,
+    AmoClient, AmoError, EntityKind, MAX_FILTER_IDS, Priority, RelatedEntity, User,
 };
 use crate::auth::{Credentials, Scope};
-use crate::metrics::{CacheName, Lookup, Metrics, Refresh};
-use crate::shared::tier::{Found, Generation, Slot, Stamp};
-use crate::shared::{Tier, unix_millis};
+use crate::metrics::{CacheName, Lookup, Metrics};
+use crate::shared::Tier;
+use crate::shared::tier::Generation;
 
 const ENTRY_OVERHEAD_BYTES: usize = 256;
 
@@ -91,108 +98,6 @@ impl Entry {
     }
 }
 
-/// An answer as the shared tier stores it.
-#[derive(Serialize, Deserialize)]
-enum StoredAnswer {
-    Entity(RelatedEntity),
-    Users(Vec<User>),
-    Missing,
-    /// A rights 403, with amoCRM's detail.
-    Forbidden(Option<String>),
-}
-
-#[derive(Serialize, Deserialize)]
-struct EntityRecord {
-    /// Unix milliseconds: the same instant on every replica.
-    validated_at: i64,
-    answer: StoredAnswer,
-}
-
-impl EntityRecord {
-    fn of(entry: &Entry) -> Option<EntityRecord> {
-        let answer = match &entry.value {
-            Cached::Entity(entity) => StoredAnswer::Entity(RelatedEntity::clone(entity)),
-            Cached::Users(users) => StoredAnswer::Users(users.values().cloned().collect()),
-            Cached::Missing => StoredAnswer::Missing,
-            Cached::Forbidden(error) => match error.as_ref() {
-                AmoError::Forbidden { detail, .. } => StoredAnswer::Forbidden(detail.clone()),
-                _ => return None,
-            },
-        };
-        let ago = i64::try_from(entry.validated_at.elapsed().as_millis()).unwrap_or(i64::MAX);
-        Some(EntityRecord {
-            validated_at: unix_millis().saturating_sub(ago),
-            answer,
-        })
-    }
-
-    fn into_value(self) -> Cached {
-        match self.answer {
-            StoredAnswer::Entity(entity) => Cached::Entity(Arc::new(entity)),
-            StoredAnswer::Users(users) => {
-                Cached::Users(Arc::new(users.into_iter().map(|u| (u.id, u)).collect()))
-            }
-            StoredAnswer::Missing => Cached::Missing,
-            StoredAnswer::Forbidden(detail) => Cached::Forbidden(Arc::new(AmoError::Forbidden {
-                reason: ForbiddenReason::Rights,
-                detail,
-            })),
-        }
-    }
-
-    /// When it was validated, by this process's clock; `None` once it is no longer fresh.
-    fn fresh_since(&self, ttl: Duration) -> Option<Instant> {
-        let ago = Duration::from_millis(
-            u64::try_from(unix_millis().saturating_sub(self.validated_at)).unwrap_or(0),
-        );
-        (ago < ttl)
-            .then(|| Instant::now().checked_sub(ago))
-            .flatten()
-    }
-}
-
-/// The entities' part of the shared tier.
-struct SharedEntities {
-    tier: Tier,
-    /// How long a per-entity or per-scope generation must outlive its last bump.
-    keep_for: Duration,
-}
-
-impl SharedEntities {
-    fn slot(&self, scope: &Scope, subject: Subject, id: u64) -> Slot {
-        let mut generations = vec![
-            self.all_entities(),
-            self.tier.generation(
-                format_args!("scope:{}", scope.as_str()),
-                Some(self.keep_for),
-            ),
-        ];
-        match subject {
-            Subject::Entity(kind) => {
-                generations.push(self.entity(kind, id));
-                self.tier.slot(
-                    format_args!("entity:{}:{}:{id}", scope.as_str(), kind.path()),
-                    generations,
-                )
-            }
-            Subject::Users => self
-                .tier
-                .slot(format_args!("users:{}", scope.as_str()), generations),
-        }
-    }
-
-    fn all_entities(&self) -> Generation {
-        self.tier.generation(format_args!("entities"), None)
-    }
-
-    fn entity(&self, kind: EntityKind, id: u64) -> Generation {
-        self.tier.generation(
-            format_args!("entity:{}:{id}", kind.path()),
-            Some(self.keep_for),
-        )
-    }
-}
-
 struct EntryExpiry(Freshness);
 
 impl Expiry<EntityKey, Arc<Entry>> for EntryExpiry {
@@ -215,18 +120,6 @@ impl Expiry<EntityKey, Arc<Entry>> for EntryExpiry {
         self.expire_after_create(key, entry, now)
     }
 }
-
-/// A batch to load: one upstream call.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Batch {
-    scope: Scope,
-    subject: Subject,
-    ids: Vec<u64>,
-    /// The invalidation epoch it started in: later requests never join earlier work.
-    epoch: u64,
-}
-
-type BatchResult = Result<Arc<HashMap<u64, Arc<Entry>>>, Arc<AmoError>>;
 
 #[derive(Clone)]
 pub struct EntityCache {
@@ -476,173 +369,5 @@ impl EntityCache {
             }
         }
         answers
-    }
-}
-
-/// Loads one batch and stores every answer in it.
-async fn download(
-    inner: Arc<Inner>,
-    credentials: Credentials,
-    batch: Batch,
-    priority: Priority,
-) -> BatchResult {
-    let epoch = batch.epoch;
-    let started = Instant::now();
-    // With Redis: what other replicas stored fresh needs no upstream call; the rest is loaded
-    // and stored there under the stamps read now.
-    let mut known: Vec<(u64, Cached, Instant)> = Vec::new();
-    let mut share_as: HashMap<u64, (Slot, Stamp)> = HashMap::new();
-    let mut upstream = batch.clone();
-    if let Some(shared) = &inner.shared {
-        let slots: Vec<Slot> = batch
-            .ids
-            .iter()
-            .map(|id| shared.slot(&batch.scope, batch.subject, *id))
-            .collect();
-        if let Some(found) = shared
-            .tier
-            .get_many::<EntityRecord>(CacheName::Entities, &slots)
-            .await
-        {
-            upstream.ids.clear();
-            for ((id, slot), found) in batch.ids.iter().zip(slots).zip(found) {
-                let stamp = match found {
-                    Found::Value(record, stamp) => match record.fresh_since(inner.freshness.ttl) {
-                        Some(validated_at) => {
-                            known.push((*id, record.into_value(), validated_at));
-                            continue;
-                        }
-                        None => stamp,
-                    },
-                    Found::Absent(stamp) => stamp,
-                };
-                upstream.ids.push(*id);
-                share_as.insert(*id, (slot, stamp));
-            }
-        }
-    }
-    let loaded: HashMap<u64, Cached> = if upstream.ids.is_empty() {
-        HashMap::new()
-    } else {
-        match fetch(&inner, &credentials, &upstream, priority).await {
-            Ok(values) => values,
-            Err(error) => return Err(Arc::new(error)),
-        }
-    };
-    let now = Instant::now();
-    let values = loaded
-        .into_iter()
-        .map(|(id, value)| (id, value, now, false))
-        .chain(
-            known
-                .into_iter()
-                .map(|(id, value, at)| (id, value, at, true)),
-        );
-    let mut entries = HashMap::with_capacity(batch.ids.len());
-    let mut to_share = Vec::new();
-    for (id, value, validated_at, from_shared_tier) in values {
-        let entry = Arc::new(Entry {
-            value,
-            validated_at,
-            version: inner.versions.fetch_add(1, Ordering::Relaxed),
-            from_shared_tier,
-        });
-        if let Some((slot, stamp)) = share_as.remove(&id)
-            && let Some(record) = EntityRecord::of(&entry)
-        {
-            to_share.push((slot, stamp, record));
-        }
-        let invalidated_since = inner
-            .invalidated
-            .get(&(batch.subject, id))
-            .await
-            .is_some_and(|at| at >= started);
-        if inner.epoch.load(Ordering::SeqCst) == epoch && !invalidated_since {
-            let key = EntityKey {
-                scope: batch.scope.clone(),
-                subject: batch.subject,
-                id,
-            };
-            inner.entries.insert(key.clone(), entry.clone()).await;
-            if inner.epoch.load(Ordering::SeqCst) != epoch {
-                inner.entries.invalidate(&key).await;
-            }
-        }
-        entries.insert(id, entry);
-    }
-    if let Some(shared) = &inner.shared
-        && !to_share.is_empty()
-    {
-        let ttl = inner.freshness.ttl + inner.freshness.stale_ttl;
-        let values: Vec<_> = to_share
-            .iter()
-            .map(|(slot, stamp, record)| (slot, stamp, record, ttl))
-            .collect();
-        shared.tier.put_many(&values).await;
-    }
-    Ok(Arc::new(entries))
-}
-
-async fn refresh(inner: Arc<Inner>, credentials: Credentials, batch: Batch) -> BatchResult {
-    let result = download(inner.clone(), credentials, batch, Priority::Background).await;
-    let outcome = if result.is_ok() {
-        Refresh::Downloaded
-    } else {
-        // Stale-if-error: the stale answers stay until their window ends.
-        Refresh::Failed
-    };
-    inner.metrics.cache_refresh(CacheName::Entities, outcome);
-    result
-}
-
-/// One upstream call for a batch: every id gets an answer, or the call failed.
-async fn fetch(
-    inner: &Inner,
-    credentials: &Credentials,
-    batch: &Batch,
-    priority: Priority,
-) -> Result<HashMap<u64, Cached>, AmoError> {
-    let answer = match batch.subject {
-        Subject::Entity(kind) => inner
-            .client
-            .entities(&credentials.token, kind, &batch.ids, priority)
-            .await
-            .map(|found| {
-                let mut found: HashMap<u64, Cached> = found
-                    .into_iter()
-                    .map(|e| (e.id, Cached::Entity(Arc::new(e))))
-                    .collect();
-                found.retain(|id, _| batch.ids.contains(id));
-                for id in &batch.ids {
-                    found.entry(*id).or_insert(Cached::Missing);
-                }
-                found
-            }),
-        Subject::Users => inner
-            .client
-            .users(&credentials.token, priority)
-            .await
-            .map(|users| {
-                let users = users.into_iter().map(|u| (u.id, u)).collect();
-                HashMap::from([(0, Cached::Users(Arc::new(users)))])
-            }),
-    };
-    match answer {
-        Ok(values) => Ok(values),
-        // A rights 403 is the same answer for the whole batch, and a lasting one.
-        Err(
-            error @ AmoError::Forbidden {
-                reason: ForbiddenReason::Rights,
-                ..
-            },
-        ) => {
-            let error = Arc::new(error);
-            Ok(batch
-                .ids
-                .iter()
-                .map(|id| (*id, Cached::Forbidden(error.clone())))
-                .collect())
-        }
-        Err(error) => Err(error),
     }
 }
