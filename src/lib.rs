@@ -32,10 +32,11 @@
 //!   [`fake_amocrm`] (a faithful fake of the upstream, for `--demo` and the tests).
 //!
 //! ## Request flow
-//! 1. `http::graphql` resolves the caller's [`auth::Credentials`]. An operation identical to a
-//!    recent one is answered from [`cache::ResponseCache`] while every page it was built from
-//!    is unchanged and fresh; otherwise a fresh [`graphql::RequestContext`] (credentials,
-//!    DataLoader, cache report) goes into the request.
+//! 1. `http::graphql` resolves the caller's [`auth::Credentials`]. A request whose bytes equal a
+//!    recent one's is answered from [`cache::ResponseCache`] before any parsing, while every
+//!    page it was built from is unchanged and fresh (compressed once per entry when the client
+//!    accepts it); otherwise the request is parsed and a fresh [`graphql::RequestContext`]
+//!    (credentials, DataLoader, cache report) goes into it.
 //! 2. Before execution, `graphql::selection` plans the operation: which relations each root field
 //!    selects (following fragments, aliases, `@skip`/`@include`) and every `contact(id:)` id.
 //! 3. Resolvers validate arguments into an [`amocrm::ContactList`], and `graphql::connection` cuts
