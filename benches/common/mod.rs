@@ -63,7 +63,10 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     pub async fn start(upstream: &str, flags: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_amocrm-gateway"))
+        // `GATEWAY_BIN` measures another build (an older commit's, say) with the same load.
+        let binary = std::env::var_os("GATEWAY_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_amocrm-gateway").into());
+        let mut child = Command::new(binary)
             .args(["--listen", "127.0.0.1:0", "--upstream-url", upstream])
             .args(flags)
             .env("RUST_LOG", "warn")
