@@ -7,12 +7,14 @@
 //! - [`selection`]: the operation plan (which relations, which ids), made before execution.
 //! - [`input`]: argument validation.
 //! - [`error`]: the mapping of every failure to `extensions.code`.
+//! - [`field_errors`]: errored fields become `null` where the GraphQL spec says.
 //! - [`context`]: per-request state and the DataLoader.
 
 mod connection;
 mod contact;
 mod context;
 mod error;
+mod field_errors;
 mod input;
 mod query;
 mod scalars;
@@ -66,6 +68,7 @@ impl Default for Limits {
 pub fn schema(limits: Limits) -> GatewaySchema {
     let builder = Schema::build(QueryRoot, EmptyMutation, EmptySubscription)
         .extension(PlanningExtension { limits })
+        .extension(field_errors::SpecFieldErrors)
         .limit_complexity(limits.max_complexity)
         .limit_depth(limits.max_depth);
     if limits.introspection {

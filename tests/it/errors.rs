@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use amocrm_gateway::fake_amocrm::{Failure, FakeOptions};
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::support::{ADMIN_TOKEN, TestApp, start_gateway};
+use crate::support::{ADMIN_TOKEN, MANAGER_TOKEN, TestApp, start_gateway};
 
 #[tokio::test]
 async fn bad_input_is_bad_user_input_naming_the_argument_with_no_upstream_call() {
@@ -296,4 +296,99 @@ async fn each_operation_limit_refuses_before_any_call() {
     )
     .await
     .data();
+}
+
+/// Field errors as the GraphQL spec handles them: the key of an errored nullable field is
+/// present and null; an errored non-null field nulls its nearest nullable ancestor, `data` at
+/// the root. A missing key is not a null, so these check presence.
+mod null_propagation {
+    use super::*;
+
+    /// The object's keys, sorted (the parsed `Value` sorts them anyway).
+    fn keys(value: &Value) -> Vec<&str> {
+        let mut keys: Vec<&str> = value
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        keys.sort_unstable();
+        keys
+    }
+
+    #[tokio::test]
+    async fn a_forbidden_responsible_user_is_a_present_null_in_every_node() {
+        let app = TestApp::spawn().await;
+        let reply = app
+            .query(
+                Some(MANAGER_TOKEN),
+                "{ contacts(first: 3) { nodes { id responsibleUser { name } \
+                 owner: responsibleUser { id } } } }",
+            )
+            .await;
+        let nodes = reply.body["data"]["contacts"]["nodes"]
+            .as_array()
+            .expect("the list is there");
+        assert_eq!(nodes.len(), 3);
+        for node in nodes {
+            assert_eq!(keys(node), ["id", "owner", "responsibleUser"], "{node}");
+            assert_eq!(node["responsibleUser"], Value::Null);
+            assert_eq!(node["owner"], Value::Null);
+        }
+        // One error for each field of each node, each with its own path.
+        let paths: Vec<&Value> = reply.body["errors"]
+            .as_array()
+            .expect("errors")
+            .iter()
+            .map(|e| &e["path"])
+            .collect();
+        assert!(paths.contains(&&json!(["contacts", "nodes", 0, "responsibleUser"])));
+        assert!(paths.contains(&&json!(["contacts", "nodes", 2, "owner"])));
+        assert!(reply.codes().iter().all(|c| c == "FORBIDDEN"));
+    }
+
+    #[tokio::test]
+    async fn the_only_root_field_failing_answers_its_key_as_null() {
+        let app = TestApp::spawn().await;
+        let reply = app
+            .query(
+                Some(ADMIN_TOKEN),
+                r#"{ contact(id: "not-a-number") { id } }"#,
+            )
+            .await;
+        assert_eq!(reply.body["data"], json!({ "contact": null }));
+        assert_eq!(reply.codes(), ["BAD_USER_INPUT"]);
+        assert_eq!(reply.first_error()["path"], json!(["contact"]));
+        assert_eq!(app.upstream_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_non_null_root_field_nulls_data_beside_a_healthy_one() {
+        let app = TestApp::spawn().await;
+        let reply = app
+            .query(
+                Some(ADMIN_TOKEN),
+                r#"{ contact(id: "7000000") { id } contacts(first: 251) { nodes { id } } }"#,
+            )
+            .await;
+        let body = reply.body.as_object().expect("an object");
+        assert!(body.contains_key("data"), "{}", reply.body);
+        assert_eq!(reply.body["data"], Value::Null);
+        assert_eq!(reply.codes(), ["BAD_USER_INPUT"]);
+        assert_eq!(reply.first_error()["path"], json!(["contacts"]));
+    }
+
+    #[tokio::test]
+    async fn an_aliased_failing_root_field_keeps_its_alias_as_null() {
+        let app = TestApp::spawn().await;
+        let reply = app
+            .query(
+                Some(ADMIN_TOKEN),
+                r#"{ good: contact(id: "7000000") { id } bad: contact(id: "x") { id } }"#,
+            )
+            .await;
+        assert_eq!(
+            reply.body["data"],
+            json!({ "good": { "id": "7000000" }, "bad": null })
+        );
+        assert_eq!(reply.first_error()["path"], json!(["bad"]));
+    }
 }
