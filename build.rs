@@ -1,6 +1,6 @@
-//! Embeds GraphiQL's browser assets into the binary when `scripts/fetch-graphiql.sh` has put
-//! them into `assets/graphiql/`; without them `/graphiql` loads the same versions from a CDN.
-//! Writes `$OUT_DIR/graphiql_assets.rs`, which `src/graphiql.rs` includes.
+//! Embeds GraphiQL's browser assets, committed in `assets/graphiql/`, into the binary, so the
+//! playground works with no network. Writes `$OUT_DIR/graphiql_assets.rs`, which
+//! `src/graphiql.rs` includes.
 
 use std::path::Path;
 
@@ -19,24 +19,26 @@ fn main() {
     println!("cargo::rerun-if-changed=assets/graphiql");
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
     let dir = Path::new(&manifest_dir).join("assets/graphiql");
-    let present = FILES.iter().all(|(name, _)| dir.join(name).is_file());
-    let code = if present {
-        let assets: Vec<String> = FILES
-            .iter()
-            .map(|(name, content_type)| {
-                format!(
-                    "Asset {{ name: {name:?}, content_type: {content_type:?}, bytes: include_bytes!({:?}) }}",
-                    dir.join(name).display().to_string()
-                )
-            })
-            .collect();
-        format!(
-            "/// GraphiQL's assets, embedded at build time.\npub const EMBEDDED: Option<&[Asset]> = Some(&[{}]);\n",
-            assets.join(", ")
-        )
-    } else {
-        "/// GraphiQL's assets were not fetched before this build.\npub const EMBEDDED: Option<&[Asset]> = None;\n".to_owned()
-    };
+    let assets: Vec<String> = FILES
+        .iter()
+        .map(|(name, content_type)| {
+            let path = dir.join(name);
+            assert!(
+                path.is_file(),
+                "{} is missing: GraphiQL's assets are committed; restore them with git, or run \
+                 scripts/update-graphiql.sh",
+                path.display()
+            );
+            format!(
+                "Asset {{ name: {name:?}, content_type: {content_type:?}, bytes: include_bytes!({:?}) }}",
+                path.display().to_string()
+            )
+        })
+        .collect();
+    let code = format!(
+        "/// GraphiQL's assets, embedded at build time.\npub const ASSETS: &[Asset] = &[{}];\n",
+        assets.join(", ")
+    );
     let out = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"))
         .join("graphiql_assets.rs");
     std::fs::write(out, code).expect("OUT_DIR is writable");

@@ -60,7 +60,6 @@ pub struct Gateway {
 impl Gateway {
     pub async fn build(config: ServeConfig) -> Result<Gateway, StartupError> {
         let settings = config.validate()?;
-        warn_without_embedded_graphiql();
         let metrics = Metrics::new();
         let redis = connect_redis(&settings, &metrics)?;
         let (upstream_url, demo) = upstream(&settings).await?;
@@ -117,15 +116,6 @@ impl Gateway {
         drop(self.demo);
         drop(self.background);
         served
-    }
-}
-
-fn warn_without_embedded_graphiql() {
-    if !crate::graphiql::embedded() {
-        tracing::warn!(
-            "GraphiQL's assets were not embedded in this build (run scripts/fetch-graphiql.sh, \
-             then build again): /graphiql loads them from unpkg.com, which needs internet"
-        );
     }
 }
 

@@ -1,10 +1,10 @@
 //! The GraphiQL playground at `/graphiql`: an example query (contacts with their leads, paged
 //! with variables), the schema docs, and the `Authorization` header the caller needs.
 //!
-//! Its assets come from the official npm packages (GraphiQL, React, ReactDOM), fetched and
-//! integrity-checked by `scripts/fetch-graphiql.sh` and embedded into the binary at build time,
-//! so the playground works air-gapped. A binary built without them serves a page that loads
-//! the same pinned versions from unpkg.com, and says so in the log at start-up.
+//! Its assets come from the official npm packages (GraphiQL, React, ReactDOM), pinned, committed
+//! in `assets/graphiql/` (`scripts/update-graphiql.sh` fetches them and checks the registry's
+//! sha512) and embedded into the binary at build time, so the playground works air-gapped:
+//! nothing is loaded from anywhere but the gateway.
 
 /// One embedded file, served at `/graphiql/assets/{name}`.
 #[derive(Debug)]
@@ -15,26 +15,6 @@ pub struct Asset {
 }
 
 include!(concat!(env!("OUT_DIR"), "/graphiql_assets.rs"));
-
-/// Where each asset lives on the CDN, for a build without them.
-const CDN: [(&str, &str); 4] = [
-    (
-        "react.production.min.js",
-        "https://unpkg.com/react@18.3.1/umd/react.production.min.js",
-    ),
-    (
-        "react-dom.production.min.js",
-        "https://unpkg.com/react-dom@18.3.1/umd/react-dom.production.min.js",
-    ),
-    (
-        "graphiql.min.js",
-        "https://unpkg.com/graphiql@4.1.2/graphiql.min.js",
-    ),
-    (
-        "graphiql.min.css",
-        "https://unpkg.com/graphiql@4.1.2/graphiql.min.css",
-    ),
-];
 
 pub const ASSETS_PATH: &str = "/graphiql/assets";
 
@@ -56,13 +36,8 @@ query Contacts($first: Int = 10, $after: String) {
 }
 "#;
 
-/// Whether the assets were embedded at build time.
-pub fn embedded() -> bool {
-    EMBEDDED.is_some()
-}
-
 pub fn asset(name: &str) -> Option<&'static Asset> {
-    EMBEDDED?.iter().find(|asset| asset.name == name)
+    ASSETS.iter().find(|asset| asset.name == name)
 }
 
 /// The page, with the header hint callers of this gateway need (if any).
@@ -79,12 +54,44 @@ pub fn page(authorization: Option<&str>) -> String {
     // `</` must not close the script element the config is embedded in.
     let config = config.to_string().replace("</", "<\\/");
     let mut page = include_str!("graphiql.html").replace("__CONFIG__", &config);
-    for (name, cdn) in CDN {
-        let url = match embedded() {
-            true => format!("{ASSETS_PATH}/{name}"),
-            false => cdn.to_owned(),
-        };
-        page = page.replace(&format!("__{name}__"), &url);
+    for asset in ASSETS {
+        let name = asset.name;
+        page = page.replace(&format!("__{name}__"), &format!("{ASSETS_PATH}/{name}"));
     }
     page
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    /// The embedded files are the ones `scripts/update-graphiql.sh` took from the packages
+    /// whose published sha512 it checked: it wrote their digests, and nothing changed since.
+    #[test]
+    fn the_embedded_assets_match_their_recorded_digests() {
+        let sums = include_str!("../assets/graphiql/SHA256SUMS");
+        for asset in super::ASSETS {
+            let digest = hex::encode(Sha256::digest(asset.bytes));
+            let line = format!("{digest}  {}", asset.name);
+            assert!(
+                sums.lines().any(|l| l == line),
+                "{} differs from the digest scripts/update-graphiql.sh recorded",
+                asset.name
+            );
+        }
+        assert_eq!(sums.lines().count(), super::ASSETS.len());
+    }
+
+    #[test]
+    fn the_page_names_only_the_gateways_own_assets() {
+        let page = super::page(None);
+        assert!(
+            !page.contains(".js__") && !page.contains(".css__"),
+            "a placeholder was left: {page}"
+        );
+        assert!(!page.contains("https://"), "{page}");
+        for asset in super::ASSETS {
+            assert!(page.contains(&format!("{}/{}", super::ASSETS_PATH, asset.name)));
+        }
+    }
 }

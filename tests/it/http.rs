@@ -85,7 +85,7 @@ async fn graphiql_health_and_the_root_redirect() {
     assert!(html.contains("query Contacts($first: Int = 10, $after: String)"));
     assert!(html.contains("leads { id name price }"));
     assert!(html.contains("\"endpoint\":\"/graphql\""));
-    // Built by scripts/test after scripts/fetch-graphiql.sh: the assets are the gateway's own.
+    // The committed assets are embedded: the playground is the gateway's own.
     let script = app
         .http()
         .get(app.url("/graphiql/assets/graphiql.min.js"))

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Fetches the GraphiQL playground's browser assets into assets/graphiql/, where the build embeds
-# them into the binary: /graphiql then works without internet. `npm pack` of three pinned
-# packages (not an `npm install`), each checked against the sha512 integrity the npm registry
-# published for it. Idempotent; the fetched files are not committed (.gitignore). Without them
-# the build still succeeds and /graphiql loads the same versions from unpkg.com.
+# Updates the GraphiQL playground's browser assets in assets/graphiql/, which are committed and
+# embedded into the binary by the build: /graphiql works with no network on a fresh clone. Run it
+# after changing a pin below (then commit the result), or with --check to re-verify the committed
+# files against the registry. `npm pack` of three pinned packages (not an `npm install`): each
+# pin's sha512 must equal the integrity the npm registry publishes for that version, and the
+# tarball must hash to it. The files' SHA-256 digests go to SHA256SUMS, which a unit test checks
+# the embedded bytes against, offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,31 +23,49 @@ complete() {
     [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ] || return 1
     for file in "${files_wanted[@]}"; do [ -s "$dest/$file" ] || return 1; done
 }
-if complete; then
+check=false
+if [ "${1:-}" = "--check" ]; then check=true; fi
+if complete && ! $check; then
     exit 0
 fi
-rm -f "$stamp"
-command -v npm >/dev/null || { echo "fetch-graphiql: needs npm (Node.js)" >&2; exit 1; }
+command -v npm >/dev/null || { echo "update-graphiql: needs npm (Node.js)" >&2; exit 1; }
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$dest"
 for entry in "${packages[@]}"; do
     IFS='|' read -r spec integrity files <<<"$entry"
+    published=$(npm view "$spec" dist.integrity)
+    if [ "$published" != "$integrity" ]; then
+        echo "update-graphiql: the registry publishes $published for $spec, not the pinned $integrity" >&2
+        exit 1
+    fi
     tarball=$(cd "$work" && npm pack "$spec" --silent | tail -n 1)
-    [ -f "$work/$tarball" ] || { echo "fetch-graphiql: npm pack $spec produced no tarball" >&2; exit 1; }
+    [ -f "$work/$tarball" ] || { echo "update-graphiql: npm pack $spec produced no tarball" >&2; exit 1; }
     actual="sha512-$(node -e 'process.stdout.write(require("crypto").createHash("sha512").update(require("fs").readFileSync(process.argv[1])).digest("base64"))' "$work/$tarball")"
     if [ "$actual" != "$integrity" ]; then
-        echo "fetch-graphiql: $spec does not match its pinned integrity ($actual)" >&2
+        echo "update-graphiql: $spec does not match its pinned integrity ($actual)" >&2
         exit 1
     fi
     for file in $files; do
         tar -xzf "$work/$tarball" -C "$work" "package/$file"
+        if $check; then
+            cmp -s "$work/package/$file" "$dest/$(basename "$file")" || {
+                echo "update-graphiql: the committed $(basename "$file") differs from $spec's" >&2
+                exit 1
+            }
+            continue
+        fi
         # Each file replaced by a rename: a reader never sees half of one.
         cp "$work/package/$file" "$dest/.$(basename "$file").part"
         mv "$dest/.$(basename "$file").part" "$dest/$(basename "$file")"
     done
     rm -rf "$work/package"
 done
+if $check; then
+    echo "update-graphiql: the committed assets are exactly the pinned packages' files" >&2
+    exit 0
+fi
 echo "$wanted" >"$stamp"
-echo "fetch-graphiql: GraphiQL's assets are in $dest; the next build embeds them" >&2
+(cd "$dest" && sha256sum "${files_wanted[@]}" >SHA256SUMS)
+echo "update-graphiql: GraphiQL's assets are in $dest; commit them, the next build embeds them" >&2
