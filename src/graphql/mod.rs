@@ -9,10 +9,12 @@
 //! - [`error`]: the mapping of every failure to `extensions.code`.
 //! - [`field_errors`]: errored fields become `null` where the GraphQL spec says.
 //! - [`context`]: per-request state and the DataLoader.
+//! - [`documents`]: parsed documents, kept by their text.
 
 mod connection;
 mod contact;
 mod context;
+mod documents;
 mod error;
 mod field_errors;
 mod input;
@@ -67,7 +69,10 @@ impl Default for Limits {
 /// ([`RequestContext`]).
 pub fn schema(limits: Limits) -> GatewaySchema {
     let builder = Schema::build(QueryRoot, EmptyMutation, EmptySubscription)
-        .extension(PlanningExtension { limits })
+        .extension(PlanningExtension {
+            limits,
+            documents: documents::Documents::new(),
+        })
         .extension(field_errors::SpecFieldErrors)
         .limit_complexity(limits.max_complexity)
         .limit_depth(limits.max_depth);
@@ -87,12 +92,14 @@ pub fn sdl() -> String {
 /// ([`OperationPlan`]) and gives async-graphql's own errors their `extensions.code`.
 struct PlanningExtension {
     limits: Limits,
+    documents: documents::Documents,
 }
 
 impl ExtensionFactory for PlanningExtension {
     fn create(&self) -> Arc<dyn Extension> {
         Arc::new(PlanningExtension {
             limits: self.limits,
+            documents: self.documents.clone(),
         })
     }
 }
@@ -113,6 +120,7 @@ impl Extension for PlanningExtension {
     ) -> ServerResult<Request> {
         let operation_name = request.operation_name.clone();
         let mut variables = std::mem::take(&mut request.variables);
+        self.documents.prepare(&mut request).await;
         // A document that does not parse gets no plan; execution reports the syntax error.
         let mut refusal = None;
         let plan = request.parsed_query().ok().map(|document| {
