@@ -1,4 +1,6 @@
 //! Single-flight: concurrent askers for one key share one piece of work, errors included.
+//! Work that panics ends as an error for every asker (a shared future would otherwise hand the
+//! panic on to each of them).
 //!
 //! The askers drive the work themselves (no hand-off to another task on the path of a miss),
 //! and the in-flight map holds it only weakly: when every asker has gone away the work is
@@ -13,6 +15,22 @@ use std::sync::{Arc, Mutex, Weak};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared, WeakShared};
+
+use crate::amocrm::AmoError;
+
+/// What a flight's askers get when its work panicked.
+pub trait Panicked {
+    fn panicked() -> Self;
+}
+
+impl<T> Panicked for Result<T, Arc<AmoError>> {
+    fn panicked() -> Self {
+        // Only an answer the gateway could not handle gets this far: "unusable" is honest.
+        Err(Arc::new(AmoError::Decode(
+            "the gateway failed while handling amoCRM's answer".to_owned(),
+        )))
+    }
+}
 
 pub type Flight<V> = Shared<BoxFuture<'static, V>>;
 
@@ -49,7 +67,7 @@ impl<K: Hash + Eq, V: Clone> Drop for Landing<K, V> {
 impl<K, V> Flights<K, V>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + Panicked + 'static,
 {
     pub fn new() -> Arc<Self> {
         Arc::new(Flights {
@@ -77,7 +95,13 @@ where
         // The landing removes the key when the flight ends; it cannot before the insert below,
         // because it needs the lock held here.
         let flight = async move {
-            let value = work.await;
+            let value = std::panic::AssertUnwindSafe(work)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::error!("a single-flight's work panicked; its askers get an error");
+                    V::panicked()
+                });
             drop(landing);
             value
         }
@@ -111,6 +135,33 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+
+    impl Panicked for usize {
+        fn panicked() -> Self {
+            usize::MAX
+        }
+    }
+
+    #[tokio::test]
+    async fn work_that_panics_ends_as_an_error_for_every_asker_and_lands() {
+        let flights: Arc<Flights<u8, Result<usize, Arc<AmoError>>>> = Flights::new();
+        let (gate, opened) = tokio::sync::oneshot::channel::<()>();
+        let (first, _) = flights.join_or_start(1, move || async move {
+            let _ = opened.await;
+            panic!("a hostile answer")
+        });
+        let (second, joined) = flights.join_or_start(1, || async { Ok(7) });
+        assert!(joined);
+        gate.send(()).expect("the flight waits");
+        let (first, second) = futures::join!(first, second);
+        for answer in [first, second] {
+            let error = answer.expect_err("an error, not a panic");
+            assert!(matches!(*error, AmoError::Decode(_)), "{error:?}");
+        }
+        let (third, joined) = flights.join_or_start(1, || async { Ok(7) });
+        assert!(!joined, "the failed flight landed");
+        assert_eq!(third.await.ok(), Some(7));
+    }
 
     #[tokio::test]
     async fn concurrent_askers_share_one_run_and_a_finished_flight_lands() {

@@ -119,6 +119,8 @@ pub struct Failure {
     pub status: u16,
     pub content_type: Option<&'static str>,
     pub body: String,
+    /// A `Retry-After` header, sent as it is.
+    pub retry_after: Option<String>,
 }
 
 impl Failure {
@@ -130,6 +132,7 @@ impl Failure {
             body: json!({ "title": title, "type": "https://httpstatus.es/", "status": status,
                           "detail": detail })
             .to_string(),
+            retry_after: None,
         }
     }
 
@@ -139,6 +142,7 @@ impl Failure {
             status,
             content_type: Some("text/html; charset=utf-8"),
             body: "<html><body><h1>Access denied</h1></body></html>".to_owned(),
+            retry_after: None,
         }
     }
 
@@ -147,7 +151,14 @@ impl Failure {
             status,
             content_type: None,
             body: String::new(),
+            retry_after: None,
         }
+    }
+
+    /// The same answer with a `Retry-After` header, whatever it says.
+    pub fn with_retry_after(mut self, value: impl Into<String>) -> Self {
+        self.retry_after = Some(value.into());
+        self
     }
 
     /// A 200 with an arbitrary body, for malformed and truncated responses.
@@ -156,6 +167,7 @@ impl Failure {
             status: 200,
             content_type: Some(content_type),
             body: body.into(),
+            retry_after: None,
         }
     }
 }
@@ -380,6 +392,12 @@ impl Failure {
             failure.body,
         )
             .into_response();
+        if let Some(value) = failure
+            .retry_after
+            .and_then(|v| HeaderValue::from_str(&v).ok())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
         match failure.content_type {
             Some(ct) => {
                 response

@@ -148,7 +148,7 @@ impl SharedLimiter {
             } else {
                 wait
             };
-            if Instant::now() + wait > deadline {
+            if wait > deadline.saturating_duration_since(Instant::now()) {
                 return Err(WouldWaitTooLong);
             }
             tokio::time::sleep(wait).await;

@@ -111,3 +111,35 @@ async fn a_rights_403_on_users_never_opens_the_circuit() {
         .await
         .data();
 }
+
+/// A `Retry-After` no clock can add (u64::MAX seconds) once panicked the request that read
+/// it, and the requests coalesced on the same page waited for their timeout. Now every one of
+/// them is answered `RATE_LIMITED` at once, and the next request works.
+#[tokio::test]
+async fn an_overflowing_retry_after_is_rate_limited_for_every_coalesced_request() {
+    let app = TestApp::spawn().await;
+    app.fake
+        .fail_next([Failure::problem(429, "Too Many Requests", "slow down")
+            .with_retry_after(u64::MAX.to_string())]);
+    let started = std::time::Instant::now();
+    let replies = join_all(
+        (0..8).map(|_| app.query(Some(ADMIN_TOKEN), "{ contacts(first: 2) { nodes { id } } }")),
+    )
+    .await;
+    for reply in &replies {
+        assert_eq!(reply.codes(), ["RATE_LIMITED"], "{}", reply.body);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(app.upstream_calls(), 1, "the 8 requests shared one call");
+    let after = app
+        .query(Some(ADMIN_TOKEN), "{ contacts(first: 2) { nodes { id } } }")
+        .await;
+    assert_eq!(
+        after.data()["contacts"]["nodes"].as_array().map(Vec::len),
+        Some(2)
+    );
+}

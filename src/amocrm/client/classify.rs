@@ -9,6 +9,9 @@ use reqwest::{StatusCode, header};
 
 use crate::amocrm::{AmoError, ForbiddenReason};
 
+/// The longest `Retry-After` taken as sent (a day); longer ones count as a day.
+const MAX_RETRY_AFTER_SECS: u64 = 24 * 60 * 60;
+
 /// Bodies larger than this are refused rather than buffered: a full page of 250 contacts with
 /// every relation is a few hundred KiB, so this only ever stops a broken or hostile upstream.
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -48,7 +51,9 @@ pub(super) async fn outcome(
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            // Any wait past the retry deadline means "not now"; capping it keeps every later
+            // sum of instants and durations far from overflow, whatever the header says.
+            .map(|secs| Duration::from_secs(secs.min(MAX_RETRY_AFTER_SECS)));
         let body = read_capped(response, MAX_ERROR_BODY_BYTES)
             .await
             .unwrap_or_default();

@@ -92,7 +92,8 @@ impl AmoClient {
                 } => *after,
                 _ => backoff(attempt),
             };
-            if tokio::time::Instant::now() + wait > deadline {
+            // Compared as durations: an instant plus whatever amoCRM asked for could overflow.
+            if wait > deadline.saturating_duration_since(tokio::time::Instant::now()) {
                 return Err(error);
             }
             tracing::info!(%error, attempt, ?wait, endpoint, "retrying an amoCRM call");
