@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use async_graphql::{ErrorExtensions, Response};
+use async_graphql::{ErrorExtensions, Response, ServerError};
 
 use crate::amocrm::AmoError;
 use crate::amocrm::breaker::OpenReason;
@@ -132,5 +132,89 @@ pub fn fill_missing_codes(response: &mut Response) {
                 error.message = format!("{}: {rule}", error.message);
             }
         }
+    }
+}
+
+/// The parser's message for a syntax error is a multi-line drawing of the document
+/// (` --> 1:36\n  |\n1 | { …\n  |    ^---\n  |\n  = expected selection`), which clients show
+/// as it is: one sentence instead, the position staying in `locations`. Its other errors
+/// (several anonymous operations, …) are sentences already.
+pub fn readable_parse_error(mut error: ServerError) -> ServerError {
+    let Some(reason) = error
+        .message
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("= "))
+        .next_back()
+    else {
+        return error;
+    };
+    let reason = rule_names(reason);
+    error.message = match error.locations.first() {
+        Some(at) => format!(
+            "Syntax error at line {}, column {}: {reason}",
+            at.line, at.column
+        ),
+        None => format!("Syntax error: {reason}"),
+    };
+    error
+}
+
+/// pest lists what it expected by grammar rule names (`EOI or executable_definition`,
+/// `type_`): words instead.
+fn rule_names(reason: &str) -> String {
+    let words: Vec<String> = reason
+        .split(' ')
+        .map(|word| {
+            let (name, comma) = match word.strip_suffix(',') {
+                Some(name) => (name, ","),
+                None => (word, ""),
+            };
+            let name = match name {
+                "EOI" => "end of document".to_owned(),
+                name => name.trim_end_matches('_').replace('_', " "),
+            };
+            name + comma
+        })
+        .collect();
+    words.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_syntax_error_is_one_sentence_with_its_location() {
+        let error: ServerError = async_graphql::parser::parse_query("{ contacts { nodes { id }")
+            .expect_err("does not parse")
+            .into();
+        assert!(
+            error.message.contains('\n'),
+            "the parser draws: {}",
+            error.message
+        );
+        let readable = readable_parse_error(error);
+        assert!(
+            readable
+                .message
+                .starts_with("Syntax error at line 1, column "),
+            "{}",
+            readable.message
+        );
+        assert!(!readable.message.contains('\n'), "{}", readable.message);
+        assert_eq!(readable.locations.len(), 1);
+        assert_eq!(
+            rule_names("expected EOI, executable_definition, or type_"),
+            "expected end of document, executable definition, or type"
+        );
+        let other: ServerError = async_graphql::parser::parse_query("query A { a } { b }")
+            .expect_err("an anonymous operation among others")
+            .into();
+        let message = other.message.clone();
+        assert_eq!(
+            readable_parse_error(other).message,
+            message,
+            "already a sentence"
+        );
     }
 }

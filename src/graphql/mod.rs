@@ -81,7 +81,8 @@ pub fn sdl() -> String {
 }
 
 /// Prepares every request: fills in variable defaults, plans the operation's upstream needs
-/// ([`OperationPlan`]) and gives async-graphql's own errors their `extensions.code`.
+/// ([`OperationPlan`]), refuses a document that does not parse (in one readable sentence), and
+/// gives async-graphql's own errors their `extensions.code`.
 struct PlanningExtension {
     limits: Limits,
 }
@@ -110,36 +111,30 @@ impl Extension for PlanningExtension {
     ) -> ServerResult<Request> {
         let operation_name = request.operation_name.clone();
         let mut variables = std::mem::take(&mut request.variables);
-        // A document that does not parse gets no plan; execution reports the syntax error.
-        let mut refusal = None;
-        let plan = request.parsed_query().ok().map(|document| {
-            let aliases = selection::count_aliases(document);
-            if aliases > self.limits.max_aliases {
-                refusal = Some(error::refusal(
-                    "TOO_MANY_ALIASES",
-                    format!(
-                        "the operation uses {aliases} aliases; at most {} are allowed",
-                        self.limits.max_aliases
-                    ),
-                ));
-            } else if !self.limits.introspection
-                && selection::introspects(document, operation_name.as_deref())
-            {
-                refusal = Some(error::refusal(
-                    "INTROSPECTION_DISABLED",
-                    "introspection is disabled on this gateway".to_owned(),
-                ));
-            }
-            selection::fill_variable_defaults(document, operation_name.as_deref(), &mut variables);
-            OperationPlan::new(document, operation_name.as_deref(), &variables)
-        });
-        if let Some(refusal) = refusal {
-            return Err(refusal);
+        let document = request
+            .parsed_query()
+            .map_err(error::readable_parse_error)?;
+        let aliases = selection::count_aliases(document);
+        if aliases > self.limits.max_aliases {
+            return Err(error::refusal(
+                "TOO_MANY_ALIASES",
+                format!(
+                    "the operation uses {aliases} aliases; at most {} are allowed",
+                    self.limits.max_aliases
+                ),
+            ));
         }
+        if !self.limits.introspection && selection::introspects(document, operation_name.as_deref())
+        {
+            return Err(error::refusal(
+                "INTROSPECTION_DISABLED",
+                "introspection is disabled on this gateway".to_owned(),
+            ));
+        }
+        selection::fill_variable_defaults(document, operation_name.as_deref(), &mut variables);
+        let plan = OperationPlan::new(document, operation_name.as_deref(), &variables);
         request.variables = variables;
-        if let Some(plan) = plan {
-            request = request.data(plan);
-        }
+        let request = request.data(plan);
         next.run(ctx, request).await
     }
 }
