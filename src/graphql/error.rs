@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use async_graphql::{ErrorExtensions, Response, ServerError};
+use async_graphql::parser::types::VariableDefinition;
+use async_graphql::{ErrorExtensions, Positioned, Response, ServerError};
 
 use crate::amocrm::AmoError;
 use crate::amocrm::breaker::OpenReason;
@@ -177,6 +178,19 @@ fn rule_names(reason: &str) -> String {
         })
         .collect();
     words.join(" ")
+}
+
+/// A required variable without a value, worded as graphql-js words it.
+pub fn variable_not_provided(definition: &Positioned<VariableDefinition>) -> ServerError {
+    let mut error = refusal(
+        BAD_USER_INPUT,
+        format!(
+            "Variable \"${}\" of required type \"{}\" was not provided.",
+            definition.node.name.node, definition.node.var_type.node
+        ),
+    );
+    error.locations = vec![definition.pos];
+    error
 }
 
 #[cfg(test)]

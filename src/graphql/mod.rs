@@ -81,8 +81,8 @@ pub fn sdl() -> String {
 }
 
 /// Prepares every request: fills in variable defaults, plans the operation's upstream needs
-/// ([`OperationPlan`]), refuses a document that does not parse (in one readable sentence), and
-/// gives async-graphql's own errors their `extensions.code`.
+/// ([`OperationPlan`]), refuses a document that does not parse (in one readable sentence) or
+/// lacks a required variable, and gives async-graphql's own errors their `extensions.code`.
 struct PlanningExtension {
     limits: Limits,
 }
@@ -132,6 +132,11 @@ impl Extension for PlanningExtension {
             ));
         }
         selection::fill_variable_defaults(document, operation_name.as_deref(), &mut variables);
+        if let Some(definition) =
+            selection::unprovided_variable(document, operation_name.as_deref(), &variables)
+        {
+            return Err(error::variable_not_provided(definition));
+        }
         let plan = OperationPlan::new(document, operation_name.as_deref(), &variables);
         request.variables = variables;
         let request = request.data(plan);
