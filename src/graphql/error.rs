@@ -1,10 +1,12 @@
 //! The one place where failures become what clients see: a message and a stable
 //! `extensions.code` (the table in INTERFACE.md).
 
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::Arc;
 
 use async_graphql::parser::types::VariableDefinition;
-use async_graphql::{ErrorExtensions, Positioned, Response, ServerError};
+use async_graphql::{ErrorExtensions, PathSegment, Positioned, Response, ServerError};
 
 use crate::amocrm::AmoError;
 use crate::amocrm::breaker::OpenReason;
@@ -193,8 +195,41 @@ pub fn variable_not_provided(definition: &Positioned<VariableDefinition>) -> Ser
     error
 }
 
+/// Keeps the first of equal errors: async-graphql's validation can report one problem twice
+/// ("Schema is not configured for mutations." from two rules). Linear, since a response can
+/// hold an error per list item.
+pub fn drop_duplicates(errors: &mut Vec<ServerError>) {
+    if errors.len() < 2 {
+        return;
+    }
+    let hashing = RandomState::new();
+    let mut kept: Vec<ServerError> = Vec::with_capacity(errors.len());
+    // Errors by the hash of message, locations and path; equal errors hash alike.
+    let mut by_hash: HashMap<u64, Vec<usize>> = HashMap::new();
+    for error in errors.drain(..) {
+        let mut hasher = hashing.build_hasher();
+        error.message.hash(&mut hasher);
+        error.locations.hash(&mut hasher);
+        for segment in &error.path {
+            match segment {
+                PathSegment::Field(name) => name.hash(&mut hasher),
+                PathSegment::Index(index) => index.hash(&mut hasher),
+            }
+        }
+        let alike = by_hash.entry(hasher.finish()).or_default();
+        if alike.iter().any(|&index| kept[index] == error) {
+            continue;
+        }
+        alike.push(kept.len());
+        kept.push(error);
+    }
+    *errors = kept;
+}
+
 #[cfg(test)]
 mod tests {
+    use async_graphql::Pos;
+
     use super::*;
 
     #[test]
@@ -229,6 +264,53 @@ mod tests {
             readable_parse_error(other).message,
             message,
             "already a sentence"
+        );
+    }
+
+    #[test]
+    fn equal_errors_are_kept_once_in_order() {
+        let at = |line, column| Pos { line, column };
+        let error = |message: &str, pos: Option<Pos>, path: &[&str]| {
+            let mut error = ServerError::new(message, pos);
+            error.path = path
+                .iter()
+                .map(|p| PathSegment::Field((*p).to_owned()))
+                .collect();
+            error
+        };
+        let mut errors = vec![
+            error(
+                "Schema is not configured for mutations.",
+                Some(at(1, 1)),
+                &[],
+            ),
+            error("not found", None, &["a"]),
+            error(
+                "Schema is not configured for mutations.",
+                Some(at(1, 1)),
+                &[],
+            ),
+            error("not found", None, &["b"]),
+            error("not found", Some(at(2, 1)), &["a"]),
+            error("not found", None, &["a"]),
+        ];
+        let mut coded = error("not found", None, &["a"]);
+        coded.extensions = Some(Default::default());
+        if let Some(extensions) = coded.extensions.as_mut() {
+            extensions.set("code", "NOT_FOUND");
+        }
+        errors.push(coded);
+        drop_duplicates(&mut errors);
+        let summary: Vec<(String, Vec<Pos>, usize)> = errors
+            .iter()
+            .map(|e| (e.message.clone(), e.locations.clone(), e.path.len()))
+            .collect();
+        assert_eq!(summary.len(), 5, "{summary:?}");
+        assert_eq!(errors[0].message, "Schema is not configured for mutations.");
+        assert_eq!(errors[2].path, vec![PathSegment::Field("b".to_owned())]);
+        assert!(
+            errors[4].extensions.is_some(),
+            "other extensions: another error"
         );
     }
 }

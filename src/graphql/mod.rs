@@ -82,7 +82,8 @@ pub fn sdl() -> String {
 
 /// Prepares every request: fills in variable defaults, plans the operation's upstream needs
 /// ([`OperationPlan`]), refuses a document that does not parse (in one readable sentence) or
-/// lacks a required variable, and gives async-graphql's own errors their `extensions.code`.
+/// lacks a required variable, and gives async-graphql's own errors their `extensions.code`,
+/// each error once.
 struct PlanningExtension {
     limits: Limits,
 }
@@ -100,6 +101,7 @@ impl Extension for PlanningExtension {
     async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
         let mut response = next.run(ctx).await;
         error::fill_missing_codes(&mut response);
+        error::drop_duplicates(&mut response.errors);
         response
     }
 
