@@ -13,6 +13,8 @@ use crate::amocrm::breaker::OpenReason;
 use crate::auth::AuthError;
 
 pub const BAD_USER_INPUT: &str = "BAD_USER_INPUT";
+/// The HTTP request is not a GraphQL request (the HTTP layer's refusals, with a 4xx status).
+pub const BAD_REQUEST: &str = "BAD_REQUEST";
 
 /// Everything a resolver can fail with.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -26,9 +26,9 @@ use async_graphql::extensions::{
 use async_graphql::{EmptyMutation, EmptySubscription, Request, Response, Schema, ServerResult};
 
 pub use context::RequestContext;
-pub use error::{BAD_USER_INPUT, refusal};
+pub use error::{BAD_REQUEST, BAD_USER_INPUT, refusal};
 pub use query::QueryRoot;
-pub use selection::OperationPlan;
+pub use selection::{OperationPlan, is_mutation};
 
 pub type GatewaySchema = Schema<QueryRoot, EmptyMutation, EmptySubscription>;
 

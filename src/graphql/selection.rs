@@ -287,6 +287,16 @@ pub fn introspects(document: &ExecutableDocument, operation_name: Option<&str>) 
         .any(|field| matches!(field.name.node.as_str(), "__schema" | "__type"))
 }
 
+/// Whether the operation a request asks to run is a mutation, which GET may not carry. A
+/// document that does not parse, or names no operation, is left for execution to report.
+pub fn is_mutation(request: &mut async_graphql::Request) -> bool {
+    let operation_name = request.operation_name.clone();
+    request.parsed_query().is_ok_and(|document| {
+        find_operation(document, operation_name.as_deref())
+            .is_some_and(|operation| operation.ty == OperationType::Mutation)
+    })
+}
+
 /// Adds the declared default of every variable the client did not send.
 ///
 /// async-graphql 7.2 evaluates `@include(if: $v)` with only the variables that were sent, so

@@ -15,6 +15,7 @@ mod invalidation;
 mod layers;
 mod metrics;
 mod oauth;
+mod over_http;
 mod paging;
 mod persisted;
 mod protection;
