@@ -2,6 +2,7 @@
 
 mod support;
 
+mod audits;
 mod auth;
 mod browser;
 mod caching;
