@@ -36,7 +36,7 @@ impl Documents {
     }
 
     /// Parses `request`'s document, or takes it from the cache; a document that does not parse
-    /// is left for execution to report.
+    /// is not kept, and its error is the caller's to report.
     pub(super) async fn prepare(&self, request: &mut async_graphql::Request) {
         if let Some(document) = self.parsed.get(request.query.as_str()).await {
             request.set_parsed_query(ExecutableDocument::clone(&document));

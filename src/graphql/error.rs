@@ -1,15 +1,20 @@
 //! The one place where failures become what clients see: a message and a stable
 //! `extensions.code` (the table in INTERFACE.md).
 
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::Arc;
 
-use async_graphql::{ErrorExtensions, Response};
+use async_graphql::parser::types::VariableDefinition;
+use async_graphql::{ErrorExtensions, PathSegment, Positioned, Response, ServerError};
 
 use crate::amocrm::AmoError;
 use crate::amocrm::breaker::OpenReason;
 use crate::auth::AuthError;
 
 pub const BAD_USER_INPUT: &str = "BAD_USER_INPUT";
+/// The HTTP request is not a GraphQL request (the HTTP layer's refusals, with a 4xx status).
+pub const BAD_REQUEST: &str = "BAD_REQUEST";
 
 /// Everything a resolver can fail with.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -132,5 +137,182 @@ pub fn fill_missing_codes(response: &mut Response) {
                 error.message = format!("{}: {rule}", error.message);
             }
         }
+    }
+}
+
+/// The parser's message for a syntax error is a multi-line drawing of the document
+/// (` --> 1:36\n  |\n1 | { …\n  |    ^---\n  |\n  = expected selection`), which clients show
+/// as it is: one sentence instead, the position staying in `locations`. Its other errors
+/// (several anonymous operations, …) are sentences already.
+pub fn readable_parse_error(mut error: ServerError) -> ServerError {
+    let Some(reason) = error
+        .message
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("= "))
+        .next_back()
+    else {
+        return error;
+    };
+    let reason = rule_names(reason);
+    error.message = match error.locations.first() {
+        Some(at) => format!(
+            "Syntax error at line {}, column {}: {reason}",
+            at.line, at.column
+        ),
+        None => format!("Syntax error: {reason}"),
+    };
+    error
+}
+
+/// pest lists what it expected by grammar rule names (`EOI or executable_definition`,
+/// `type_`): words instead.
+fn rule_names(reason: &str) -> String {
+    let words: Vec<String> = reason
+        .split(' ')
+        .map(|word| {
+            let (name, comma) = match word.strip_suffix(',') {
+                Some(name) => (name, ","),
+                None => (word, ""),
+            };
+            let name = match name {
+                "EOI" => "end of document".to_owned(),
+                name => name.trim_end_matches('_').replace('_', " "),
+            };
+            name + comma
+        })
+        .collect();
+    words.join(" ")
+}
+
+/// A required variable without a value, worded as graphql-js words it.
+pub fn variable_not_provided(definition: &Positioned<VariableDefinition>) -> ServerError {
+    let mut error = refusal(
+        BAD_USER_INPUT,
+        format!(
+            "Variable \"${}\" of required type \"{}\" was not provided.",
+            definition.node.name.node, definition.node.var_type.node
+        ),
+    );
+    error.locations = vec![definition.pos];
+    error
+}
+
+/// Keeps the first of equal errors: async-graphql's validation can report one problem twice
+/// ("Schema is not configured for mutations." from two rules). Linear, since a response can
+/// hold an error per list item.
+pub fn drop_duplicates(errors: &mut Vec<ServerError>) {
+    if errors.len() < 2 {
+        return;
+    }
+    let hashing = RandomState::new();
+    let mut kept: Vec<ServerError> = Vec::with_capacity(errors.len());
+    // Errors by the hash of message, locations and path; equal errors hash alike.
+    let mut by_hash: HashMap<u64, Vec<usize>> = HashMap::new();
+    for error in errors.drain(..) {
+        let mut hasher = hashing.build_hasher();
+        error.message.hash(&mut hasher);
+        error.locations.hash(&mut hasher);
+        for segment in &error.path {
+            match segment {
+                PathSegment::Field(name) => name.hash(&mut hasher),
+                PathSegment::Index(index) => index.hash(&mut hasher),
+            }
+        }
+        let alike = by_hash.entry(hasher.finish()).or_default();
+        if alike.iter().any(|&index| kept[index] == error) {
+            continue;
+        }
+        alike.push(kept.len());
+        kept.push(error);
+    }
+    *errors = kept;
+}
+
+#[cfg(test)]
+mod tests {
+    use async_graphql::Pos;
+
+    use super::*;
+
+    #[test]
+    fn a_syntax_error_is_one_sentence_with_its_location() {
+        let error: ServerError = async_graphql::parser::parse_query("{ contacts { nodes { id }")
+            .expect_err("does not parse")
+            .into();
+        assert!(
+            error.message.contains('\n'),
+            "the parser draws: {}",
+            error.message
+        );
+        let readable = readable_parse_error(error);
+        assert!(
+            readable
+                .message
+                .starts_with("Syntax error at line 1, column "),
+            "{}",
+            readable.message
+        );
+        assert!(!readable.message.contains('\n'), "{}", readable.message);
+        assert_eq!(readable.locations.len(), 1);
+        assert_eq!(
+            rule_names("expected EOI, executable_definition, or type_"),
+            "expected end of document, executable definition, or type"
+        );
+        let other: ServerError = async_graphql::parser::parse_query("query A { a } { b }")
+            .expect_err("an anonymous operation among others")
+            .into();
+        let message = other.message.clone();
+        assert_eq!(
+            readable_parse_error(other).message,
+            message,
+            "already a sentence"
+        );
+    }
+
+    #[test]
+    fn equal_errors_are_kept_once_in_order() {
+        let at = |line, column| Pos { line, column };
+        let error = |message: &str, pos: Option<Pos>, path: &[&str]| {
+            let mut error = ServerError::new(message, pos);
+            error.path = path
+                .iter()
+                .map(|p| PathSegment::Field((*p).to_owned()))
+                .collect();
+            error
+        };
+        let mut errors = vec![
+            error(
+                "Schema is not configured for mutations.",
+                Some(at(1, 1)),
+                &[],
+            ),
+            error("not found", None, &["a"]),
+            error(
+                "Schema is not configured for mutations.",
+                Some(at(1, 1)),
+                &[],
+            ),
+            error("not found", None, &["b"]),
+            error("not found", Some(at(2, 1)), &["a"]),
+            error("not found", None, &["a"]),
+        ];
+        let mut coded = error("not found", None, &["a"]);
+        coded.extensions = Some(Default::default());
+        if let Some(extensions) = coded.extensions.as_mut() {
+            extensions.set("code", "NOT_FOUND");
+        }
+        errors.push(coded);
+        drop_duplicates(&mut errors);
+        let summary: Vec<(String, Vec<Pos>, usize)> = errors
+            .iter()
+            .map(|e| (e.message.clone(), e.locations.clone(), e.path.len()))
+            .collect();
+        assert_eq!(summary.len(), 5, "{summary:?}");
+        assert_eq!(errors[0].message, "Schema is not configured for mutations.");
+        assert_eq!(errors[2].path, vec![PathSegment::Field("b".to_owned())]);
+        assert!(
+            errors[4].extensions.is_some(),
+            "other extensions: another error"
+        );
     }
 }

@@ -30,9 +30,9 @@ use async_graphql::extensions::{
 use async_graphql::{EmptyMutation, EmptySubscription, Request, Response, Schema, ServerResult};
 
 pub use context::RequestContext;
-pub use error::{BAD_USER_INPUT, refusal};
+pub use error::{BAD_REQUEST, BAD_USER_INPUT, refusal};
 pub use query::QueryRoot;
-pub use selection::OperationPlan;
+pub use selection::{OperationPlan, is_mutation};
 
 pub type GatewaySchema = Schema<QueryRoot, EmptyMutation, EmptySubscription>;
 
@@ -89,7 +89,9 @@ pub fn sdl() -> String {
 }
 
 /// Prepares every request: fills in variable defaults, plans the operation's upstream needs
-/// ([`OperationPlan`]) and gives async-graphql's own errors their `extensions.code`.
+/// ([`OperationPlan`]), refuses a document that does not parse (in one readable sentence) or
+/// lacks a required variable, and gives async-graphql's own errors their `extensions.code`,
+/// each error once.
 struct PlanningExtension {
     limits: Limits,
     documents: documents::Documents,
@@ -109,6 +111,7 @@ impl Extension for PlanningExtension {
     async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
         let mut response = next.run(ctx).await;
         error::fill_missing_codes(&mut response);
+        error::drop_duplicates(&mut response.errors);
         response
     }
 
@@ -121,36 +124,35 @@ impl Extension for PlanningExtension {
         let operation_name = request.operation_name.clone();
         let mut variables = std::mem::take(&mut request.variables);
         self.documents.prepare(&mut request).await;
-        // A document that does not parse gets no plan; execution reports the syntax error.
-        let mut refusal = None;
-        let plan = request.parsed_query().ok().map(|document| {
-            let aliases = selection::count_aliases(document);
-            if aliases > self.limits.max_aliases {
-                refusal = Some(error::refusal(
-                    "TOO_MANY_ALIASES",
-                    format!(
-                        "the operation uses {aliases} aliases; at most {} are allowed",
-                        self.limits.max_aliases
-                    ),
-                ));
-            } else if !self.limits.introspection
-                && selection::introspects(document, operation_name.as_deref())
-            {
-                refusal = Some(error::refusal(
-                    "INTROSPECTION_DISABLED",
-                    "introspection is disabled on this gateway".to_owned(),
-                ));
-            }
-            selection::fill_variable_defaults(document, operation_name.as_deref(), &mut variables);
-            OperationPlan::new(document, operation_name.as_deref(), &variables)
-        });
-        if let Some(refusal) = refusal {
-            return Err(refusal);
+        let document = request
+            .parsed_query()
+            .map_err(error::readable_parse_error)?;
+        let aliases = selection::count_aliases(document);
+        if aliases > self.limits.max_aliases {
+            return Err(error::refusal(
+                "TOO_MANY_ALIASES",
+                format!(
+                    "the operation uses {aliases} aliases; at most {} are allowed",
+                    self.limits.max_aliases
+                ),
+            ));
         }
+        if !self.limits.introspection && selection::introspects(document, operation_name.as_deref())
+        {
+            return Err(error::refusal(
+                "INTROSPECTION_DISABLED",
+                "introspection is disabled on this gateway".to_owned(),
+            ));
+        }
+        selection::fill_variable_defaults(document, operation_name.as_deref(), &mut variables);
+        if let Some(definition) =
+            selection::unprovided_variable(document, operation_name.as_deref(), &variables)
+        {
+            return Err(error::variable_not_provided(definition));
+        }
+        let plan = OperationPlan::new(document, operation_name.as_deref(), &variables);
         request.variables = variables;
-        if let Some(plan) = plan {
-            request = request.data(plan);
-        }
+        let request = request.data(plan);
         next.run(ctx, request).await
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 
 use async_graphql::parser::types::{
     Directive, DocumentOperations, ExecutableDocument, Field, FragmentDefinition,
-    OperationDefinition, OperationType, Selection, SelectionSet,
+    OperationDefinition, OperationType, Selection, SelectionSet, VariableDefinition,
 };
 use async_graphql::{Name, Positioned, Variables};
 use async_graphql_value::Value;
@@ -287,6 +287,16 @@ pub fn introspects(document: &ExecutableDocument, operation_name: Option<&str>) 
         .any(|field| matches!(field.name.node.as_str(), "__schema" | "__type"))
 }
 
+/// Whether the operation a request asks to run is a mutation, which GET may not carry. A
+/// document that does not parse, or names no operation, is left for execution to report.
+pub fn is_mutation(request: &mut async_graphql::Request) -> bool {
+    let operation_name = request.operation_name.clone();
+    request.parsed_query().is_ok_and(|document| {
+        find_operation(document, operation_name.as_deref())
+            .is_some_and(|operation| operation.ty == OperationType::Mutation)
+    })
+}
+
 /// Adds the declared default of every variable the client did not send.
 ///
 /// async-graphql 7.2 evaluates `@include(if: $v)` with only the variables that were sent, so
@@ -307,6 +317,25 @@ pub fn fill_variable_defaults(
             variables.insert(definition.name.node.clone(), default.node.clone());
         }
     }
+}
+
+/// The first variable of a non-null type that has no value: not sent, and declared without a
+/// default. async-graphql notices one only when a field reads it, as that field's error; the
+/// spec coerces variables before execution, which makes it a request error.
+pub fn unprovided_variable<'a>(
+    document: &'a ExecutableDocument,
+    operation_name: Option<&str>,
+    variables: &Variables,
+) -> Option<&'a Positioned<VariableDefinition>> {
+    find_operation(document, operation_name)?
+        .variable_definitions
+        .iter()
+        .find(|definition| {
+            let definition = &definition.node;
+            !definition.var_type.node.nullable
+                && definition.default_value.is_none()
+                && !variables.contains_key(&definition.name.node)
+        })
 }
 
 fn find_operation<'a>(

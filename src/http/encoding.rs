@@ -7,6 +7,8 @@ use std::io::Write;
 use axum::http::{HeaderMap, HeaderValue, header};
 use bytes::Bytes;
 
+use super::negotiation::weighted;
+
 /// gzip's level, as the compression layer uses by default.
 const GZIP_LEVEL: u32 = 6;
 /// Brotli's quality and window: good ratios at a cost paid once per stored response.
@@ -71,14 +73,9 @@ impl Encoding {
 
 /// The coding the client prefers among those the gateway makes, `None` for identity.
 pub fn preferred(headers: &HeaderMap) -> Option<Encoding> {
-    let best = headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|item| {
-            let mut parts = item.splitn(2, ';');
-            let coding = match parts.next()?.trim() {
+    let best = weighted(headers, header::ACCEPT_ENCODING)
+        .filter_map(|(name, q)| {
+            let coding = match name {
                 name if name.eq_ignore_ascii_case("gzip")
                     || name.eq_ignore_ascii_case("x-gzip") =>
                 {
@@ -88,10 +85,6 @@ pub fn preferred(headers: &HeaderMap) -> Option<Encoding> {
                 name if name.eq_ignore_ascii_case("identity") => Coding::Identity,
                 _ => return None,
             };
-            let q = match parts.next() {
-                Some(q) => q_value(q.trim())?,
-                None => 1000,
-            };
             Some((q, coding))
         })
         .filter(|(q, _)| *q > 0)
@@ -100,28 +93,6 @@ pub fn preferred(headers: &HeaderMap) -> Option<Encoding> {
         Some((_, Coding::Compressed(encoding))) => Some(encoding),
         Some((_, Coding::Identity)) | None => None,
     }
-}
-
-/// A q-value (RFC 9110 §12.4.2) in thousandths: `q=0.5` → 500; `None` when malformed.
-fn q_value(text: &str) -> Option<u16> {
-    let value = text
-        .strip_prefix("q=")
-        .or_else(|| text.strip_prefix("Q="))?;
-    let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
-    if fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let whole: u16 = match whole {
-        "0" => 0,
-        "1" => 1000,
-        _ => return None,
-    };
-    let fraction = fraction
-        .bytes()
-        .zip([100u16, 10, 1])
-        .map(|(digit, factor)| u16::from(digit - b'0') * factor)
-        .sum::<u16>();
-    Some(whole + fraction).filter(|q| *q <= 1000)
 }
 
 #[cfg(test)]

@@ -1,85 +1,49 @@
 //! `POST /graphql` and `GET /graphql`. A request is first looked up in the response cache by
-//! its bytes as received (scope, method, content type, body or query string), before any
-//! parsing; a hit is answered with the stored bytes, compressed once per entry and encoding.
-//! Otherwise it becomes an async-graphql request (persisted queries resolved), runs with a
-//! fresh per-request context, and the cache report becomes `x-cache` and `Cache-Control`.
+//! its bytes as received (scope, method, the media type negotiated from `Accept`, content type,
+//! body or query string), before any parsing; a hit is answered with the stored bytes,
+//! compressed once per entry and encoding. Otherwise it is read as a GraphQL-over-HTTP request
+//! (`request`; a malformed one is refused with its 4xx status), persisted queries are resolved,
+//! and it runs with a fresh per-request context; the cache report becomes `x-cache` and
+//! `Cache-Control`. A request error (nothing executed) has no `data` entry, and is HTTP 400 when
+//! answered as `application/graphql-response+json`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_graphql::http::MultipartOptions;
-use async_graphql_axum::rejection::GraphQLRejection;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, Uri, header};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use super::encoding;
+use super::negotiation::{self, MediaType};
+use super::request::{self, Rejection};
 use super::{AppState, X_CACHE};
 use crate::auth::{AuthError, Credentials};
 use crate::cache::{CacheReport, CacheStatus, ResponseKey};
 use crate::graphql::{self, RequestContext};
 
 /// `GET /graphql?query=…&operationName=…&variables=…&extensions=…`: queries and persisted-query
-/// hashes in the URL. (async-graphql's own parser reads `operation_name`, which no client sends.)
-#[derive(Debug, serde::Deserialize)]
-struct GetRequest {
-    #[serde(default)]
-    query: String,
-    #[serde(rename = "operationName", alias = "operation_name")]
-    operation_name: Option<String>,
-    variables: Option<String>,
-    extensions: Option<String>,
-}
-
+/// hashes in the URL.
 pub(super) async fn get(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
-    let credentials = credentials(&state, &headers);
+    let Some(media) = negotiation::negotiate(&headers) else {
+        return rejected(&state, Rejection::NotAcceptable, MediaType::Json);
+    };
     let raw_query = uri.query().unwrap_or_default();
-    let key = cache_key(&credentials, &[b"GET", raw_query.as_bytes()]);
-    let registers = names_a_persisted_query(raw_query.as_bytes());
-    if !registers && let Some(hit) = cached(&state, key.as_ref(), &headers).await {
+    let arrival = Arrival::new(
+        &state,
+        &headers,
+        media,
+        &[b"GET", media.name().as_bytes(), raw_query.as_bytes()],
+        raw_query.as_bytes(),
+    );
+    if let Some(hit) = arrival.cached(&state, &headers).await {
         return hit;
     }
-    let get = match Query::<GetRequest>::try_from_uri(&uri) {
-        Ok(Query(get)) => get,
-        Err(rejection) => return rejection.into_response(),
-    };
-    let mut request = async_graphql::Request::new(get.query);
-    request.operation_name = get.operation_name;
-    let json = |parameter: &str, text: Option<String>| {
-        text.map(|t| serde_json::from_str::<serde_json::Value>(&t))
-            .transpose()
-            .map_err(|e| {
-                graphql::refusal(
-                    graphql::BAD_USER_INPUT,
-                    format!("{parameter}: must be JSON ({e})"),
-                )
-            })
-    };
-    let parsed = json("variables", get.variables)
-        .and_then(|variables| Ok((variables, json("extensions", get.extensions)?)));
-    match parsed {
-        Ok((variables, extensions)) => {
-            if let Some(variables) = variables {
-                request.variables = async_graphql::Variables::from_json(variables);
-            }
-            if let Some(extensions) = extensions {
-                match serde_json::from_value(extensions) {
-                    Ok(extensions) => request.extensions = extensions,
-                    Err(e) => {
-                        return refused(
-                            &state,
-                            graphql::refusal(
-                                graphql::BAD_USER_INPUT,
-                                format!("extensions: must be a JSON object ({e})"),
-                            ),
-                        );
-                    }
-                }
-            }
-            answer(&state, &headers, credentials, key, registers, request).await
-        }
-        Err(error) => refused(&state, error),
+    match request::from_get(raw_query) {
+        Ok(request) => answer(&state, &headers, arrival, request, Method::GET).await,
+        Err(rejection) => rejected(&state, rejection, media),
     }
 }
 
@@ -88,29 +52,68 @@ pub(super) async fn post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let credentials = credentials(&state, &headers);
+    let Some(media) = negotiation::negotiate(&headers) else {
+        return rejected(&state, Rejection::NotAcceptable, MediaType::Json);
+    };
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let key = cache_key(
-        &credentials,
-        &[b"POST", content_type.unwrap_or_default().as_bytes(), &body],
+    let arrival = Arrival::new(
+        &state,
+        &headers,
+        media,
+        &[
+            b"POST",
+            media.name().as_bytes(),
+            content_type.unwrap_or_default().as_bytes(),
+            &body,
+        ],
+        &body,
     );
-    let registers = names_a_persisted_query(&body);
-    if !registers && let Some(hit) = cached(&state, key.as_ref(), &headers).await {
+    // Only answers to well-formed requests are stored, so a hit needs no checks.
+    if let Some(hit) = arrival.cached(&state, &headers).await {
         return hit;
     }
-    // As async-graphql-axum's extractor parses, with the same rejections.
-    let parsed = async_graphql::http::receive_batch_body(
-        content_type.map(str::to_owned),
-        futures::io::Cursor::new(body),
-        MultipartOptions::default(),
-    )
-    .await
-    .and_then(async_graphql::BatchRequest::into_single);
-    match parsed {
-        Ok(request) => answer(&state, &headers, credentials, key, registers, request).await,
-        Err(error) => GraphQLRejection(error).into_response(),
+    match request::from_post(content_type, &body) {
+        Ok(request) => answer(&state, &headers, arrival, request, Method::POST).await,
+        Err(rejection) => rejected(&state, rejection, media),
+    }
+}
+
+/// What is known of a request before it is parsed.
+struct Arrival {
+    media: MediaType,
+    credentials: Result<Credentials, AuthError>,
+    /// The response-cache key of the raw request. It includes the media type: bodies of
+    /// both types are alike today only because answers with errors are never stored.
+    key: Option<ResponseKey>,
+    /// The request names a persisted query: the cache is looked up only once that is resolved.
+    registers: bool,
+}
+
+impl Arrival {
+    fn new(
+        state: &AppState,
+        headers: &HeaderMap,
+        media: MediaType,
+        key_parts: &[&[u8]],
+        raw: &[u8],
+    ) -> Self {
+        let credentials = credentials(state, headers);
+        let key = cache_key(&credentials, key_parts);
+        Arrival {
+            media,
+            credentials,
+            key,
+            registers: names_a_persisted_query(raw),
+        }
+    }
+
+    async fn cached(&self, state: &AppState, headers: &HeaderMap) -> Option<Response> {
+        if self.registers {
+            return None;
+        }
+        cached(state, self.key.as_ref(), headers, self.media).await
     }
 }
 
@@ -132,6 +135,7 @@ async fn cached(
     state: &AppState,
     key: Option<&ResponseKey>,
     headers: &HeaderMap,
+    media: MediaType,
 ) -> Option<Response> {
     let caches = &state.components.caches;
     let (stored, fresh_for) = caches.responses.get(key?, caches).await?;
@@ -140,28 +144,76 @@ async fn cached(
         let body = stored.derived(encoding.form(), |body| encoding.compress(body))?;
         Some((encoding, body))
     });
-    let Some((encoding, body)) = compressed else {
-        let mut response = stored.body().clone().into_response();
-        set_headers(&mut response, true, CacheStatus::Hit, Some(fresh_for));
-        return Some(response);
+    let (body, encoding) = match compressed {
+        Some((encoding, body)) => (body, Some(encoding)),
+        None => (stored.body().clone(), None),
     };
     let mut response = body.into_response();
-    set_headers(&mut response, true, CacheStatus::Hit, Some(fresh_for));
-    // Marked as encoded, the compression layer passes it through as it is.
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_ENCODING, encoding.header_value());
-    headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
+    set_headers(
+        &mut response,
+        media,
+        true,
+        CacheStatus::Hit,
+        Some(fresh_for),
+    );
+    if let Some(encoding) = encoding {
+        // Marked as encoded, the compression layer passes it through as it is.
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_ENCODING, encoding.header_value());
+        headers.append(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
     Some(response)
 }
 
-/// An answer that is only an error: the operation did not run.
-fn refused(state: &AppState, error: async_graphql::ServerError) -> Response {
+/// A GraphQL request refused before it ran (a persisted query that cannot be used).
+fn refused(state: &AppState, error: async_graphql::ServerError, media: MediaType) -> Response {
     state.components.metrics.graphql_request("error");
-    let body = serde_json::to_vec(&async_graphql::Response::from_errors(vec![error]))
-        .expect("a GraphQL response always serializes to JSON");
-    let mut response = Bytes::from(body).into_response();
-    set_headers(&mut response, false, CacheStatus::Miss, None);
+    let status = media.request_error_status();
+    errors_only(&[error], &BTreeMap::new(), status, media, CacheStatus::Miss)
+}
+
+/// An HTTP request that is not a GraphQL request, answered with its status.
+fn rejected(state: &AppState, rejection: Rejection, media: MediaType) -> Response {
+    state.components.metrics.graphql_request("error");
+    let status = rejection.status();
+    let error = graphql::refusal(graphql::BAD_REQUEST, rejection.to_string());
+    let mut response = errors_only(&[error], &BTreeMap::new(), status, media, CacheStatus::Miss);
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    }
     response
+}
+
+/// An answer of request errors: `errors` and no `data` entry at all, as the GraphQL spec asks
+/// of errors raised before execution (async-graphql would write `"data": null`).
+fn errors_only(
+    errors: &[async_graphql::ServerError],
+    extensions: &BTreeMap<String, async_graphql::Value>,
+    status: StatusCode,
+    media: MediaType,
+    cache_status: CacheStatus,
+) -> Response {
+    #[derive(serde::Serialize)]
+    struct RequestErrors<'a> {
+        errors: &'a [async_graphql::ServerError],
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        extensions: &'a BTreeMap<String, async_graphql::Value>,
+    }
+    let body = serde_json::to_vec(&RequestErrors { errors, extensions })
+        .expect("GraphQL errors always serialize to JSON");
+    let mut response = (status, Bytes::from(body)).into_response();
+    set_headers(&mut response, media, false, cache_status, None);
+    response
+}
+
+/// Whether a response is a request error: nothing executed, and no error belongs to a field.
+/// A field error always has a `path`, even when null propagation reached `data` itself.
+fn is_request_error(response: &async_graphql::Response) -> bool {
+    !response.errors.is_empty()
+        && response.data == async_graphql::Value::Null
+        && response.errors.iter().all(|error| error.path.is_empty())
 }
 
 /// A request that names a persisted query must reach the persisted-query store before any
@@ -172,31 +224,37 @@ fn names_a_persisted_query(raw: &[u8]) -> bool {
     raw.windows(NAME.len()).any(|window| window == NAME)
 }
 
-/// Resolves persisted queries, then answers from the response cache when `look_up` (the
-/// lookup was put off until now), or else runs the operation and stores a clean answer.
+/// Resolves persisted queries, then answers from the response cache when the lookup was put
+/// off until now, or else runs the operation and stores a clean answer.
 async fn answer(
     state: &AppState,
     headers: &HeaderMap,
-    credentials: Result<Credentials, AuthError>,
-    key: Option<ResponseKey>,
-    look_up: bool,
+    arrival: Arrival,
     mut request: async_graphql::Request,
+    method: Method,
 ) -> Response {
     let components = &state.components;
+    let media = arrival.media;
     // Only callers who may use the gateway store documents in it.
-    let may_register = credentials.is_ok();
+    let may_register = arrival.credentials.is_ok();
     if let Err(error) = components
         .persisted
         .resolve(&mut request, may_register)
         .await
     {
-        return refused(state, error);
+        return refused(state, error, media);
     }
-    if look_up && let Some(hit) = cached(state, key.as_ref(), headers).await {
+    // GET must be safe: a link or a prefetch must never change anything.
+    if method == Method::GET && graphql::is_mutation(&mut request) {
+        return rejected(state, Rejection::MutationOverGet, media);
+    }
+    if arrival.registers
+        && let Some(hit) = cached(state, arrival.key.as_ref(), headers, media).await
+    {
         return hit;
     }
     let context = RequestContext::new(
-        credentials,
+        arrival.credentials,
         components.caches.pages.clone(),
         components.caches.entities.clone(),
         components.page_size,
@@ -204,17 +262,27 @@ async fn answer(
     let report: Arc<CacheReport> = context.report_handle();
     let executed = components.schema.execute(request.data(context)).await;
     let ok = executed.is_ok();
+    components
+        .metrics
+        .graphql_request(if ok { "ok" } else { "error" });
+    if is_request_error(&executed) {
+        let status = media.request_error_status();
+        return errors_only(
+            &executed.errors,
+            &executed.extensions,
+            status,
+            media,
+            report.status(),
+        );
+    }
     let mut body =
         serde_json::to_vec(&executed).expect("a GraphQL response always serializes to JSON");
     // Stored responses are weighed by length: their allocation must be no larger.
     body.shrink_to_fit();
     let body = Bytes::from(body);
-    components
-        .metrics
-        .graphql_request(if ok { "ok" } else { "error" });
     if ok
         && report.status() != CacheStatus::Stale
-        && let Some(key) = key
+        && let Some(key) = arrival.key
     {
         components
             .caches
@@ -223,12 +291,19 @@ async fn answer(
             .await;
     }
     let mut response = body.into_response();
-    set_headers(&mut response, ok, report.status(), report.fresh_for());
+    set_headers(
+        &mut response,
+        media,
+        ok,
+        report.status(),
+        report.fresh_for(),
+    );
     response
 }
 
 fn set_headers(
     response: &mut Response,
+    media: MediaType,
     ok: bool,
     status: CacheStatus,
     fresh_for: Option<Duration>,
@@ -243,10 +318,7 @@ fn set_headers(
         HeaderValue::from_static("no-store")
     };
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    headers.insert(header::CONTENT_TYPE, media.header_value());
     headers.insert(header::CACHE_CONTROL, cache_control);
     headers.insert(header::VARY, HeaderValue::from_static("Authorization"));
     headers.insert(X_CACHE, HeaderValue::from_static(status.as_str()));

@@ -3,6 +3,8 @@
 //! composition root built, and back. Nothing below this layer imports it.
 //!
 //! - [`graphql`]: `POST` and `GET /graphql` (APQ, the response cache, response headers);
+//!   [`request`]: what a GraphQL-over-HTTP request must look like, and the refusals of those
+//!   that do not; [`negotiation`]: the media type answered with, from `Accept`;
 //!   [`encoding`]: stored responses compressed once, as the client prefers.
 //! - [`webhooks`]: amoCRM's webhooks. [`admin`]: the cache purge.
 //! - [`health`]: `/healthz` and `/metrics`. [`playground`]: GraphiQL and its assets.
@@ -11,7 +13,9 @@ mod admin;
 mod encoding;
 mod graphql;
 mod health;
+mod negotiation;
 mod playground;
+mod request;
 mod request_id;
 mod webhooks;
 

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod audits;
 mod auth;
 mod browser;
 mod caching;
@@ -15,6 +16,7 @@ mod invalidation;
 mod layers;
 mod metrics;
 mod oauth;
+mod over_http;
 mod paging;
 mod persisted;
 mod protection;

@@ -134,7 +134,9 @@ async fn get_reads_the_operation_name_clients_send() {
         ],
     )
     .await;
-    assert_eq!(bad.codes(), vec!["BAD_USER_INPUT"]);
+    // Not a GraphQL request at all, so BAD_REQUEST with HTTP 400, naming the parameter.
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.codes(), vec!["BAD_REQUEST"]);
     assert!(
         bad.first_error()["message"]
             .as_str()
