@@ -57,7 +57,20 @@ pub enum ConfigError {
          (GATEWAY_REPLICAS_HINT) {replicas} replicas: each needs at least one call a second"
     )]
     RpsBelowReplicas { rps: u32, replicas: u32 },
+    #[error("{flag} ({env}) must be at least {MIN_SECRET_LEN} characters (the value is not shown)")]
+    ShortSecret {
+        flag: &'static str,
+        env: &'static str,
+    },
+    #[error(
+        "--redis-url (GATEWAY_REDIS_URL) is not a Redis URL such as redis://127.0.0.1:6379/0 \
+         (the value is not shown: it may hold a password)"
+    )]
+    RedisUrl,
 }
+
+/// The shortest secret accepted: anything shorter is guessable.
+pub const MIN_SECRET_LEN: usize = 8;
 
 /// Where the gateway's data comes from.
 #[derive(Debug, Clone)]
@@ -136,6 +149,7 @@ impl ServeConfig {
     /// Checks the flags against each other, in the order an operator would fix them: where the
     /// data comes from, whose token, then the numbers.
     pub fn validate(self) -> Result<Settings, ConfigError> {
+        self.check_secrets()?;
         let (upstream, credentials) = self.upstream_and_credentials()?;
         self.check_durations()?;
         if self.cache_max_age < self.cache_ttl {
@@ -234,6 +248,50 @@ impl ServeConfig {
             ),
         };
         Ok((Upstream::Account(url), credentials))
+    }
+
+    /// Secrets are checked here, not by the command-line parser, whose errors quote the value.
+    fn check_secrets(&self) -> Result<(), ConfigError> {
+        let secrets = [
+            (
+                "--scope-secret",
+                "GATEWAY_SCOPE_SECRET",
+                self.scope_secret.as_ref(),
+            ),
+            (
+                "--webhook-secret",
+                "GATEWAY_WEBHOOK_SECRET",
+                self.webhook_secret.as_ref(),
+            ),
+            (
+                "--admin-token",
+                "GATEWAY_ADMIN_TOKEN",
+                self.admin_token.as_ref(),
+            ),
+            (
+                "--oauth-client-secret",
+                "GATEWAY_OAUTH_CLIENT_SECRET",
+                self.oauth_client_secret.as_ref(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(flag, env, secret)| Some((flag, env, secret?)))
+        .chain(
+            self.client_keys
+                .iter()
+                .map(|key| ("--client-key", "GATEWAY_CLIENT_KEY", key)),
+        );
+        for (flag, env, secret) in secrets {
+            if secret.expose().len() < MIN_SECRET_LEN {
+                return Err(ConfigError::ShortSecret { flag, env });
+            }
+        }
+        if let Some(url) = &self.redis_url
+            && redis::Client::open(url.expose()).is_err()
+        {
+            return Err(ConfigError::RedisUrl);
+        }
+        Ok(())
     }
 
     fn check_durations(&self) -> Result<(), ConfigError> {

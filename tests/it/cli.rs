@@ -145,6 +145,46 @@ async fn without_an_upstream_the_gateway_says_what_to_set() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("AMOCRM_BASE_URL"));
 }
 
+/// A rejected secret is named by its flag and environment twin, never printed back, whether it
+/// came as a flag or from the environment (issue 13, point 15).
+#[tokio::test]
+async fn a_rejected_secret_is_named_never_printed() {
+    let secrets = [
+        ("--webhook-secret", "GATEWAY_WEBHOOK_SECRET", "wh-s3c"),
+        ("--admin-token", "GATEWAY_ADMIN_TOKEN", "adm-s3c"),
+        ("--client-key", "GATEWAY_CLIENT_KEY", "ck-s3c"),
+        ("--scope-secret", "GATEWAY_SCOPE_SECRET", "sc-s3c"),
+        (
+            "--redis-url",
+            "GATEWAY_REDIS_URL",
+            "redis://:hunter2pw@[::1",
+        ),
+    ];
+    for (flag, env, value) in secrets {
+        for from_env in [false, true] {
+            let mut command = Command::new(BIN);
+            command.args(["--listen", "127.0.0.1:0", "--demo"]);
+            if from_env {
+                command.env(env, value);
+            } else {
+                command.args([flag, value]);
+            }
+            let output = command.output().await.expect("runs");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "{flag} {value} was accepted");
+            assert!(
+                stderr.contains(flag) && stderr.contains(env),
+                "the error names {flag} and {env}: {stderr}"
+            );
+            let secret_part = value.trim_start_matches("redis://:");
+            assert!(
+                !stderr.contains(secret_part) && !stderr.contains("hunter2"),
+                "the error prints the value of {flag}: {stderr}"
+            );
+        }
+    }
+}
+
 /// `env var -> (long flag, takes a value)` for the gateway and for each subcommand.
 fn env_twins(command: &clap::Command) -> HashMap<String, (String, bool)> {
     command
