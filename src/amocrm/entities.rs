@@ -80,10 +80,13 @@ impl EntityKind {
 pub struct RelatedEntity {
     pub id: u64,
     pub name: Option<String>,
-    /// Leads: the deal's price.
+    /// Leads: the deal's price in whole units, and (accounts send it since 2026) the exact
+    /// price with its fraction.
     pub price: Option<i64>,
-    /// Customers: the next purchase's price and date.
+    pub price_with_minor_units: Option<f64>,
+    /// Customers: the next purchase's price (whole, and exact as for leads) and date.
     pub next_price: Option<i64>,
+    pub next_price_with_minor_units: Option<f64>,
     pub next_date: Option<i64>,
     pub status_id: Option<u64>,
     pub pipeline_id: Option<u64>,
@@ -143,7 +146,9 @@ fn decode_entity(e: &Map<String, Value>) -> Option<RelatedEntity> {
         id: e.get("id").and_then(model::as_u64)?,
         name: model::opt_string(e, "name"),
         price: model::int(e, "price"),
+        price_with_minor_units: e.get("price_with_minor_units").and_then(model::as_f64),
         next_price: model::int(e, "next_price"),
+        next_price_with_minor_units: e.get("next_price_with_minor_units").and_then(model::as_f64),
         next_date: model::int(e, "next_date"),
         status_id: e.get("status_id").and_then(model::as_u64),
         pipeline_id: e.get("pipeline_id").and_then(model::as_u64),
@@ -204,5 +209,28 @@ mod tests {
         assert_eq!(kind.path(), "/api/v4/catalogs/7/elements");
         assert_eq!(kind.id_params(&[3])[0].0, "id[]");
         assert_eq!(EntityKind::Lead.id_params(&[3])[0].0, "filter[id][]");
+    }
+
+    #[test]
+    fn leads_keep_the_exact_price_beside_the_whole_one() {
+        let body = br#"{"_embedded":{"leads":[
+            {"id":2147483653,"price":1500,"price_with_minor_units":1500.75,"labor_cost":null,
+             "is_price_computed":false},
+            {"id":2,"price":3000000000.0},
+            {"id":3,"price":10}]}}"#;
+        let leads = decode_entities(EntityKind::Lead, body).expect("decodes");
+        assert_eq!(leads[0].id, 2_147_483_653);
+        assert_eq!(
+            (leads[0].price, leads[0].price_with_minor_units),
+            (Some(1500), Some(1500.75))
+        );
+        assert_eq!(leads[1].price, Some(3_000_000_000), "a float literal");
+        assert_eq!(leads[2].price_with_minor_units, None);
+        let customers = decode_entities(
+            EntityKind::Customer,
+            br#"{"_embedded":{"customers":[{"id":1,"next_price":200,"next_price_with_minor_units":200.75}]}}"#,
+        )
+        .expect("decodes");
+        assert_eq!(customers[0].next_price_with_minor_units, Some(200.75));
     }
 }
