@@ -52,15 +52,30 @@ impl EntityKind {
         }
     }
 
-    /// The parameters that select `ids`: `filter[id][]` in general, but a top-level `id[]` for
-    /// catalog elements, as amoCRM's own client sends it.
+    /// The route template of one entity by id, for logs and metrics.
+    pub fn item_route(self) -> &'static str {
+        match self {
+            EntityKind::Lead => "/api/v4/leads/{id}",
+            EntityKind::Customer => "/api/v4/customers/{id}",
+            EntityKind::Company => "/api/v4/companies/{id}",
+            EntityKind::CatalogElement { .. } => "/api/v4/catalogs/{catalog_id}/elements/{id}",
+        }
+    }
+
+    pub fn item_path(self, id: u64) -> String {
+        format!("{}/{id}", self.path())
+    }
+
+    /// The parameters that select `ids`: `filter[id][]`, and for catalog elements also the
+    /// top-level `id[]` amoCRM's own client sends (which of the two amoCRM honours there is
+    /// undocumented; some accounts honour neither, see `AmoClient::entities`).
     pub(super) fn id_params(self, ids: &[u64]) -> Vec<(String, String)> {
-        let key = match self {
-            EntityKind::CatalogElement { .. } => "id[]",
-            _ => "filter[id][]",
+        let keys: &[&str] = match self {
+            EntityKind::CatalogElement { .. } => &["id[]", "filter[id][]"],
+            _ => &["filter[id][]"],
         };
-        ids.iter()
-            .map(|id| (key.to_owned(), id.to_string()))
+        keys.iter()
+            .flat_map(|key| ids.iter().map(|id| ((*key).to_owned(), id.to_string())))
             .collect()
     }
 
@@ -141,6 +156,16 @@ pub fn decode_entities(kind: EntityKind, body: &[u8]) -> Result<Vec<RelatedEntit
         .collect())
 }
 
+/// Decodes a 200 body of one entity by id (`GET .../elements/{id}`): the entity itself, not a
+/// list. `None` when it carries no usable id.
+pub fn decode_one_entity(body: &[u8]) -> Result<Option<RelatedEntity>, AmoError> {
+    let body = parse(body)?;
+    let entity = body
+        .as_object()
+        .ok_or_else(|| AmoError::Decode("the body is not a JSON object".to_owned()))?;
+    Ok(decode_entity(entity))
+}
+
 fn decode_entity(e: &Map<String, Value>) -> Option<RelatedEntity> {
     Some(RelatedEntity {
         id: e.get("id").and_then(model::as_u64)?,
@@ -204,11 +229,24 @@ mod tests {
     }
 
     #[test]
-    fn catalog_elements_are_selected_by_top_level_id() {
+    fn catalog_elements_are_selected_by_both_id_parameters() {
         let kind = EntityKind::CatalogElement { catalog_id: 7 };
         assert_eq!(kind.path(), "/api/v4/catalogs/7/elements");
-        assert_eq!(kind.id_params(&[3])[0].0, "id[]");
-        assert_eq!(EntityKind::Lead.id_params(&[3])[0].0, "filter[id][]");
+        assert_eq!(kind.item_path(3), "/api/v4/catalogs/7/elements/3");
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        assert_eq!(
+            kind.id_params(&[3, 4]),
+            vec![
+                pair("id[]", "3"),
+                pair("id[]", "4"),
+                pair("filter[id][]", "3"),
+                pair("filter[id][]", "4"),
+            ]
+        );
+        assert_eq!(
+            EntityKind::Lead.id_params(&[3]),
+            vec![pair("filter[id][]", "3")]
+        );
     }
 
     #[test]
@@ -232,5 +270,18 @@ mod tests {
         )
         .expect("decodes");
         assert_eq!(customers[0].next_price_with_minor_units, Some(200.75));
+    }
+
+    #[test]
+    fn one_entity_by_id_is_the_body_itself() {
+        let element = decode_one_entity(br#"{"id":5,"name":"Item","catalog_id":7}"#)
+            .expect("decodes")
+            .expect("an id");
+        assert_eq!((element.id, element.name.as_deref()), (5, Some("Item")));
+        assert_eq!(
+            decode_one_entity(br#"{"name":"no id"}"#).expect("decodes"),
+            None
+        );
+        assert!(decode_one_entity(b"[]").is_err());
     }
 }
