@@ -21,3 +21,4 @@ mod protection;
 mod related;
 mod replicas;
 mod selection;
+mod shapes;
