@@ -153,6 +153,19 @@ pub struct FakeFieldValue {
     pub entry: Option<Value>,
 }
 
+impl FakeFieldValue {
+    /// Just a `value`, as text, numeric, date and object fields have.
+    fn plain(value: Value) -> Self {
+        FakeFieldValue {
+            value,
+            enum_id: None,
+            enum_code: None,
+            legacy_enum_key: false,
+            entry: None,
+        }
+    }
+}
+
 /// A catalog element linked to a contact: written as amoCRM does, with everything but the id
 /// nested in `metadata`.
 #[derive(Debug, Clone)]
@@ -280,13 +293,7 @@ pub fn generate(count: usize) -> Vec<FakeContact> {
 /// Fields whose values are more than a string: objects, Unix seconds, parts, entries without
 /// `value`, a newer field type.
 fn real_shaped_fields(rng: &mut Rng, contact: &FakeContact) -> Vec<FakeField> {
-    let value = |value: Value| FakeFieldValue {
-        value,
-        enum_id: None,
-        enum_code: None,
-        legacy_enum_key: false,
-        entry: None,
-    };
+    let value = FakeFieldValue::plain;
     let mut fields = Vec::new();
     let n = contact.id;
     if rng.chance(10) {
@@ -382,13 +389,7 @@ fn real_shaped_fields(rng: &mut Rng, contact: &FakeContact) -> Vec<FakeField> {
 }
 
 fn custom_fields(rng: &mut Rng, i: u64) -> Vec<FakeField> {
-    let value = |value: Value| FakeFieldValue {
-        value,
-        enum_id: None,
-        enum_code: None,
-        legacy_enum_key: false,
-        entry: None,
-    };
+    let value = FakeFieldValue::plain;
     let mut fields = vec![FakeField {
         id: PHONE_FIELD_ID,
         name: "Телефон",

@@ -9,7 +9,7 @@ use amocrm_gateway::fake_amocrm::{
 };
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN_TOKEN, TestApp, ids};
+use crate::support::{ADMIN_TOKEN, Reply, TestApp, ids};
 
 /// Beyond 2^31, and beyond what GraphQL's 32-bit `Int` can carry.
 const BIG_ID: u64 = 3_000_000_001;
@@ -19,6 +19,24 @@ fn hal_contacts(contacts: Value) -> Failure {
         "application/hal+json",
         json!({ "_page": 1, "_links": {}, "_embedded": { "contacts": contacts } }).to_string(),
     )
+}
+
+/// The `contacts` nodes of an answer without errors.
+fn nodes(reply: &Reply) -> Vec<Value> {
+    reply.data()["contacts"]["nodes"]
+        .as_array()
+        .expect("nodes")
+        .clone()
+}
+
+/// The paths of the catalog calls that reached the fake, in order.
+fn catalog_calls(app: &TestApp) -> Vec<String> {
+    app.fake
+        .requests()
+        .into_iter()
+        .map(|r| r.path)
+        .filter(|p| p.starts_with("/api/v4/catalogs/"))
+        .collect()
 }
 
 /// The first fake contact linked to elements of both catalogs, so that a test sees two.
@@ -103,10 +121,7 @@ async fn a_page_in_real_shapes_comes_through_whole_and_unchanged() {
                 catalogElements { id catalogId quantity priceId metadata } } } }",
         )
         .await;
-    let nodes = reply.data()["contacts"]["nodes"]
-        .as_array()
-        .expect("nodes")
-        .clone();
+    let nodes = nodes(&reply);
     assert_eq!(
         ids(&reply.data()["contacts"]),
         vec![BIG_ID, 5, 6],
@@ -199,10 +214,7 @@ async fn catalog_element_names_load_from_the_catalog_their_metadata_names() {
         )
         .await;
     let window = &app.fake.contacts()[..40];
-    let nodes = reply.data()["contacts"]["nodes"]
-        .as_array()
-        .expect("nodes")
-        .clone();
+    let nodes = nodes(&reply);
     let mut expected_paths = Vec::new();
     for (node, contact) in nodes.iter().zip(window) {
         let elements = node["catalogElements"].as_array().expect("elements");
@@ -216,13 +228,7 @@ async fn catalog_element_names_load_from_the_catalog_their_metadata_names() {
     expected_paths.sort();
     expected_paths.dedup();
     assert_eq!(expected_paths.len(), 2, "the window links both catalogs");
-    let mut catalog_paths: Vec<String> = app
-        .fake
-        .requests()
-        .into_iter()
-        .map(|r| r.path)
-        .filter(|p| p.starts_with("/api/v4/catalogs/"))
-        .collect();
+    let mut catalog_paths = catalog_calls(&app);
     catalog_paths.sort();
     assert_eq!(catalog_paths, expected_paths, "one call per catalog named");
     let services = app
@@ -291,15 +297,8 @@ async fn an_element_whose_link_names_no_catalog_is_never_asked_for() {
         assert!(message.contains("which catalog"), "{message}");
         assert!(!message.contains("deleted"), "{message}");
     }
-    let catalog_paths: Vec<String> = app
-        .fake
-        .requests()
-        .into_iter()
-        .map(|r| r.path)
-        .filter(|p| p.starts_with("/api/v4/catalogs/"))
-        .collect();
     assert_eq!(
-        catalog_paths,
+        catalog_calls(&app),
         vec![format!("/api/v4/catalogs/{}/elements", known.catalog_id)],
         "only the catalog that was named"
     );
@@ -434,6 +433,7 @@ async fn the_fakes_leads_carry_exact_prices() {
             "{ contacts(first: 30) { nodes { leads { id price priceWithMinorUnits } } } }",
         )
         .await;
+    // Not `nodes`: the fake's deleted leads come with NOT_FOUND errors.
     let leads: Vec<Value> = reply.body["data"]["contacts"]["nodes"]
         .as_array()
         .expect("nodes")
