@@ -52,15 +52,30 @@ impl EntityKind {
         }
     }
 
-    /// The parameters that select `ids`: `filter[id][]` in general, but a top-level `id[]` for
-    /// catalog elements, as amoCRM's own client sends it.
+    /// The route template of one entity by id, for logs and metrics.
+    pub fn item_route(self) -> &'static str {
+        match self {
+            EntityKind::Lead => "/api/v4/leads/{id}",
+            EntityKind::Customer => "/api/v4/customers/{id}",
+            EntityKind::Company => "/api/v4/companies/{id}",
+            EntityKind::CatalogElement { .. } => "/api/v4/catalogs/{catalog_id}/elements/{id}",
+        }
+    }
+
+    pub fn item_path(self, id: u64) -> String {
+        format!("{}/{id}", self.path())
+    }
+
+    /// The parameters that select `ids`: `filter[id][]`, and for catalog elements also the
+    /// top-level `id[]` amoCRM's own client sends (which of the two amoCRM honours there is
+    /// undocumented; some accounts honour neither, see `AmoClient::entities`).
     pub(super) fn id_params(self, ids: &[u64]) -> Vec<(String, String)> {
-        let key = match self {
-            EntityKind::CatalogElement { .. } => "id[]",
-            _ => "filter[id][]",
+        let keys: &[&str] = match self {
+            EntityKind::CatalogElement { .. } => &["id[]", "filter[id][]"],
+            _ => &["filter[id][]"],
         };
-        ids.iter()
-            .map(|id| (key.to_owned(), id.to_string()))
+        keys.iter()
+            .flat_map(|key| ids.iter().map(|id| ((*key).to_owned(), id.to_string())))
             .collect()
     }
 
@@ -80,10 +95,13 @@ impl EntityKind {
 pub struct RelatedEntity {
     pub id: u64,
     pub name: Option<String>,
-    /// Leads: the deal's price.
+    /// Leads: the deal's price in whole units, and (accounts send it since 2026) the exact
+    /// price with its fraction.
     pub price: Option<i64>,
-    /// Customers: the next purchase's price and date.
+    pub price_with_minor_units: Option<f64>,
+    /// Customers: the next purchase's price (whole, and exact as for leads) and date.
     pub next_price: Option<i64>,
+    pub next_price_with_minor_units: Option<f64>,
     pub next_date: Option<i64>,
     pub status_id: Option<u64>,
     pub pipeline_id: Option<u64>,
@@ -138,12 +156,24 @@ pub fn decode_entities(kind: EntityKind, body: &[u8]) -> Result<Vec<RelatedEntit
         .collect())
 }
 
+/// Decodes a 200 body of one entity by id (`GET .../elements/{id}`): the entity itself, not a
+/// list. `None` when it carries no usable id.
+pub fn decode_one_entity(body: &[u8]) -> Result<Option<RelatedEntity>, AmoError> {
+    let body = parse(body)?;
+    let entity = body
+        .as_object()
+        .ok_or_else(|| AmoError::Decode("the body is not a JSON object".to_owned()))?;
+    Ok(decode_entity(entity))
+}
+
 fn decode_entity(e: &Map<String, Value>) -> Option<RelatedEntity> {
     Some(RelatedEntity {
         id: e.get("id").and_then(model::as_u64)?,
         name: model::opt_string(e, "name"),
         price: model::int(e, "price"),
+        price_with_minor_units: e.get("price_with_minor_units").and_then(model::as_f64),
         next_price: model::int(e, "next_price"),
+        next_price_with_minor_units: e.get("next_price_with_minor_units").and_then(model::as_f64),
         next_date: model::int(e, "next_date"),
         status_id: e.get("status_id").and_then(model::as_u64),
         pipeline_id: e.get("pipeline_id").and_then(model::as_u64),
@@ -199,10 +229,59 @@ mod tests {
     }
 
     #[test]
-    fn catalog_elements_are_selected_by_top_level_id() {
+    fn catalog_elements_are_selected_by_both_id_parameters() {
         let kind = EntityKind::CatalogElement { catalog_id: 7 };
         assert_eq!(kind.path(), "/api/v4/catalogs/7/elements");
-        assert_eq!(kind.id_params(&[3])[0].0, "id[]");
-        assert_eq!(EntityKind::Lead.id_params(&[3])[0].0, "filter[id][]");
+        assert_eq!(kind.item_path(3), "/api/v4/catalogs/7/elements/3");
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        assert_eq!(
+            kind.id_params(&[3, 4]),
+            vec![
+                pair("id[]", "3"),
+                pair("id[]", "4"),
+                pair("filter[id][]", "3"),
+                pair("filter[id][]", "4"),
+            ]
+        );
+        assert_eq!(
+            EntityKind::Lead.id_params(&[3]),
+            vec![pair("filter[id][]", "3")]
+        );
+    }
+
+    #[test]
+    fn leads_keep_the_exact_price_beside_the_whole_one() {
+        let body = br#"{"_embedded":{"leads":[
+            {"id":2147483653,"price":1500,"price_with_minor_units":1500.75,"labor_cost":null,
+             "is_price_computed":false},
+            {"id":2,"price":3000000000.0},
+            {"id":3,"price":10}]}}"#;
+        let leads = decode_entities(EntityKind::Lead, body).expect("decodes");
+        assert_eq!(leads[0].id, 2_147_483_653);
+        assert_eq!(
+            (leads[0].price, leads[0].price_with_minor_units),
+            (Some(1500), Some(1500.75))
+        );
+        assert_eq!(leads[1].price, Some(3_000_000_000), "a float literal");
+        assert_eq!(leads[2].price_with_minor_units, None);
+        let customers = decode_entities(
+            EntityKind::Customer,
+            br#"{"_embedded":{"customers":[{"id":1,"next_price":200,"next_price_with_minor_units":200.75}]}}"#,
+        )
+        .expect("decodes");
+        assert_eq!(customers[0].next_price_with_minor_units, Some(200.75));
+    }
+
+    #[test]
+    fn one_entity_by_id_is_the_body_itself() {
+        let element = decode_one_entity(br#"{"id":5,"name":"Item","catalog_id":7}"#)
+            .expect("decodes")
+            .expect("an id");
+        assert_eq!((element.id, element.name.as_deref()), (5, Some("Item")));
+        assert_eq!(
+            decode_one_entity(br#"{"name":"no id"}"#).expect("decodes"),
+            None
+        );
+        assert!(decode_one_entity(b"[]").is_err());
     }
 }

@@ -1,16 +1,21 @@
 //! What the gateway keeps of amoCRM's HAL JSON, decoded tolerantly.
 //!
 //! Only `id` is certain to be present (see the shared API reference): a missing boolean is false,
-//! a missing string empty, a missing list empty, a value of the wrong type is treated as missing,
-//! and unknown fields are ignored. One contact without a usable `id` is dropped (and logged)
-//! rather than failing its page.
+//! a missing string empty, a missing list empty (a relation amoCRM left out, `_embedded: {}` and
+//! `tags: null` included), a value of the wrong type is treated as missing, and unknown fields
+//! are ignored. One contact without a usable `id` is dropped (and logged) rather than failing its
+//! page. Custom field values are kept exactly as sent, whatever their shape (see
+//! [`CustomFieldValueItem`]); catalog element links are read from `metadata` first, as real
+//! accounts nest them, then from the top-level keys the documentation's table lists.
+
+use std::borrow::Cow;
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::AmoError;
+use super::{AmoError, EntityKind};
 
 /// An amoCRM contact id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -83,12 +88,67 @@ pub struct CustomFieldValue {
     pub values: Vec<CustomFieldValueItem>,
 }
 
+/// One entry of a custom field's `values`, which amoCRM shapes by field type: `{value,
+/// enum_id, enum_code}` mostly, but a chained list's entry is `{catalog_id, catalog_element_id}`
+/// with no `value`, and new field types may bring new keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CustomFieldValueItem {
-    /// Usually a string, but numbers, booleans and objects occur depending on the field type.
+    /// The entry's `value` as sent: usually a string (numeric fields too), but numbers,
+    /// booleans (checkbox), Unix seconds (dates, possibly negative) and objects (legal_entity,
+    /// file, linked_entity, items, payer, supplier) occur. Null when the entry has no `value`.
     pub value: Value,
     pub enum_id: Option<u64>,
+    /// `enum_code`, or the legacy `enum` one documentation example uses.
     pub enum_code: Option<String>,
+    /// The entry exactly as sent, kept only when the fields above cannot rebuild it (no
+    /// `value`, other keys, the legacy `enum`, an `enum_id` as a string, ...): most entries
+    /// need nothing more, and a page holds thousands of them.
+    pub sent: Option<Box<Value>>,
+}
+
+impl CustomFieldValueItem {
+    /// The entry exactly as amoCRM sent it.
+    pub fn entry(&self) -> Cow<'_, Value> {
+        match &self.sent {
+            Some(sent) => Cow::Borrowed(sent),
+            None => Cow::Owned(Value::Object(self.rebuilt())),
+        }
+    }
+
+    /// The entry as amoCRM writes the usual ones: `value`; `enum_id` when there is one, and
+    /// then `enum_code` too, null when it has none.
+    fn rebuilt(&self) -> Map<String, Value> {
+        let mut entry = Map::new();
+        entry.insert("value".to_owned(), self.value.clone());
+        if let Some(enum_id) = self.enum_id {
+            entry.insert("enum_id".to_owned(), Value::from(enum_id));
+        }
+        if self.enum_id.is_some() || self.enum_code.is_some() {
+            entry.insert(
+                "enum_code".to_owned(),
+                self.enum_code.clone().map_or(Value::Null, Value::String),
+            );
+        }
+        entry
+    }
+
+    /// Whether [`Self::rebuilt`] gives back exactly `sent`, checked without building it.
+    fn rebuilds(&self, sent: &Map<String, Value>) -> bool {
+        let has_enum_code = self.enum_id.is_some() || self.enum_code.is_some();
+        let keys = 1 + usize::from(self.enum_id.is_some()) + usize::from(has_enum_code);
+        // With that many keys and the expected ones present, there is no other key.
+        sent.len() == keys
+            && sent.contains_key("value")
+            && self
+                .enum_id
+                .is_none_or(|id| sent.get("enum_id").and_then(Value::as_u64) == Some(id))
+            && (!has_enum_code
+                || match sent.get("enum_code") {
+                    Some(Value::String(code)) => self.enum_code.as_deref() == Some(code.as_str()),
+                    Some(Value::Null) => self.enum_code.is_none(),
+                    _ => false,
+                })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,13 +164,26 @@ pub struct EntityRef {
     pub id: u64,
 }
 
+/// A catalog element linked to a contact: its id, and the link's own data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CatalogElementRef {
     pub id: u64,
-    pub catalog_id: u64,
+    /// `None` when amoCRM did not say: then the element cannot be loaded (no catalog is asked).
+    pub catalog_id: Option<u64>,
+    /// Often a float literal (`1.0`), sometimes a string.
     pub quantity: Option<f64>,
+    /// Absent on some links.
     pub price_id: Option<u64>,
+    /// `metadata` as sent.
     pub metadata: Option<Value>,
+}
+
+impl CatalogElementRef {
+    /// Where the element is listed, when amoCRM said which catalog it belongs to.
+    pub fn kind(&self) -> Option<EntityKind> {
+        self.catalog_id
+            .map(|catalog_id| EntityKind::CatalogElement { catalog_id })
+    }
 }
 
 /// The list under `_embedded.<key>` of a HAL body (empty when absent), and whether amoCRM
@@ -225,6 +298,10 @@ pub(super) fn custom_fields_heap_bytes(fields: &Vec<CustomFieldValue>) -> usize 
             if let Some(code) = &value.enum_code {
                 heap.string(code);
             }
+            if let Some(sent) = &value.sent {
+                heap.alloc(std::mem::size_of::<Value>());
+                heap.json(sent);
+            }
         }
     }
     heap.0
@@ -252,6 +329,27 @@ impl Heap {
         self.alloc(v.capacity() * std::mem::size_of::<T>());
     }
 
+    /// The nodes of a `BTreeMap` (serde_json's map) of `len` entries. Every node has room for
+    /// eleven entries however few it holds, so a small object costs a whole node; maps filled
+    /// in order leave their nodes about half full.
+    fn btree_nodes<K, V>(&mut self, len: usize) {
+        const CAPACITY: usize = 11;
+        const HALF: usize = CAPACITY / 2 + 1;
+        let leaf = 2 * std::mem::size_of::<usize>()
+            + CAPACITY * (std::mem::size_of::<K>() + std::mem::size_of::<V>());
+        let internal = leaf + (CAPACITY + 1) * std::mem::size_of::<usize>();
+        let (leaves, internals) = match len {
+            0 => (0, 0),
+            1..=CAPACITY => (1, 0),
+            _ => {
+                let leaves = len.div_ceil(HALF);
+                (leaves, leaves.div_ceil(HALF))
+            }
+        };
+        (0..leaves).for_each(|_| self.alloc(leaf));
+        (0..internals).for_each(|_| self.alloc(internal));
+    }
+
     fn json(&mut self, value: &Value) {
         match value {
             Value::String(s) => self.string(s),
@@ -260,10 +358,9 @@ impl Heap {
                 items.iter().for_each(|item| self.json(item));
             }
             Value::Object(map) => {
-                // A B-tree node per few entries; count each entry's share of one.
+                self.btree_nodes::<String, Value>(map.len());
                 for (key, item) in map {
                     self.string(key);
-                    self.alloc(std::mem::size_of::<(String, Value)>() + 8);
                     self.json(item);
                 }
             }
@@ -328,16 +425,31 @@ fn decode_contact(c: &Map<String, Value>) -> Option<Contact> {
         companies: refs("companies"),
         leads: refs("leads"),
         customers: refs("customers"),
-        catalog_elements: tight(embedded_list("catalog_elements").iter().filter_map(|e| {
-            let e = e.as_object()?;
-            Some(CatalogElementRef {
-                id: e.get("id").and_then(as_u64)?,
-                catalog_id: uint(e, "catalog_id"),
-                quantity: e.get("quantity").and_then(as_f64),
-                price_id: e.get("price_id").and_then(as_u64),
-                metadata: e.get("metadata").filter(|m| !m.is_null()).cloned(),
-            })
-        })),
+        catalog_elements: tight(
+            embedded_list("catalog_elements")
+                .iter()
+                .filter_map(|e| decode_catalog_link(e.as_object()?)),
+        ),
+    })
+}
+
+/// A catalog element link. Real accounts nest `quantity`, `catalog_id` and `price_id` in
+/// `metadata` (as amoCRM's own client reads them); the documentation's table puts them beside
+/// it, so those are the fallback. A catalog id of 0 names no catalog.
+fn decode_catalog_link(e: &Map<String, Value>) -> Option<CatalogElementRef> {
+    let metadata = e.get("metadata").and_then(Value::as_object);
+    let read = |key: &str| {
+        metadata
+            .and_then(|m| m.get(key))
+            .filter(|v| !v.is_null())
+            .or_else(|| e.get(key))
+    };
+    Some(CatalogElementRef {
+        id: e.get("id").and_then(as_u64)?,
+        catalog_id: read("catalog_id").and_then(as_u64).filter(|id| *id != 0),
+        quantity: read("quantity").and_then(as_f64),
+        price_id: read("price_id").and_then(as_u64),
+        metadata: e.get("metadata").filter(|m| !m.is_null()).cloned(),
     })
 }
 
@@ -355,18 +467,33 @@ fn decode_custom_field(field: &Value) -> Option<CustomFieldValue> {
         values: field
             .get("values")
             .and_then(Value::as_array)
-            .map(|values| {
-                tight(values.iter().filter_map(Value::as_object).map(|v| {
-                    CustomFieldValueItem {
-                        value: v.get("value").cloned().unwrap_or(Value::Null),
-                        enum_id: v.get("enum_id").and_then(as_u64),
-                        // One documentation example spells it `enum`.
-                        enum_code: opt_string(v, "enum_code").or_else(|| opt_string(v, "enum")),
-                    }
-                }))
-            })
+            .map(|values| tight(values.iter().map(decode_value_entry)))
             .unwrap_or_default(),
     })
+}
+
+/// One entry of `values`, whatever its shape: nothing in it is lost (see
+/// [`CustomFieldValueItem::sent`]).
+fn decode_value_entry(entry: &Value) -> CustomFieldValueItem {
+    let Some(map) = entry.as_object() else {
+        return CustomFieldValueItem {
+            value: Value::Null,
+            enum_id: None,
+            enum_code: None,
+            sent: Some(Box::new(entry.clone())),
+        };
+    };
+    let mut item = CustomFieldValueItem {
+        value: map.get("value").cloned().unwrap_or(Value::Null),
+        enum_id: map.get("enum_id").and_then(as_u64),
+        // One documentation example spells it `enum`.
+        enum_code: opt_string(map, "enum_code").or_else(|| opt_string(map, "enum")),
+        sent: None,
+    };
+    if !item.rebuilds(map) {
+        item.sent = Some(Box::new(entry.clone()));
+    }
+    item
 }
 
 /// Ids arrive as numbers, but a numeric string is accepted too.
@@ -378,7 +505,7 @@ pub(super) fn as_u64(v: &Value) -> Option<u64> {
     }
 }
 
-fn as_f64(v: &Value) -> Option<f64> {
+pub(super) fn as_f64(v: &Value) -> Option<f64> {
     match v {
         Value::Number(n) => n.as_f64(),
         Value::String(s) => s.trim().parse().ok(),
@@ -387,12 +514,20 @@ fn as_f64(v: &Value) -> Option<f64> {
     .filter(|f: &f64| f.is_finite())
 }
 
+/// A whole number, also when written as a float literal (`1500.0`) or a string.
 pub(super) fn int(obj: &Map<String, Value>, key: &str) -> Option<i64> {
     match obj.get(key)? {
-        Value::Number(n) => n.as_i64(),
+        Value::Number(n) => n.as_i64().or_else(|| whole(n.as_f64()?)),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }
+}
+
+/// `f` as an `i64` if it is a whole number within range.
+fn whole(f: f64) -> Option<i64> {
+    // 2^63 is exact as an f64, so the range check is too.
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+    (f.fract() == 0.0 && (-LIMIT..LIMIT).contains(&f)).then_some(f as i64)
 }
 
 fn uint(obj: &Map<String, Value>, key: &str) -> u64 {
@@ -432,6 +567,13 @@ mod tests {
                         Just("values".to_owned()),
                         Just("catalog_elements".to_owned()),
                         Just("tags".to_owned()),
+                        Just("metadata".to_owned()),
+                        Just("catalog_id".to_owned()),
+                        Just("field_id".to_owned()),
+                        Just("value".to_owned()),
+                        Just("enum_id".to_owned()),
+                        Just("enum_code".to_owned()),
+                        Just("enum".to_owned()),
                         ".{0,8}"
                     ],
                     inner,
@@ -448,6 +590,12 @@ mod tests {
         fn fuzz_upstream_bytes(body in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode_contacts_page(&body);
             let _ = super::super::entities::decode_users(&body);
+        }
+
+        /// Any JSON as a custom field's entry: the entry comes back exactly as sent.
+        #[test]
+        fn fuzz_value_entries_round_trip(entry in json()) {
+            prop_assert_eq!(decode_value_entry(&entry).entry().into_owned(), entry);
         }
 
         /// Any JSON where contacts belong: every contact with a usable id comes through.
@@ -505,5 +653,206 @@ mod tests {
         }
         let empty = decode_contacts_page(br#"{"_embedded":{}}"#).expect("empty is fine");
         assert!(empty.contacts.is_empty() && !empty.has_next_link);
+    }
+
+    /// A contacts page in the shapes real accounts answer with, unlike the documentation's
+    /// table: catalog links nested in `metadata`, values of every field type, relations left
+    /// out, nulls where lists or strings are documented, unknown keys and ids beyond 2^31.
+    const REAL_SHAPES: &str = r#"{"_page":1,"_links":{},"_embedded":{"contacts":[
+        {"id":3000000001,"name":"ООО Ромашка","first_name":null,"last_name":"Иванов",
+         "responsible_user_id":2147483650,"is_unsorted":false,"is_computed":false,
+         "custom_fields_values":[
+            {"field_id":1,"field_name":"Бюджет","field_code":null,"field_type":"numeric",
+             "values":[{"value":"10000"}]},
+            {"field_id":2,"field_name":"Бюджет 2","field_code":null,"field_type":"numeric",
+             "values":[{"value":10000.5}]},
+            {"field_id":3,"field_name":"День рождения","field_code":null,"field_type":"birthday",
+             "values":[{"value":-315619200}]},
+            {"field_id":4,"field_name":"VIP","field_code":null,"field_type":"checkbox",
+             "values":[{"value":true}]},
+            {"field_id":5,"field_name":"Юр. лицо","field_code":null,"field_type":"legal_entity",
+             "values":[{"value":{"name":"ООО Ромашка","entity_type":2,"vat_id":"7701234567",
+                                 "kpp":"770101001","address":null,"external_uid":null}}]},
+            {"field_id":6,"field_name":"Адрес","field_code":null,"field_type":"smart_address",
+             "values":[{"value":"ул. Ленина, 1","enum_id":1,"enum_code":"address_line_1"},
+                       {"value":"Москва","enum_id":3,"enum_code":"city"}]},
+            {"field_id":7,"field_name":"Модель","field_code":null,"field_type":"chained_list",
+             "values":[{"catalog_id":9645,"catalog_element_id":1126317}]},
+            {"field_id":8,"field_name":"Источник","field_code":null,"field_type":"select",
+             "values":[{"value":"Сайт","enum_id":3001,"enum_code":null}]},
+            {"field_id":9,"field_name":null,"field_code":"PHONE","field_type":"multitext",
+             "values":[{"value":"+7 900 000-00-00","enum_id":1001,"enum":"WORK"}]},
+            {"field_id":10,"field_name":"Метка","field_code":null,"field_type":"tracking_data",
+             "values":[{"value":"utm"}]},
+            {"field_id":11,"field_name":"Договор","field_code":null,"field_type":"file",
+             "values":[{"value":{"file_uuid":"a1","version_uuid":"b2","file_name":"x.pdf",
+                                 "file_size":1024,"is_deleted":false}}]},
+            {"field_id":12,"field_name":"Пусто","field_code":null,"field_type":"org_legal_name",
+             "values":[]},
+            {"field_id":13,"field_name":"Вариант","field_code":null,"field_type":"radiobutton",
+             "values":[{"value":"Да","enum_id":5}]}],
+         "_embedded":{"tags":null,"companies":[],"leads":[{"id":2147483653}],
+            "catalog_elements":[
+                {"id":1126317,"metadata":{"quantity":1.0,"catalog_id":9645,"price_id":2930681}},
+                {"id":1126318,"metadata":{"quantity":2.5,"catalog_id":9645}},
+                {"id":1126319,"quantity":3,"catalog_id":9646,"price_id":7},
+                {"id":1126320,"metadata":{"quantity":1.0}},
+                {"id":1126321,"metadata":{"catalog_id":null,"quantity":"1.0"},"catalog_id":9647},
+                {"id":1126322,"metadata":{"catalog_id":0}}]}},
+        {"id":2,"name":"Kommo","custom_fields_values":[],"_embedded":{}},
+        {"id":3,"name":"Без embedded","custom_fields_values":null}
+    ]}}"#;
+
+    #[test]
+    fn a_page_in_real_shapes_decodes_whole() {
+        let page = decode_contacts_page(REAL_SHAPES.as_bytes()).expect("decodes");
+        assert_eq!(page.contacts.len(), 3, "every contact");
+        let [odd, kommo, bare] = [&page.contacts[0], &page.contacts[1], &page.contacts[2]];
+        assert_eq!(odd.id, ContactId(3_000_000_001));
+        assert_eq!(odd.responsible_user_id, 2_147_483_650);
+        assert_eq!(odd.first_name, "", "null first_name");
+        assert!(odd.tags.is_empty(), "null tags");
+        assert_eq!(odd.leads, vec![EntityRef { id: 2_147_483_653 }]);
+        assert!(odd.customers.is_empty(), "a relation left out");
+        for contact in [kommo, bare] {
+            assert!(contact.custom_fields_values.is_empty());
+            assert!(contact.tags.is_empty() && contact.leads.is_empty());
+        }
+        assert_eq!(
+            odd.custom_fields_values.len(),
+            13,
+            "every field, every type"
+        );
+    }
+
+    #[test]
+    fn catalog_links_are_read_from_metadata_then_the_top_level() {
+        let page = decode_contacts_page(REAL_SHAPES.as_bytes()).expect("decodes");
+        let links: Vec<_> = page.contacts[0]
+            .catalog_elements
+            .iter()
+            .map(|l| (l.id, l.catalog_id, l.quantity, l.price_id))
+            .collect();
+        assert_eq!(
+            links,
+            vec![
+                (1_126_317, Some(9645), Some(1.0), Some(2_930_681)),
+                (1_126_318, Some(9645), Some(2.5), None),
+                (1_126_319, Some(9646), Some(3.0), Some(7)),
+                (1_126_320, None, Some(1.0), None),
+                (1_126_321, Some(9647), Some(1.0), None),
+                (1_126_322, None, None, None),
+            ]
+        );
+        let links = &page.contacts[0].catalog_elements;
+        assert_eq!(
+            links[0].kind(),
+            Some(EntityKind::CatalogElement { catalog_id: 9645 })
+        );
+        assert_eq!(links[3].kind(), None, "no catalog: nothing to load from");
+        assert_eq!(
+            links[0].metadata,
+            Some(serde_json::json!({"quantity": 1.0, "catalog_id": 9645, "price_id": 2930681}))
+        );
+    }
+
+    #[test]
+    fn custom_field_entries_keep_every_value_and_key_as_sent() {
+        let page = decode_contacts_page(REAL_SHAPES.as_bytes()).expect("decodes");
+        let raw: Value = serde_json::from_str(REAL_SHAPES).expect("json");
+        let sent_fields = raw["_embedded"]["contacts"][0]["custom_fields_values"]
+            .as_array()
+            .expect("fields");
+        let fields = &page.contacts[0].custom_fields_values;
+        for (field, sent) in fields.iter().zip(sent_fields) {
+            assert_eq!(Some(field.field_id), sent["field_id"].as_u64());
+            assert_eq!(field.field_name.as_deref(), sent["field_name"].as_str());
+            assert_eq!(field.field_code.as_deref(), sent["field_code"].as_str());
+            assert_eq!(field.field_type.as_deref(), sent["field_type"].as_str());
+            let sent_values = sent["values"].as_array().expect("values");
+            assert_eq!(field.values.len(), sent_values.len());
+            for (item, sent) in field.values.iter().zip(sent_values) {
+                assert_eq!(&*item.entry(), sent, "the entry as sent");
+                assert_eq!(
+                    item.value,
+                    sent.get("value").cloned().unwrap_or(Value::Null),
+                    "the value as sent"
+                );
+            }
+        }
+        let by_id = |id: u64| {
+            fields
+                .iter()
+                .find(|f| f.field_id == id)
+                .expect("the field")
+                .values
+                .clone()
+        };
+        assert_eq!(
+            by_id(1)[0].value,
+            Value::from("10000"),
+            "a string stays one"
+        );
+        assert_eq!(by_id(3)[0].value, Value::from(-315_619_200));
+        assert_eq!(by_id(5)[0].value["entity_type"], Value::from(2));
+        let city = &by_id(6)[1];
+        assert_eq!(
+            (city.enum_id, city.enum_code.as_deref()),
+            (Some(3), Some("city"))
+        );
+        let chained = &by_id(7)[0];
+        assert_eq!(chained.value, Value::Null);
+        assert_eq!(
+            chained.entry().into_owned(),
+            serde_json::json!({"catalog_id": 9645, "catalog_element_id": 1126317})
+        );
+        assert_eq!(
+            by_id(9)[0].enum_code.as_deref(),
+            Some("WORK"),
+            "legacy `enum`"
+        );
+        assert!(by_id(12).is_empty());
+        // What the typed fields rebuild is not stored twice; what they cannot rebuild is.
+        for (id, stored) in [
+            (1, false),
+            (6, false),
+            (8, false),
+            (7, true),
+            (9, true),
+            (13, true),
+        ] {
+            assert_eq!(by_id(id)[0].sent.is_some(), stored, "field {id}");
+        }
+    }
+
+    #[test]
+    fn heap_accounting_counts_kept_entries_and_whole_map_nodes() {
+        let item = |entry: Value| decode_value_entry(&entry);
+        let field = |values: Vec<CustomFieldValueItem>| {
+            vec![CustomFieldValue {
+                field_id: 1,
+                field_name: None,
+                field_code: None,
+                field_type: None,
+                values,
+            }]
+        };
+        let plain = custom_fields_heap_bytes(&field(vec![item(serde_json::json!({"value": 1}))]));
+        let chained = custom_fields_heap_bytes(&field(vec![item(
+            serde_json::json!({"catalog_id": 1, "catalog_element_id": 2}),
+        )]));
+        // A B-tree leaf has room for 11 keys and values, however few it holds.
+        let leaf = 11 * (std::mem::size_of::<String>() + std::mem::size_of::<Value>());
+        assert!(
+            chained >= plain + leaf,
+            "a kept entry costs at least its map's node: {chained} vs {plain}"
+        );
+        let mut heap = Heap(0);
+        heap.json(&serde_json::json!({"a": 1}));
+        assert!(heap.0 >= leaf, "one key still costs a whole node");
+        let wide: Map<String, Value> = (0..40).map(|i| (format!("k{i}"), Value::Null)).collect();
+        let mut heap = Heap(0);
+        heap.json(&Value::Object(wide));
+        assert!(heap.0 >= 4 * leaf, "40 keys need several nodes");
     }
 }

@@ -2,6 +2,12 @@
 //!
 //! Written from the fake's own definitions, never through the client's types: a field the
 //! client misspells must fail the tests, not be misspelled the same way on both sides.
+//!
+//! It writes the shapes real accounts send where they differ from the documentation's table:
+//! catalog links nested in `metadata` (some without `price_id`, quantities as float literals),
+//! object values (legal entities, files), chained lists (entries without `value`), smart
+//! addresses, dates before 1970, `enum_code: null`, relations left out, `tags: null`, null
+//! first names, keys the documentation does not list, and ids beyond 2^31.
 
 use std::collections::HashSet;
 
@@ -81,12 +87,25 @@ pub const BUDGET_FIELD_ID: u64 = 300_004;
 pub const SOURCE_FIELD_ID: u64 = 300_005;
 pub const VIP_FIELD_ID: u64 = 300_006;
 pub const BIRTHDAY_FIELD_ID: u64 = 300_007;
+pub const LEGAL_ENTITY_FIELD_ID: u64 = 300_008;
+pub const ADDRESS_FIELD_ID: u64 = 300_009;
+pub const MODEL_FIELD_ID: u64 = 300_010;
+pub const CONTRACT_FIELD_ID: u64 = 300_011;
+pub const LAST_VISIT_FIELD_ID: u64 = 300_012;
+pub const UTM_SOURCE_FIELD_ID: u64 = 300_013;
+
+/// The catalogs elements are linked from: goods, and services. The services catalog was
+/// created later, and its element ids are beyond 2^31.
+pub const GOODS_CATALOG_ID: u64 = 1_001;
+pub const SERVICES_CATALOG_ID: u64 = 1_002;
+const SERVICES_FIRST_ID: u64 = 2_200_000_000;
 
 #[derive(Debug, Clone)]
 pub struct FakeContact {
     pub id: u64,
     pub name: String,
-    /// `None`: the key is left out of the JSON, as amoCRM sometimes does.
+    /// `None`: `null` for contacts with an even id, else the key is left out, as amoCRM
+    /// sometimes does.
     pub first_name: Option<String>,
     pub last_name: Option<String>,
     pub responsible_user_id: u64,
@@ -119,20 +138,42 @@ pub struct FakeField {
     pub values: Vec<FakeFieldValue>,
 }
 
+/// One entry of a field's `values`: `{value, enum_id, enum_code}` (with `enum_code: null`
+/// beside an `enum_id` that has no code), or an entry of its own shape.
 #[derive(Debug, Clone)]
 pub struct FakeFieldValue {
+    /// What searches and filters compare with; null for entries without a `value`.
     pub value: Value,
     pub enum_id: Option<u64>,
     pub enum_code: Option<&'static str>,
     /// Write the code under the legacy key `enum` instead of `enum_code`.
     pub legacy_enum_key: bool,
+    /// Written as it is instead, for entries that are not `{value, ...}`: a chained list's
+    /// `{catalog_id, catalog_element_id}`.
+    pub entry: Option<Value>,
 }
 
+impl FakeFieldValue {
+    /// Just a `value`, as text, numeric, date and object fields have.
+    fn plain(value: Value) -> Self {
+        FakeFieldValue {
+            value,
+            enum_id: None,
+            enum_code: None,
+            legacy_enum_key: false,
+            entry: None,
+        }
+    }
+}
+
+/// A catalog element linked to a contact: written as amoCRM does, with everything but the id
+/// nested in `metadata`.
 #[derive(Debug, Clone)]
 pub struct FakeCatalogLink {
     pub id: u64,
     pub catalog_id: u64,
     pub quantity: Value,
+    /// `None`: the key is left out.
     pub price_id: Option<u64>,
 }
 
@@ -207,34 +248,148 @@ pub fn generate(count: usize) -> Vec<FakeContact> {
                 lead_ids: (0..rng.below(4)).map(|k| 20_000_000 + i * 3 + k).collect(),
                 customer_ids: (0..rng.below(3)).map(|k| 30_000_000 + i * 2 + k).collect(),
                 catalog_elements: (0..rng.below(3))
-                    .map(|k| FakeCatalogLink {
-                        id: 40_000_000 + i * 2 + k,
-                        catalog_id: rng.pick(&[1_001, 1_002]),
-                        quantity: if rng.chance(50) {
-                            json!(rng.below(10) + 1)
-                        } else {
-                            json!(0.5 + rng.below(10) as f64)
-                        },
-                        price_id: rng.chance(70).then_some(500_001),
+                    .map(|k| {
+                        let catalog_id = rng.pick(&[GOODS_CATALOG_ID, SERVICES_CATALOG_ID]);
+                        let first_id = match catalog_id {
+                            GOODS_CATALOG_ID => 40_000_000,
+                            _ => SERVICES_FIRST_ID,
+                        };
+                        FakeCatalogLink {
+                            id: first_id + i * 3 + k,
+                            catalog_id,
+                            // Whole quantities come as float literals (`1.0`) from most
+                            // accounts, as integers from some.
+                            quantity: if rng.chance(50) {
+                                let whole = rng.below(10) + 1;
+                                if whole.is_multiple_of(2) {
+                                    json!(whole)
+                                } else {
+                                    json!(whole as f64)
+                                }
+                            } else {
+                                json!(0.5 + rng.below(10) as f64)
+                            },
+                            price_id: rng.chance(70).then_some(500_001),
+                        }
                     })
                     .collect(),
                 search_text: String::new(),
             }
         })
         .map(|mut contact| {
+            // From a generator of its own, so that the fields added for real shapes leave the
+            // rest of the data as it was.
+            let mut rng = Rng(0x5EED_5A9E_0000_0002 ^ contact.id);
+            if contact.custom_fields.is_some() {
+                let more = real_shaped_fields(&mut rng, &contact);
+                contact.custom_fields.get_or_insert_default().extend(more);
+            }
             contact.reindex();
             contact
         })
         .collect()
 }
 
+/// Fields whose values are more than a string: objects, Unix seconds, parts, entries without
+/// `value`, a newer field type.
+fn real_shaped_fields(rng: &mut Rng, contact: &FakeContact) -> Vec<FakeField> {
+    let value = FakeFieldValue::plain;
+    let mut fields = Vec::new();
+    let n = contact.id;
+    if rng.chance(10) {
+        fields.push(FakeField {
+            id: LEGAL_ENTITY_FIELD_ID,
+            name: "Юр. лицо",
+            code: None,
+            field_type: "legal_entity",
+            values: vec![value(json!({
+                "name": format!(
+                    "ООО «{}»",
+                    rng.pick(&["Ромашка", "Вектор", "СтройИнвест", "Альфа-Трейд", "Северный ветер"])
+                ),
+                "entity_type": rng.pick(&[1, 2]),
+                "vat_id": format!("77{:08}", n % 100_000_000),
+                "kpp": if rng.chance(50) { json!("770101001") } else { Value::Null },
+                "tax_registration_reason_code": null,
+                "address": "г. Москва, ул. Тверская, д. 1",
+                "external_uid": null,
+            }))],
+        });
+    }
+    if rng.chance(15) {
+        let parts: &[(u64, &'static str, &str)] = &[
+            (1, "address_line_1", "ул. Ленина, д. 5"),
+            (3, "city", rng.pick(&["Москва", "Казань", "Новосибирск"])),
+            (5, "zip", "101000"),
+            (6, "country", "RU"),
+        ];
+        fields.push(FakeField {
+            id: ADDRESS_FIELD_ID,
+            name: "Адрес",
+            code: None,
+            field_type: "smart_address",
+            values: parts
+                .iter()
+                .map(|(enum_id, code, text)| FakeFieldValue {
+                    enum_id: Some(*enum_id),
+                    enum_code: Some(code),
+                    ..value(json!(text))
+                })
+                .collect(),
+        });
+    }
+    if let Some(link) = contact.catalog_elements.first().filter(|_| rng.chance(60)) {
+        fields.push(FakeField {
+            id: MODEL_FIELD_ID,
+            name: "Модель",
+            code: None,
+            field_type: "chained_list",
+            values: vec![FakeFieldValue {
+                entry: Some(
+                    json!({ "catalog_id": link.catalog_id, "catalog_element_id": link.id }),
+                ),
+                ..value(Value::Null)
+            }],
+        });
+    }
+    if rng.chance(5) {
+        fields.push(FakeField {
+            id: CONTRACT_FIELD_ID,
+            name: "Договор",
+            code: None,
+            field_type: "file",
+            values: vec![value(json!({
+                "file_uuid": format!("6f1c2a9e-0000-4000-8000-{n:012}"),
+                "version_uuid": format!("0b7d1e44-0000-4000-8000-{n:012}"),
+                "file_name": format!("dogovor-{n}.pdf"),
+                "file_size": 20_000 + rng.below(500_000),
+                "is_deleted": false,
+            }))],
+        });
+    }
+    if rng.chance(15) {
+        fields.push(FakeField {
+            id: LAST_VISIT_FIELD_ID,
+            name: "Последний визит",
+            code: None,
+            field_type: "date_time",
+            values: vec![value(json!(1_700_000_000 + rng.below(30_000_000)))],
+        });
+    }
+    if rng.chance(10) {
+        fields.push(FakeField {
+            id: UTM_SOURCE_FIELD_ID,
+            name: "utm_source",
+            code: Some("UTM_SOURCE"),
+            field_type: "tracking_data",
+            values: vec![value(json!(rng.pick(&["yandex", "google", "vk"])))],
+        });
+    }
+    fields
+}
+
 fn custom_fields(rng: &mut Rng, i: u64) -> Vec<FakeField> {
-    let value = |value: Value| FakeFieldValue {
-        value,
-        enum_id: None,
-        enum_code: None,
-        legacy_enum_key: false,
-    };
+    let value = FakeFieldValue::plain;
     let mut fields = vec![FakeField {
         id: PHONE_FIELD_ID,
         name: "Телефон",
@@ -259,6 +414,7 @@ fn custom_fields(rng: &mut Rng, i: u64) -> Vec<FakeField> {
                     enum_id: Some(enum_id),
                     enum_code: Some(code),
                     legacy_enum_key: rng.chance(10),
+                    entry: None,
                 }
             })
             .collect(),
@@ -275,6 +431,7 @@ fn custom_fields(rng: &mut Rng, i: u64) -> Vec<FakeField> {
                 enum_id: Some(enum_id),
                 enum_code: Some(code),
                 legacy_enum_key: false,
+                entry: None,
             }],
         });
     }
@@ -314,6 +471,7 @@ fn custom_fields(rng: &mut Rng, i: u64) -> Vec<FakeField> {
                 enum_id: Some(enum_id),
                 enum_code: None,
                 legacy_enum_key: false,
+                entry: None,
             }],
         });
     }
@@ -332,7 +490,10 @@ fn custom_fields(rng: &mut Rng, i: u64) -> Vec<FakeField> {
             name: "День рождения",
             code: None,
             field_type: "birthday",
-            values: vec![value(json!(315_532_800 + rng.below(900_000_000)))],
+            // Local midnights, some before 1970 (negative).
+            values: vec![value(json!(
+                -631_152_000 + 86_400 * rng.below(18_000) as i64 - 10_800
+            ))],
         });
     }
     fields
@@ -385,11 +546,21 @@ impl FakeContact {
         let mut c = Map::new();
         c.insert("id".into(), json!(self.id));
         c.insert("name".into(), json!(self.name));
-        if let Some(first) = &self.first_name {
-            c.insert("first_name".into(), json!(first));
-        }
-        if let Some(last) = &self.last_name {
-            c.insert("last_name".into(), json!(last));
+        // amoCRM leaves names out or writes null.
+        let absent_as_null = self.id.is_multiple_of(2);
+        for (key, name) in [
+            ("first_name", &self.first_name),
+            ("last_name", &self.last_name),
+        ] {
+            match name {
+                Some(name) => {
+                    c.insert(key.into(), json!(name));
+                }
+                None if absent_as_null => {
+                    c.insert(key.into(), Value::Null);
+                }
+                None => {}
+            }
         }
         c.insert(
             "responsible_user_id".into(),
@@ -412,32 +583,47 @@ impl FakeContact {
             },
         );
         c.insert("account_id".into(), json!(ACCOUNT_ID));
+        // Keys the documentation does not list.
+        c.insert("is_unsorted".into(), json!(false));
         c.insert(
             "_links".into(),
             json!({ "self": { "href": format!("{base_url}/api/v4/contacts/{}", self.id) } }),
         );
         let mut embedded = Map::new();
-        embedded.insert(
-            "tags".into(),
-            self.tags
-                .iter()
-                .map(|(id, name)| json!({ "id": id, "name": name, "color": null }))
-                .collect(),
-        );
-        embedded.insert(
-            "companies".into(),
-            self.company_id
-                .iter()
-                .map(|id| {
-                    json!({ "id": id, "_links": { "self": {
-                        "href": format!("{base_url}/api/v4/companies/{id}") } } })
-                })
-                .collect(),
-        );
+        // Empty lists come as `[]`, as null or not at all; a contact without tags or company
+        // and asked for nothing has `_embedded: {}`.
+        match (self.tags.is_empty(), self.id % 3) {
+            (true, 0) => {
+                embedded.insert("tags".into(), Value::Null);
+            }
+            (true, 1) => {}
+            _ => {
+                embedded.insert(
+                    "tags".into(),
+                    self.tags
+                        .iter()
+                        .map(|(id, name)| json!({ "id": id, "name": name, "color": null }))
+                        .collect(),
+                );
+            }
+        }
+        if self.company_id.is_some() || self.id % 2 == 1 {
+            embedded.insert(
+                "companies".into(),
+                self.company_id
+                    .iter()
+                    .map(|id| {
+                        json!({ "id": id, "_links": { "self": {
+                            "href": format!("{base_url}/api/v4/companies/{id}") } } })
+                    })
+                    .collect(),
+            );
+        }
         if with.contains("leads") {
             embedded.insert("leads".into(), ids_json(&self.lead_ids, base_url, "leads"));
         }
-        if with.contains("customers") {
+        // Kommo leaves `customers` out even when asked for; here, when there are none.
+        if with.contains("customers") && !self.customer_ids.is_empty() {
             embedded.insert(
                 "customers".into(),
                 ids_json(&self.customer_ids, base_url, "customers"),
@@ -449,14 +635,13 @@ impl FakeContact {
                 self.catalog_elements
                     .iter()
                     .map(|e| {
-                        json!({
-                            "id": e.id,
-                            "metadata": { "quantity": e.quantity, "catalog_id": e.catalog_id,
-                                          "price_id": e.price_id },
-                            "quantity": e.quantity,
-                            "catalog_id": e.catalog_id,
-                            "price_id": e.price_id,
-                        })
+                        let mut metadata = Map::new();
+                        metadata.insert("quantity".into(), e.quantity.clone());
+                        metadata.insert("catalog_id".into(), json!(e.catalog_id));
+                        if let Some(price_id) = e.price_id {
+                            metadata.insert("price_id".into(), json!(price_id));
+                        }
+                        json!({ "id": e.id, "metadata": metadata })
                     })
                     .collect(),
             );
@@ -483,14 +668,24 @@ impl FakeField {
             "field_code": self.code,
             "field_type": self.field_type,
             "values": self.values.iter().map(|v| {
+                if let Some(entry) = &v.entry {
+                    return entry.clone();
+                }
                 let mut value = Map::new();
                 value.insert("value".into(), v.value.clone());
                 if let Some(enum_id) = v.enum_id {
                     value.insert("enum_id".into(), json!(enum_id));
                 }
-                if let Some(code) = v.enum_code {
-                    let key = if v.legacy_enum_key { "enum" } else { "enum_code" };
-                    value.insert(key.into(), json!(code));
+                match v.enum_code {
+                    Some(code) => {
+                        let key = if v.legacy_enum_key { "enum" } else { "enum_code" };
+                        value.insert(key.into(), json!(code));
+                    }
+                    // A select's option without a code.
+                    None if v.enum_id.is_some() => {
+                        value.insert("enum_code".into(), Value::Null);
+                    }
+                    None => {}
                 }
                 Value::Object(value)
             }).collect::<Vec<_>>(),

@@ -1,11 +1,14 @@
 //! The fake's linked entities and users: `GET /api/v4/leads`, `/customers`, `/companies`,
-//! `/catalogs/{id}/elements` by id, and `/users` (403 for the non-admin token).
+//! `/catalogs/{id}/elements` by id (or, as some accounts do, ignoring the ids: see
+//! [`super::FakeAmoCrm::ignore_catalog_element_ids`]), one element by
+//! `/catalogs/{id}/elements/{id}`, and `/users` (403 for the non-admin token).
 //!
 //! Entities exist for the ids the contacts link to, with attributes derived from the id; a few
 //! linked leads are "deleted" (never returned), as happens in real accounts.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -91,8 +94,12 @@ fn entity_json(kind: Kind, id: u64, catalog_id: Option<u64>, base_url: &str) -> 
                 1 => 143,
                 n => 40_000_000 + n,
             };
+            let price = (id % 100) * 1_000;
             json!({
-                "id": id, "name": format!("Сделка №{id}"), "price": (id % 100) * 1_000,
+                "id": id, "name": format!("Сделка №{id}"), "price": price,
+                // The exact price beside the whole one, as accounts send it since 2026.
+                "price_with_minor_units": price as f64 + ((id * 37) % 100) as f64 / 100.0,
+                "labor_cost": null, "is_price_computed": false,
                 "responsible_user_id": user_of(id), "group_id": 0, "status_id": status_id,
                 "pipeline_id": 3_000_000 + id % 3, "loss_reason_id": null,
                 "created_by": user_of(id + 1), "updated_by": user_of(id + 2),
@@ -106,6 +113,7 @@ fn entity_json(kind: Kind, id: u64, catalog_id: Option<u64>, base_url: &str) -> 
         }
         Kind::Customer => json!({
             "id": id, "name": format!("Покупатель №{id}"), "next_price": (id % 50) * 500,
+            "next_price_with_minor_units": ((id % 50) * 500) as f64 + 0.5,
             "next_date": created_at + 30 * 86_400, "responsible_user_id": user_of(id),
             "status_id": 50_000 + id % 4, "periodicity": 30, "created_by": user_of(id),
             "updated_by": user_of(id), "created_at": created_at, "updated_at": created_at + 600,
@@ -187,6 +195,9 @@ async fn list(
             return problem(StatusCode::BAD_REQUEST, "Bad Request", &detail);
         }
     };
+    let ids = ids.filter(|_| {
+        !(kind == Kind::CatalogElement && state.ignore_catalog_element_ids.load(Ordering::Relaxed))
+    });
     let linked = &state.linked;
     let mut found: Vec<u64> = match ids {
         Some(ids) => ids
@@ -286,6 +297,34 @@ pub(super) async fn catalog_elements(
         Some(catalog_id),
     )
     .await
+}
+
+/// One catalog element by id; 204 when the catalog holds none with that id.
+pub(super) async fn catalog_element(
+    State(state): State<Arc<FakeState>>,
+    Path((catalog_id, id)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/api/v4/catalogs/{catalog_id}/elements/{id}");
+    if let Err(response) = admit(&state, path, raw.as_deref(), &headers).await {
+        return response;
+    }
+    let (Ok(catalog_id), Ok(id)) = (catalog_id.parse::<u64>(), id.parse::<u64>()) else {
+        return problem(StatusCode::NOT_FOUND, "Not Found", "unknown endpoint");
+    };
+    if !state
+        .linked
+        .exists(Kind::CatalogElement, id, Some(catalog_id))
+    {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    hal(entity_json(
+        Kind::CatalogElement,
+        id,
+        Some(catalog_id),
+        &state.base_url,
+    ))
 }
 
 /// The account's users; only admins may list them.

@@ -7,7 +7,9 @@
 //! over 250 falling back to 50.
 //!
 //! It also serves the batch endpoints for linked entities (`/api/v4/leads`, `/customers`,
-//! `/companies`, `/catalogs/{id}/elements`) and `/api/v4/users`.
+//! `/companies`, `/catalogs/{id}/elements`), one catalog element by id
+//! (`/catalogs/{id}/elements/{id}`) and `/api/v4/users`. Its contacts come in the shapes real
+//! accounts send, not only those the documentation's tables list (see `data`).
 //!
 //! Tokens (fixed, documented in the README):
 //! - [`ADMIN_TOKEN`] sees every contact;
@@ -32,7 +34,7 @@ mod entities;
 mod oauth;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,8 +48,8 @@ use tokio::sync::oneshot;
 
 pub(crate) use admission::{Viewer, admit};
 pub use data::{
-    ACCOUNT_ID, BUDGET_FIELD_ID, EMAIL_FIELD_ID, FakeContact, PHONE_FIELD_ID, SOURCE_FIELD_ID,
-    USERS,
+    ACCOUNT_ID, BUDGET_FIELD_ID, EMAIL_FIELD_ID, FakeContact, GOODS_CATALOG_ID, PHONE_FIELD_ID,
+    SERVICES_CATALOG_ID, SOURCE_FIELD_ID, USERS,
 };
 pub use entities::DELETED_LEAD_EVERY;
 pub use oauth::{OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, OAUTH_REDIRECT_URI, OAUTH_REFRESH_TOKEN};
@@ -176,6 +178,8 @@ pub(crate) struct FakeState {
     linked: entities::LinkedIds,
     contacts: std::sync::RwLock<Vec<FakeContact>>,
     latency_ms: AtomicU64,
+    /// Answer catalog element lists as if no ids were asked for, as some accounts do.
+    ignore_catalog_element_ids: AtomicBool,
     requests: Mutex<Vec<RecordedRequest>>,
     rate_limit: Option<u32>,
     failures: Mutex<Vec<Failure>>,
@@ -236,6 +240,14 @@ impl FakeAmoCrm {
     pub fn set_latency(&self, latency: Duration) {
         let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
         self.state.latency_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether `/catalogs/{id}/elements` ignores `id[]` and `filter[id][]`, listing the catalog
+    /// from its first element instead, as some real accounts do.
+    pub fn ignore_catalog_element_ids(&self, ignore: bool) {
+        self.state
+            .ignore_catalog_element_ids
+            .store(ignore, Ordering::Relaxed);
     }
 
     /// Answers the next requests with these failures, one each, in order.
@@ -348,6 +360,7 @@ impl FakeState {
             linked: entities::LinkedIds::of(&contacts),
             contacts: std::sync::RwLock::new(contacts),
             latency_ms: AtomicU64::new(u64::try_from(options.latency.as_millis()).unwrap_or(0)),
+            ignore_catalog_element_ids: AtomicBool::new(false),
             requests: Mutex::new(Vec::new()),
             rate_limit: options.rate_limit,
             failures: Mutex::new(Vec::new()),
@@ -377,6 +390,10 @@ fn router(state: Arc<FakeState>) -> Router {
         .route(
             "/api/v4/catalogs/{catalog_id}/elements",
             get(entities::catalog_elements),
+        )
+        .route(
+            "/api/v4/catalogs/{catalog_id}/elements/{id}",
+            get(entities::catalog_element),
         )
         .route("/api/v4/users", get(entities::users))
         .route(oauth::TOKEN_PATH, axum::routing::post(oauth::access_token))

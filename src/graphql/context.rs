@@ -167,11 +167,12 @@ impl Upstream {
                 }));
             }
             if details.catalog_elements {
-                keys.extend(contact.catalog_elements.iter().map(|e| LinkedKey {
-                    kind: EntityKind::CatalogElement {
-                        catalog_id: e.catalog_id,
-                    },
-                    id: e.id,
+                // An element whose link names no catalog has nowhere to load from.
+                keys.extend(contact.catalog_elements.iter().filter_map(|e| {
+                    Some(LinkedKey {
+                        kind: e.kind()?,
+                        id: e.id,
+                    })
                 }));
             }
         }

@@ -33,6 +33,23 @@ pub enum ApiError {
     #[error("amoCRM returned no {noun} {id}: it was deleted, or this token may not see it")]
     NotFound { noun: &'static str, id: u64 },
 
+    /// A catalog element link that names no catalog: amoCRM lists elements per catalog, so
+    /// there is nowhere to load it from.
+    #[error(
+        "amoCRM did not say which catalog the linked catalog element {id} belongs to (its link \
+         has no catalog_id), so its details cannot be loaded"
+    )]
+    CatalogUnknown { id: u64 },
+
+    /// A whole number beyond GraphQL's `Int`, which is 32-bit: the spec makes that a field
+    /// error, never a wrapped or clamped value.
+    #[error("{what} {value} does not fit GraphQL's 32-bit Int: select {instead}, which carries it")]
+    BeyondInt {
+        what: &'static str,
+        value: i64,
+        instead: &'static str,
+    },
+
     /// A bug: the schema was executed without the state it needs.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -52,6 +69,9 @@ impl ApiError {
             ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
             ApiError::Upstream(e) => upstream_code(e),
             ApiError::NotFound { .. } => "NOT_FOUND",
+            // Usable data amoCRM did not send, or sent beyond what the field can carry: asking
+            // again will not help, and the caller did nothing wrong.
+            ApiError::CatalogUnknown { .. } | ApiError::BeyondInt { .. } => "UPSTREAM_ERROR",
             ApiError::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
     }

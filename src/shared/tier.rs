@@ -27,7 +27,7 @@ use crate::metrics::{CacheName, Metrics};
 
 /// Bumped when the stored format changes: replicas of different versions then ignore each
 /// other's values instead of misreading them.
-const FORMAT: &str = "v1";
+const FORMAT: &str = "v2";
 /// How long a lease lasts without renewal: the longest a dead holder blocks a key.
 pub const LEASE: Duration = Duration::from_secs(3);
 /// How often a live holder renews its lease.

@@ -10,7 +10,7 @@ use crate::support::{ADMIN_TOKEN, MANAGER_TOKEN, MANAGER_USER_ID, TestApp, ids};
 const FULL_CONTACT: &str = "
     id name firstName lastName responsibleUserId groupId createdBy updatedBy
     createdAt updatedAt closestTaskAt isDeleted accountId
-    customFieldsValues { fieldId fieldName fieldCode fieldType values { value enumId enumCode } }
+    customFieldsValues { fieldId fieldName fieldCode fieldType values { value enumId enumCode entry } }
     tags { id name color } companies { id } leads { id } customers { id }
     catalogElements { id catalogId quantity priceId metadata }";
 
@@ -56,10 +56,19 @@ async fn every_field_matches_the_fake_data() {
             node["customers"].as_array().expect("customers").len(),
             fake.customer_ids.len()
         );
-        assert_eq!(
-            node["catalogElements"].as_array().expect("elements").len(),
-            fake.catalog_elements.len()
-        );
+        let elements = node["catalogElements"].as_array().expect("elements");
+        assert_eq!(elements.len(), fake.catalog_elements.len());
+        for (element, link) in elements.iter().zip(&fake.catalog_elements) {
+            // Sent nested in `metadata` only, as real accounts do.
+            assert_eq!(element["id"], json!(link.id.to_string()));
+            assert_eq!(element["catalogId"], json!(link.catalog_id.to_string()));
+            assert_eq!(element["quantity"].as_f64(), link.quantity.as_f64());
+            assert_eq!(
+                element["priceId"],
+                json!(link.price_id.map(|p| p.to_string()))
+            );
+            assert_eq!(element["metadata"]["catalog_id"], json!(link.catalog_id));
+        }
         assert_eq!(
             node["companies"].as_array().expect("companies").len(),
             usize::from(fake.company_id.is_some())
@@ -89,16 +98,38 @@ async fn every_field_matches_the_fake_data() {
                 );
                 // Whether amoCRM wrote `enum_code` or the legacy `enum`.
                 assert_eq!(value["enumCode"], json!(fake_value.enum_code));
+                if let Some(entry) = &fake_value.entry {
+                    assert_eq!(value.get("value"), Some(&Value::Null), "no `value` sent");
+                    assert_eq!(value["entry"], *entry, "the entry's own keys");
+                } else {
+                    assert_eq!(value["entry"]["value"], fake_value.value);
+                }
             }
         }
     }
+    let sample: Vec<_> = app.fake.contacts()[..250]
+        .iter()
+        .flat_map(|c| c.custom_fields.clone().unwrap_or_default())
+        .collect();
     assert!(
-        app.fake.contacts()[..250]
+        sample
             .iter()
-            .flat_map(|c| c.custom_fields.iter().flatten())
             .any(|f| f.id == PHONE_FIELD_ID && f.values.iter().any(|v| v.legacy_enum_key)),
         "the sample covers the legacy `enum` key"
     );
+    for field_type in [
+        "legal_entity",
+        "file",
+        "smart_address",
+        "chained_list",
+        "date_time",
+        "tracking_data",
+    ] {
+        assert!(
+            sample.iter().any(|f| f.field_type == field_type),
+            "the sample covers {field_type}"
+        );
+    }
 }
 
 /// RFC 3339 in UTC, computed independently of the gateway's formatter.

@@ -23,3 +23,4 @@ mod protection;
 mod related;
 mod replicas;
 mod selection;
+mod shapes;

@@ -7,6 +7,7 @@
 mod classify;
 mod execute;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -219,6 +220,11 @@ impl AmoClient {
 
     /// Linked entities of one kind by id, at most one page (250) of ids per call. Ids amoCRM
     /// does not return are deleted or not visible to the token.
+    ///
+    /// Some accounts ignore the id selection (seen for catalog elements, whose selection is
+    /// undocumented) and list everything instead: an answer holding an entity that was not
+    /// asked for says so. Then the asked entities it lacks may well exist, and each is read by
+    /// id, every call through the rate limiter and the breaker like any other.
     pub async fn entities(
         &self,
         token: &AccessToken,
@@ -231,9 +237,52 @@ impl AmoClient {
         let answer = self
             .get(token, priority, kind.route(), &kind.path(), &params)
             .await?;
+        let mut found = match answer.body {
+            Some(body) => entities::decode_entities(kind, &body)?,
+            None => Vec::new(),
+        };
+        let asked: HashSet<u64> = ids.iter().copied().collect();
+        if found.iter().all(|e| asked.contains(&e.id)) {
+            return Ok(found);
+        }
+        found.retain(|e| asked.contains(&e.id));
+        let returned: HashSet<u64> = found.iter().map(|e| e.id).collect();
+        let mut lacking: Vec<u64> = asked.difference(&returned).copied().collect();
+        lacking.sort_unstable();
+        tracing::warn!(
+            endpoint = kind.route(),
+            lacking = lacking.len(),
+            "amoCRM ignored the id selection: reading the lacking entities one by one"
+        );
+        let one_by_one = lacking
+            .iter()
+            .map(|id| self.entity(token, kind, *id, priority));
+        for entity in futures::future::try_join_all(one_by_one).await? {
+            found.extend(entity);
+        }
+        Ok(found)
+    }
+
+    /// One linked entity by id (`GET .../{id}`); `None` when amoCRM has none to show: 204, or
+    /// 404 for an id it does not know.
+    pub async fn entity(
+        &self,
+        token: &AccessToken,
+        kind: EntityKind,
+        id: u64,
+        priority: Priority,
+    ) -> Result<Option<RelatedEntity>, AmoError> {
+        let answer = match self
+            .get(token, priority, kind.item_route(), &kind.item_path(id), &[])
+            .await
+        {
+            Ok(answer) => answer,
+            Err(AmoError::UnknownEndpoint { .. }) => return Ok(None),
+            Err(error) => return Err(error),
+        };
         match answer.body {
-            Some(body) => entities::decode_entities(kind, &body),
-            None => Ok(Vec::new()),
+            Some(body) => Ok(entities::decode_one_entity(&body)?.filter(|e| e.id == id)),
+            None => Ok(None),
         }
     }
 

@@ -15,7 +15,8 @@ use crate::shared::{Tier, unix_millis};
 /// An answer as the shared tier stores it.
 #[derive(Serialize, Deserialize)]
 enum StoredAnswer {
-    Entity(RelatedEntity),
+    /// Boxed: the other answers are small.
+    Entity(Box<RelatedEntity>),
     Users(Vec<User>),
     Missing,
     /// A rights 403, with amoCRM's detail.
@@ -32,7 +33,7 @@ pub(super) struct EntityRecord {
 impl EntityRecord {
     pub(super) fn of(entry: &Entry) -> Option<EntityRecord> {
         let answer = match &entry.value {
-            Cached::Entity(entity) => StoredAnswer::Entity(RelatedEntity::clone(entity)),
+            Cached::Entity(entity) => StoredAnswer::Entity(Box::new(RelatedEntity::clone(entity))),
             Cached::Users(users) => StoredAnswer::Users(users.values().cloned().collect()),
             Cached::Missing => StoredAnswer::Missing,
             Cached::Forbidden(error) => match error.as_ref() {
@@ -49,7 +50,7 @@ impl EntityRecord {
 
     pub(super) fn into_value(self) -> Cached {
         match self.answer {
-            StoredAnswer::Entity(entity) => Cached::Entity(Arc::new(entity)),
+            StoredAnswer::Entity(entity) => Cached::Entity(Arc::new(*entity)),
             StoredAnswer::Users(users) => {
                 Cached::Users(Arc::new(users.into_iter().map(|u| (u.id, u)).collect()))
             }

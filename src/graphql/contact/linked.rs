@@ -24,7 +24,8 @@ const STATUS_LOST: u64 = 143;
 /// A linked entity: its id comes embedded in the contact, its details are loaded (in batches,
 /// see `Upstream::prefetch`) when a field beyond the id is selected.
 pub(super) struct Linked {
-    kind: EntityKind,
+    /// Where the details load from, or why they cannot.
+    source: Result<EntityKind, ApiError>,
     id: u64,
     details: OnceCell<Option<Arc<RelatedEntity>>>,
     reported: AtomicBool,
@@ -32,8 +33,18 @@ pub(super) struct Linked {
 
 impl Linked {
     pub(super) fn new(kind: EntityKind, id: u64) -> Self {
+        Self::from_source(Ok(kind), id)
+    }
+
+    /// An entity whose details cannot load: each detail field is null, and `why` is reported
+    /// once, as for a failed load.
+    pub(super) fn unloadable(why: ApiError, id: u64) -> Self {
+        Self::from_source(Err(why), id)
+    }
+
+    fn from_source(source: Result<EntityKind, ApiError>, id: u64) -> Self {
         Linked {
-            kind,
+            source,
             id,
             details: OnceCell::new(),
             reported: AtomicBool::new(false),
@@ -49,8 +60,15 @@ impl Linked {
     async fn details(&self, ctx: &Context<'_>) -> Option<&RelatedEntity> {
         self.details
             .get_or_init(|| async {
+                let kind = match &self.source {
+                    Ok(kind) => *kind,
+                    Err(why) => {
+                        self.report(ctx, why.clone());
+                        return None;
+                    }
+                };
                 let answer = match request(ctx).and_then(RequestContext::upstream) {
-                    Ok(upstream) => upstream.linked(self.kind, self.id).await,
+                    Ok(upstream) => upstream.linked(kind, self.id).await,
                     Err(error) => {
                         self.report(ctx, error);
                         return None;
@@ -66,7 +84,7 @@ impl Linked {
                         self.report(
                             ctx,
                             ApiError::NotFound {
-                                noun: self.kind.noun(),
+                                noun: kind.noun(),
                                 id: self.id,
                             },
                         );
@@ -109,6 +127,50 @@ fn date(seconds: Option<i64>) -> Option<DateTime> {
     seconds.map(DateTime::from_unix)
 }
 
+/// An amount as GraphQL's 32-bit `Int`, or the field error the spec asks for when it does not
+/// fit, pointing to the `Float` field that carries it.
+fn int(
+    value: Option<i64>,
+    what: &'static str,
+    instead: &'static str,
+) -> async_graphql::Result<Option<i32>> {
+    value
+        .map(|value| {
+            i32::try_from(value).map_err(|_| {
+                ApiError::BeyondInt {
+                    what,
+                    value,
+                    instead,
+                }
+                .extend()
+            })
+        })
+        .transpose()
+}
+
+/// An exact amount: amoCRM's `…_with_minor_units`, or the whole amount where an account does
+/// not send it (exact up to 2^53, far beyond any price).
+fn exact(with_minor_units: Option<f64>, whole: Option<i64>) -> Option<f64> {
+    with_minor_units.or_else(|| whole.map(|w| w as f64))
+}
+
+/// What a detail field resolves to when its entity did not load.
+trait Unloaded {
+    fn unloaded() -> Self;
+}
+
+impl<T> Unloaded for Option<T> {
+    fn unloaded() -> Self {
+        None
+    }
+}
+
+impl<T> Unloaded for async_graphql::Result<Option<T>> {
+    fn unloaded() -> Self {
+        Ok(None)
+    }
+}
+
 /// Writes the `#[Object]` impl of a linked entity: its `id`, from the link, then one detail
 /// field per `field: Type = |entity| value`. A detail field resolves to `value` computed from the
 /// loaded entity, or to null when the entity does not load (`Linked::details` reports why, once).
@@ -127,7 +189,9 @@ macro_rules! linked_entity_object {
             $(
                 $(#[$attr])*
                 async fn $field(&self, ctx: &Context<'_>) -> $ty {
-                    let $entity = self.0.details(ctx).await?;
+                    let Some($entity) = self.0.details(ctx).await else {
+                        return Unloaded::unloaded();
+                    };
                     $value
                 }
             )*
@@ -152,8 +216,15 @@ pub struct Lead(pub(super) Linked);
 
 linked_entity_object!(Lead {
     name: Option<&str> = |lead| lead.name.as_deref(),
-    /// The deal's price, in the account's currency.
-    price: Option<i64> = |lead| lead.price,
+    /// The deal's price in whole units of the account's currency. GraphQL's `Int` is 32-bit:
+    /// a larger price is null here with an `UPSTREAM_ERROR`; `priceWithMinorUnits` carries
+    /// any price.
+    price: async_graphql::Result<Option<i32>> =
+        |lead| int(lead.price, "the price", "priceWithMinorUnits"),
+    /// The exact price, fraction included: amoCRM's `price_with_minor_units`, or `price`
+    /// where the account does not send it.
+    price_with_minor_units: Option<f64> =
+        |lead| exact(lead.price_with_minor_units, lead.price),
     status_id: Option<ID> = |lead| lead.status_id.map(id),
     pipeline_id: Option<ID> = |lead| lead.pipeline_id.map(id),
     responsible_user_id: Option<ID> = |lead| lead.responsible_user_id.map(id),
@@ -174,8 +245,14 @@ pub struct Customer(pub(super) Linked);
 
 linked_entity_object!(Customer {
     name: Option<&str> = |customer| customer.name.as_deref(),
-    /// The expected price of the next purchase.
-    next_price: Option<i64> = |customer| customer.next_price,
+    /// The expected price of the next purchase, in whole units; null with an
+    /// `UPSTREAM_ERROR` beyond GraphQL's 32-bit `Int` (see `nextPriceWithMinorUnits`).
+    next_price: async_graphql::Result<Option<i32>> =
+        |customer| int(customer.next_price, "the next price", "nextPriceWithMinorUnits"),
+    /// The exact expected price, fraction included: amoCRM's `next_price_with_minor_units`,
+    /// or `nextPrice` where the account does not send it.
+    next_price_with_minor_units: Option<f64> =
+        |customer| exact(customer.next_price_with_minor_units, customer.next_price),
     /// The expected date of the next purchase.
     next_date: Option<DateTime> = |customer| date(customer.next_date),
     status_id: Option<ID> = |customer| customer.status_id.map(id),
@@ -196,8 +273,10 @@ impl CatalogElement<'_> {
         id(self.link.id)
     }
 
-    async fn catalog_id(&self) -> ID {
-        id(self.link.catalog_id)
+    /// The catalog the element belongs to; null when amoCRM's link does not say (then `name`
+    /// cannot load either).
+    async fn catalog_id(&self) -> Option<ID> {
+        self.link.catalog_id.map(id)
     }
 
     async fn quantity(&self) -> Option<f64> {
@@ -208,11 +287,13 @@ impl CatalogElement<'_> {
         self.link.price_id.map(id)
     }
 
+    /// The link's `metadata` exactly as amoCRM sent it.
     async fn metadata(&self) -> Option<Json<&serde_json::Value>> {
         self.link.metadata.as_ref().map(Json)
     }
 
-    /// The element's name, loaded from its catalog.
+    /// The element's name, loaded from its catalog (null with an `UPSTREAM_ERROR` when the
+    /// link names no catalog).
     async fn name(&self, ctx: &Context<'_>) -> Option<&str> {
         self.element.details(ctx).await?.name.as_deref()
     }

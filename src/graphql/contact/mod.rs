@@ -129,12 +129,10 @@ impl Contact {
             .iter()
             .map(|link| CatalogElement {
                 link,
-                element: Linked::new(
-                    EntityKind::CatalogElement {
-                        catalog_id: link.catalog_id,
-                    },
-                    link.id,
-                ),
+                element: match link.kind() {
+                    Some(kind) => Linked::new(kind, link.id),
+                    None => Linked::unloadable(ApiError::CatalogUnknown { id: link.id }, link.id),
+                },
             })
             .collect()
     }
@@ -216,8 +214,11 @@ pub struct CustomFieldValueItem<'a>(&'a model::CustomFieldValueItem);
 
 #[Object]
 impl CustomFieldValueItem<'_> {
-    /// The value as amoCRM sent it: usually a string, but a number, boolean or object for some
-    /// field types.
+    /// The value exactly as amoCRM sent it: usually a string (numeric fields too, as
+    /// `"10000"`), but a number, a boolean (checkbox), Unix seconds (date, date_time,
+    /// birthday; negative before 1970) or an object (legal_entity, file, linked_entity, items,
+    /// payer, supplier) for some field types. Null when the entry has no `value`, as a chained
+    /// list's has not: see `entry`.
     async fn value(&self) -> Option<Json<&serde_json::Value>> {
         (!self.0.value.is_null()).then_some(Json(&self.0.value))
     }
@@ -226,9 +227,19 @@ impl CustomFieldValueItem<'_> {
         self.0.enum_id.map(id)
     }
 
-    /// The value's kind for enumerated fields, such as `WORK` or `MOB` for phones.
+    /// The value's kind for enumerated fields, such as `WORK` or `MOB` for phones, or the part
+    /// of a smart address (`city`, `zip`, ...). amoCRM's `enum_code`, or its legacy `enum`.
     async fn enum_code(&self) -> Option<&str> {
         self.0.enum_code.as_deref()
+    }
+
+    /// The entry exactly as amoCRM sent it, every key included: for entries that are more
+    /// than `value`, `enumId` and `enumCode`, such as a chained list's
+    /// `{"catalog_id": …, "catalog_element_id": …}`, which has no `value`. Null only for an
+    /// entry that is JSON null.
+    async fn entry(&self) -> Option<Json<std::borrow::Cow<'_, serde_json::Value>>> {
+        let entry = self.0.entry();
+        (!entry.is_null()).then_some(Json(entry))
     }
 }
 
