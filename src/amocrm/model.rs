@@ -214,13 +214,21 @@ pub fn decode_contacts_page(body: &[u8]) -> Result<ContactsPage, AmoError> {
     let root: Value = serde_json::from_slice(body)
         .map_err(|e| AmoError::Decode(format!("the body is not JSON ({e})")))?;
     let (items, has_next_link) = hal_list(&root, "contacts")?;
-    let contacts: Vec<Arc<Contact>> = tight(items.iter().filter_map(|item| {
-        let contact = item.as_object().and_then(decode_contact);
-        if contact.is_none() {
-            tracing::warn!("skipping a contact without a usable id in an amoCRM page");
-        }
-        contact.map(Arc::new)
-    }));
+    let contacts: Vec<Arc<Contact>> = tight(
+        items
+            .iter()
+            .filter_map(|item| item.as_object().and_then(decode_contact).map(Arc::new)),
+    );
+    // One line per page, however many items it skips: a hostile page of a million
+    // non-objects must not become a million log lines.
+    let skipped = items.len() - contacts.len();
+    if skipped > 0 {
+        tracing::warn!(
+            skipped,
+            kept = contacts.len(),
+            "skipping contacts without a usable id in an amoCRM page"
+        );
+    }
     let heap_bytes = ContactsPage::heap_of(&contacts);
     Ok(ContactsPage {
         contacts,
@@ -636,6 +644,46 @@ mod tests {
             Some("WORK")
         );
         assert_eq!(odd.catalog_elements[0].quantity, Some(1.5));
+    }
+
+    /// Collects what a subscriber writes, for asserting on log lines.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .expect("not poisoned")
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_page_of_junk_logs_one_line_with_counts() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let junk = vec!["1"; 10_000].join(",");
+        let body = format!(r#"{{"_embedded":{{"contacts":[{junk},{{"id":5}}]}}}}"#);
+        let page =
+            tracing::subscriber::with_default(subscriber, || decode_contacts_page(body.as_bytes()))
+                .expect("the envelope decodes");
+        assert_eq!(page.contacts.len(), 1);
+        let logs = String::from_utf8(captured.0.lock().expect("not poisoned").clone())
+            .expect("UTF-8 logs");
+        assert_eq!(logs.lines().count(), 1, "{logs}");
+        assert!(
+            logs.contains("skipped=10000") && logs.contains("kept=1"),
+            "{logs}"
+        );
     }
 
     #[test]
