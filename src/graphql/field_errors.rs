@@ -6,20 +6,24 @@
 //! `do_resolve_container` records the error and inserts nothing), so a node comes back without
 //! `responsibleUser`, and an operation whose only field failed answers `data: null`. Strict
 //! clients (Apollo iOS and Kotlin, Relay) reject responses with missing keys. This extension
-//! sits on every field's resolution: it catches the error where the spec says it stops, and
-//! lets it travel up (as async-graphql does) where the field is non-null.
+//! sits on the resolution of every field and every list item (async-graphql calls it for
+//! both): it catches the error where the spec says it stops, and lets it travel up where the
+//! field or item is non-null.
 //!
-//! Lists in this schema hold only non-null items (`[T!]`), so an item's error always travels
-//! to the list's field, which this extension sees; a nullable item type would need a hook that
-//! async-graphql does not offer.
+//! Two more of async-graphql's answers are mended on the way: a selection that `@skip` or
+//! `@include` left empty is `{}`, not `null` (graphql-js agrees), and so is `data` when every
+//! root field was skipped.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextExecute, NextResolve, ResolveInfo,
 };
-use async_graphql::{QueryPathNode, QueryPathSegment, Response, ServerError, ServerResult, Value};
+use async_graphql::{
+    Name, QueryPathNode, QueryPathSegment, Response, ServerError, ServerResult, Value,
+};
 
 /// Registers [`FieldErrors`] for each request.
 pub(super) struct SpecFieldErrors;
@@ -30,31 +34,40 @@ impl ExtensionFactory for SpecFieldErrors {
     }
 }
 
-/// One request's field errors, and the fields whose value a failed non-null field spoiled.
+/// One request's field errors, and the places whose value a failed non-null field spoiled.
 ///
 /// async-graphql does not let a non-null field's error travel up: the parent object records
-/// it and leaves the key out. So a failed non-null field marks the field that owns it (its
-/// parent field, through any list items, whose types are all non-null here) as spoiled, and
-/// when that field's own resolution returns, it becomes null, or, non-null itself, spoils its
-/// owner in turn, up to `data`. Children resolve within their parent's resolution, so every
-/// mark is made before its owner looks.
+/// it and leaves the key out. So a failed non-null field or item marks its owner (the field or
+/// list item that holds it) as spoiled, and when the owner's own resolution returns, it becomes
+/// null, or, non-null itself, spoils its owner in turn, up to `data`. Children resolve within
+/// their owner's resolution, so every mark is made before its owner looks.
+///
+/// The nulls are also written into `data` at the end: a response key selected twice (a field
+/// and a fragment) resolves twice, and async-graphql merges the copies keeping an object over a
+/// later `null`.
 #[derive(Default)]
 struct FieldErrors {
     state: Mutex<State>,
     /// Set once anything is spoiled: until then no field pays for building its path.
     any_spoiled: AtomicBool,
+    /// Set once a list with nullable items is resolved (this schema has none).
+    any_nullable_items: AtomicBool,
 }
 
 #[derive(Default)]
 struct State {
     /// Errors of nullable fields, which this extension turns into nulls.
     errors: Vec<ServerError>,
-    /// Response paths of fields whose value must not stand.
-    spoiled: Vec<Vec<Segment>>,
+    /// Response paths of fields and items whose value must not stand.
+    spoiled: HashSet<Vec<Segment>>,
+    /// Where `null` must be in `data`, whatever the merge of duplicate keys kept.
+    nulls: Vec<Vec<Segment>>,
     null_data: bool,
+    /// Response paths of list fields whose items may be null.
+    nullable_item_lists: HashSet<Vec<Segment>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Segment {
     Key(String),
     Index(usize),
@@ -66,19 +79,15 @@ impl FieldErrors {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A non-null field failed, or was spoiled: the field that holds it cannot stand either.
+    /// A non-null field or item failed, or was spoiled: whatever holds it cannot stand either.
     fn spoil_owner_of(&self, node: &QueryPathNode<'_>) {
         let mut owner = path_of(node);
         owner.pop();
-        // List items here are all non-null: an item's failure is its list field's.
-        while matches!(owner.last(), Some(Segment::Index(_))) {
-            owner.pop();
-        }
         let mut state = self.state();
         if owner.is_empty() {
             state.null_data = true;
         } else {
-            state.spoiled.push(owner);
+            state.spoiled.insert(owner);
         }
         self.any_spoiled.store(true, Ordering::Release);
     }
@@ -89,6 +98,27 @@ impl FieldErrors {
         }
         let path = path_of(node);
         self.state().spoiled.contains(&path)
+    }
+
+    /// A list field whose items may be null: remembered for its items' failures.
+    fn record_nullable_items(&self, list: &QueryPathNode<'_>) {
+        self.state().nullable_item_lists.insert(path_of(list));
+        self.any_nullable_items.store(true, Ordering::Release);
+    }
+
+    fn items_are_nullable(&self, item: &QueryPathNode<'_>) -> bool {
+        if !self.any_nullable_items.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut list = path_of(item);
+        list.pop();
+        self.state().nullable_item_lists.contains(&list)
+    }
+
+    /// This nullable field or item is null because of an error: so it must be in `data`.
+    fn null_at(&self, node: &QueryPathNode<'_>) -> ServerResult<Option<Value>> {
+        self.state().nulls.push(path_of(node));
+        Ok(Some(Value::Null))
     }
 }
 
@@ -104,6 +134,33 @@ fn path_of(node: &QueryPathNode<'_>) -> Vec<Segment> {
     path
 }
 
+/// The item type of a list type (`Item` of `[Item]!`), or `None` for other types.
+fn list_item_type(type_name: &str) -> Option<&str> {
+    type_name
+        .strip_suffix('!')
+        .unwrap_or(type_name)
+        .strip_prefix('[')?
+        .strip_suffix(']')
+}
+
+/// Sets the value at `path` to null, if `data` still reaches that far (an ancestor may have
+/// been nulled already).
+fn write_null(data: &mut Value, path: &[Segment]) {
+    let mut at = data;
+    for segment in path {
+        let next = match (at, segment) {
+            (Value::Object(map), Segment::Key(key)) => map.get_mut(&Name::new(key)),
+            (Value::List(items), Segment::Index(index)) => items.get_mut(*index),
+            _ => None,
+        };
+        match next {
+            Some(next) => at = next,
+            None => return,
+        }
+    }
+    *at = Value::Null;
+}
+
 #[async_trait::async_trait]
 impl Extension for FieldErrors {
     async fn execute(
@@ -114,9 +171,15 @@ impl Extension for FieldErrors {
     ) -> Response {
         let mut response = next.run(ctx, operation_name).await;
         let state = std::mem::take(&mut *self.state());
+        for path in &state.nulls {
+            write_null(&mut response.data, path);
+        }
         response.errors.extend(state.errors);
         if state.null_data {
             response.data = Value::Null;
+        } else if response.data == Value::Null && response.errors.is_empty() {
+            // Every root field was skipped: an empty selection, not a failure.
+            response.data = Value::Object(Default::default());
         }
         response
     }
@@ -127,21 +190,40 @@ impl Extension for FieldErrors {
         info: ResolveInfo<'_>,
         next: NextResolve<'_>,
     ) -> ServerResult<Option<Value>> {
-        let non_null = info.return_type.ends_with('!');
         let node = info.path_node;
+        // async-graphql names a list item's type wrongly (`Item!` for the items of `[Item]`),
+        // so an item's nullability comes from its list field, and is looked up only when it
+        // matters, on the way out of a failure.
+        let declared = match node.segment {
+            QueryPathSegment::Index(_) => None,
+            QueryPathSegment::Name(_) => {
+                if list_item_type(info.return_type).is_some_and(|item| !item.ends_with('!')) {
+                    self.record_nullable_items(node);
+                }
+                Some(info.return_type.ends_with('!'))
+            }
+        };
+        let non_null = || declared.unwrap_or_else(|| !self.items_are_nullable(node));
         match next.run(ctx, info).await {
-            Ok(value) if !self.is_spoiled(node) => Ok(value),
-            // A non-null descendant failed and this is the nearest nullable field: null.
-            // The descendant's error is recorded already.
-            Ok(_) if !non_null => Ok(Some(Value::Null)),
+            Ok(value) if !self.is_spoiled(node) => match value {
+                // async-graphql answers an object whose selection `@skip` emptied with null;
+                // a non-null field cannot be null without an error, so it is that object.
+                Some(Value::Null) | None if non_null() => {
+                    Ok(Some(Value::Object(Default::default())))
+                }
+                value => Ok(value),
+            },
+            // A non-null descendant failed and this is the nearest nullable place: null. The
+            // descendant's error is recorded already.
+            Ok(_) if !non_null() => self.null_at(node),
             Ok(_) => {
                 self.spoil_owner_of(node);
                 Ok(Some(Value::Null))
             }
             // The error stops at a nullable field, whose key stays, null.
-            Err(error) if !non_null => {
+            Err(error) if !non_null() => {
                 self.state().errors.push(error);
-                Ok(Some(Value::Null))
+                self.null_at(node)
             }
             // async-graphql records the error of a non-null field; its owner must not stand.
             Err(error) => {
@@ -182,6 +264,9 @@ mod tests {
         }
         async fn required_items(&self) -> Vec<Item> {
             vec![Item]
+        }
+        async fn maybe_items(&self) -> Vec<Option<Item>> {
+            vec![Some(Item), Some(Item)]
         }
     }
 
@@ -277,5 +362,45 @@ mod tests {
         // A non-null list of non-null items: the error reaches the root, and `data` is null.
         let response = run("{ ok requiredItems { nonNullFails } }").await;
         assert_eq!(response["data"], Json::Null);
+    }
+
+    #[tokio::test]
+    async fn a_nullable_list_item_spoiled_by_its_field_is_null_and_the_list_stays() {
+        let response = run("{ maybeItems { name nonNullFails } }").await;
+        assert_eq!(response["data"], json!({ "maybeItems": [null, null] }));
+        assert_eq!(
+            paths(&response),
+            [
+                json!(["maybeItems", 0, "nonNullFails"]),
+                json!(["maybeItems", 1, "nonNullFails"])
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_selected_twice_is_nulled_whichever_copy_resolves_first() {
+        for query in [
+            "{ item { name } item { child { nonNullFails } } }",
+            "{ item { child { nonNullFails } } item { name } }",
+            "{ item { name } ... on Query { item { child { nonNullFails } } } }",
+        ] {
+            let response = run(query).await;
+            assert_eq!(response["data"], json!({ "item": null }), "{query}");
+            assert_eq!(
+                paths(&response),
+                [json!(["item", "child", "nonNullFails"])],
+                "{query}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_selection_emptied_by_skip_is_an_empty_object() {
+        let response = run("{ requiredItems { name @skip(if: true) } }").await;
+        assert_eq!(response["data"], json!({ "requiredItems": [{}] }));
+        assert!(response.get("errors").is_none(), "{response}");
+        let response = run("{ ok @skip(if: true) }").await;
+        assert_eq!(response["data"], json!({}));
+        assert!(response.get("errors").is_none(), "{response}");
     }
 }
