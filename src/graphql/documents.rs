@@ -3,24 +3,33 @@
 //! single cost of a cold request (about 170 k of its 560 k instructions, measured with
 //! callgrind): a cached document is cloned instead, for a fraction of that.
 //!
-//! Only documents that parsed are kept. The cache is weighed by document length and bounded,
-//! and its admission policy (moka's TinyLFU) keeps a flood of one-off documents from pushing
-//! out the ones that recur.
+//! Only documents that parsed and validated are kept, so malformed or invalid text costs no
+//! room. The cache is weighed by document length and bounded, and its admission policy (moka's
+//! TinyLFU) keeps a flood of one-off documents from pushing out the ones that recur.
 
 use std::sync::Arc;
 
+use async_graphql::ServerError;
 use async_graphql::parser::types::ExecutableDocument;
 use moka::future::Cache;
 
 /// What the cache may hold, weighed as text length times [`AST_FACTOR`].
-const CAPACITY_BYTES: u64 = 16 << 20;
-/// A parsed document takes several times its text on the heap (every name, position and
-/// selection is a node of its own): an estimate on the generous side keeps the bound honest.
-const AST_FACTOR: u64 = 10;
+const CAPACITY_BYTES: u64 = 32 << 20;
+/// What a parsed document takes on the heap, per byte of its text, at worst: every name,
+/// position and selection is a node of its own, and `{a a a …}` spends about 200 bytes on each
+/// two-byte field. Weighing by the worst case keeps the bound a bound.
+const AST_FACTOR: u64 = 100;
 
 #[derive(Clone)]
 pub(super) struct Documents {
     parsed: Cache<Arc<str>, Arc<ExecutableDocument>>,
+}
+
+/// A request's document, and whether it came from the cache.
+pub(super) enum Parsed {
+    Cached,
+    /// Parsed now: keep it with [`Documents::keep`] once it has validated.
+    Fresh(Arc<ExecutableDocument>),
 }
 
 impl Documents {
@@ -35,19 +44,23 @@ impl Documents {
         }
     }
 
-    /// Parses `request`'s document, or takes it from the cache; a document that does not parse
-    /// is not kept, and its error is the caller's to report.
-    pub(super) async fn prepare(&self, request: &mut async_graphql::Request) {
+    /// Gives `request` its parsed document, from the cache or parsed now (once).
+    pub(super) async fn prepare(
+        &self,
+        request: &mut async_graphql::Request,
+    ) -> Result<Parsed, ServerError> {
         if let Some(document) = self.parsed.get(request.query.as_str()).await {
             request.set_parsed_query(ExecutableDocument::clone(&document));
-            return;
+            return Ok(Parsed::Cached);
         }
-        if let Ok(document) = request.parsed_query() {
-            let document = Arc::new(document.clone());
-            self.parsed
-                .insert(Arc::from(request.query.as_str()), document)
-                .await;
-        }
+        let document = async_graphql::parser::parse_query(&request.query)?;
+        request.set_parsed_query(document.clone());
+        Ok(Parsed::Fresh(Arc::new(document)))
+    }
+
+    /// Keeps a document that parsed and validated, under its text.
+    pub(super) async fn keep(&self, text: &str, document: Arc<ExecutableDocument>) {
+        self.parsed.insert(Arc::from(text), document).await;
     }
 }
 
@@ -56,13 +69,20 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_repeated_document_is_taken_from_the_cache() {
+    async fn a_kept_document_is_taken_from_the_cache() {
         let documents = Documents::new();
         let text = "query Q($id: ID!) { contact(id: $id) { id name } }";
         let mut first = async_graphql::Request::new(text);
-        documents.prepare(&mut first).await;
+        let Ok(Parsed::Fresh(document)) = documents.prepare(&mut first).await else {
+            panic!("a new document is parsed");
+        };
         documents.parsed.run_pending_tasks().await;
-        assert_eq!(documents.parsed.entry_count(), 1);
+        assert_eq!(
+            documents.parsed.entry_count(),
+            0,
+            "kept only once validated"
+        );
+        documents.keep(text, document).await;
 
         // What the cache holds for the text is what the next request gets, unparsed.
         let other = async_graphql::parser::parse_query("{ marker }").expect("parses");
@@ -71,18 +91,20 @@ mod tests {
             .insert(Arc::from(text), Arc::new(other))
             .await;
         let mut second = async_graphql::Request::new(text);
-        documents.prepare(&mut second).await;
+        assert!(matches!(
+            documents.prepare(&mut second).await,
+            Ok(Parsed::Cached)
+        ));
         let document = format!("{:?}", second.parsed_query().expect("from the cache"));
         assert!(document.contains("marker"), "{document}");
     }
 
     #[tokio::test]
-    async fn a_document_that_does_not_parse_is_not_kept() {
+    async fn a_document_that_does_not_parse_is_an_error() {
         let documents = Documents::new();
         let mut request = async_graphql::Request::new("{ contact(");
-        documents.prepare(&mut request).await;
+        assert!(documents.prepare(&mut request).await.is_err());
         documents.parsed.run_pending_tasks().await;
         assert_eq!(documents.parsed.entry_count(), 0);
-        assert!(request.parsed_query().is_err());
     }
 }

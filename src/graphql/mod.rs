@@ -25,9 +25,12 @@ mod selection;
 use std::sync::Arc;
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextRequest,
+    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextRequest, NextValidation,
 };
+use async_graphql::parser::types::ExecutableDocument;
 use async_graphql::{EmptyMutation, EmptySubscription, Request, Response, Schema, ServerResult};
+use async_graphql::{ServerError, ValidationResult};
+use documents::Parsed;
 
 pub use context::RequestContext;
 pub use error::{BAD_REQUEST, BAD_USER_INPUT, refusal};
@@ -73,6 +76,7 @@ pub fn schema(limits: Limits) -> GatewaySchema {
         .extension(PlanningExtension {
             limits,
             documents: documents::Documents::new(),
+            fresh: std::sync::Mutex::new(None),
         })
         .extension(field_errors::SpecFieldErrors)
         .limit_complexity(limits.max_complexity)
@@ -96,6 +100,8 @@ pub fn sdl() -> String {
 struct PlanningExtension {
     limits: Limits,
     documents: documents::Documents,
+    /// This request's newly parsed document, kept in `documents` once it validates.
+    fresh: std::sync::Mutex<Option<(String, Arc<ExecutableDocument>)>>,
 }
 
 impl ExtensionFactory for PlanningExtension {
@@ -103,12 +109,28 @@ impl ExtensionFactory for PlanningExtension {
         Arc::new(PlanningExtension {
             limits: self.limits,
             documents: self.documents.clone(),
+            fresh: std::sync::Mutex::new(None),
         })
     }
 }
 
 #[async_trait::async_trait]
 impl Extension for PlanningExtension {
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        let validated = next.run(ctx).await;
+        let fresh = self.fresh.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if validated.is_ok()
+            && let Some((text, document)) = fresh
+        {
+            self.documents.keep(&text, document).await;
+        }
+        validated
+    }
+
     async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
         let mut response = next.run(ctx).await;
         error::fill_missing_codes(&mut response);
@@ -124,7 +146,15 @@ impl Extension for PlanningExtension {
     ) -> ServerResult<Request> {
         let operation_name = request.operation_name.clone();
         let mut variables = std::mem::take(&mut request.variables);
-        self.documents.prepare(&mut request).await;
+        let parsed = self
+            .documents
+            .prepare(&mut request)
+            .await
+            .map_err(error::readable_parse_error)?;
+        if let Parsed::Fresh(document) = parsed {
+            *self.fresh.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((request.query.clone(), document));
+        }
         let document = request
             .parsed_query()
             .map_err(error::readable_parse_error)?;
