@@ -1,8 +1,12 @@
 # Builds the gateway; docker-compose.yml runs it in demo mode.
 FROM rust:1-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+# Everything cargo reads for the binary: the manifest's bench targets must exist, and the build
+# script embeds GraphiQL's committed assets.
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
+COPY assets ./assets
+COPY benches ./benches
 RUN cargo build --release --locked
 
 FROM debian:bookworm-slim

@@ -185,6 +185,36 @@ async fn a_rejected_secret_is_named_never_printed() {
     }
 }
 
+/// The image builds from what the Dockerfile copies: the manifest, the lock file, the build
+/// script and what it embeds, the sources and the bench targets the manifest names.
+#[test]
+fn the_dockerfile_copies_everything_the_build_reads() {
+    let dockerfile = repo_file("Dockerfile");
+    let copied: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|line| line.strip_prefix("COPY "))
+        .filter(|line| !line.starts_with("--from"))
+        .flat_map(|line| {
+            let mut parts: Vec<&str> = line.split_whitespace().collect();
+            parts.pop(); // the destination
+            parts
+        })
+        .collect();
+    for needed in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "build.rs",
+        "src",
+        "assets",
+        "benches",
+    ] {
+        assert!(
+            copied.contains(&needed),
+            "the Dockerfile does not copy {needed}"
+        );
+    }
+}
+
 /// `env var -> (long flag, takes a value)` for the gateway and for each subcommand.
 fn env_twins(command: &clap::Command) -> HashMap<String, (String, bool)> {
     command
