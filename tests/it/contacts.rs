@@ -277,7 +277,7 @@ async fn contact_returns_the_contact_or_null() {
     let data = reply.data();
     assert_eq!(data["found"]["id"], json!(id.to_string()));
     assert_eq!(data["found"]["name"], json!(app.fake.contacts()[10].name));
-    assert_eq!(data["missing"], Value::Null);
+    assert_eq!(data.get("missing"), Some(&Value::Null), "present, as null");
 }
 
 #[tokio::test]
@@ -302,7 +302,7 @@ async fn several_contact_fields_are_one_upstream_call() {
     for (i, id) in visible[..20].iter().enumerate() {
         assert_eq!(data[format!("c{i}")]["id"], json!(id.to_string()));
     }
-    assert_eq!(data["missing"], Value::Null);
+    assert_eq!(data.get("missing"), Some(&Value::Null), "present, as null");
     let calls = app.contact_calls();
     assert_eq!(calls.len(), 1, "one batch for all contact fields");
     assert_eq!(calls[0].params("filter[id][]").len(), 21);
