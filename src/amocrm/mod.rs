@@ -22,5 +22,5 @@ pub use limiter::{Priority, WINDOW};
 pub use model::{Contact, ContactId, ContactsPage};
 pub use query::{
     ContactFilter, ContactList, ContactsQuery, CustomFieldCondition, Direction, MAX_FILTER_IDS,
-    Order, OrderField, PageSize, Relation, Relations, TimeRange,
+    Order, OrderField, PageSize, Relation, Relations, TimeRange, params_digest,
 };

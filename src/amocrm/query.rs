@@ -272,6 +272,23 @@ pub struct ContactsQuery {
     pub relations: Relations,
 }
 
+/// A SHA-256 digest of request parameters that two different parameter lists never share:
+/// each name and value goes in with its length first. (Separators alone are not enough: a
+/// filter value holding the separator could make two different lists one cache key, and one
+/// caller's page another's.)
+pub fn params_digest(params: &[(String, String)]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update((params.len() as u64).to_be_bytes());
+    for (name, value) in params {
+        for part in [name, value] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part.as_bytes());
+        }
+    }
+    hasher.finalize().into()
+}
+
 impl ContactsQuery {
     pub fn to_params(&self) -> Vec<(String, String)> {
         let mut params = Vec::new();
@@ -324,5 +341,27 @@ mod tests {
         assert!(TimeRange::new(Some(2), Some(1)).is_none());
         assert!(TimeRange::new(None, None).is_none());
         assert!(TimeRange::new(Some(1), Some(1)).is_some());
+    }
+
+    #[test]
+    fn a_separator_inside_a_value_cannot_make_two_lists_one_digest() {
+        let p = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        // Equal under "name NUL value NUL" hashing, as the keys were built before.
+        let one = p(&[("query", "x\0filter[id][]\0y")]);
+        let two = p(&[("query", "x"), ("filter[id][]", "y")]);
+        assert_ne!(super::params_digest(&one), super::params_digest(&two));
+        assert_ne!(
+            super::params_digest(&p(&[("a", "b")])),
+            super::params_digest(&p(&[("ab", "")]))
+        );
+        assert_eq!(
+            super::params_digest(&two),
+            super::params_digest(&two.clone())
+        );
     }
 }

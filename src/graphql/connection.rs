@@ -6,7 +6,6 @@ use std::future::Future;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use sha2::{Digest, Sha256};
 
 use crate::amocrm::ContactList;
 
@@ -21,14 +20,7 @@ pub struct ListFingerprint(u64);
 
 impl ListFingerprint {
     pub fn of(list: &ContactList) -> Self {
-        let mut hasher = Sha256::new();
-        for (key, value) in list.to_params() {
-            hasher.update(key.as_bytes());
-            hasher.update([0]);
-            hasher.update(value.as_bytes());
-            hasher.update([0]);
-        }
-        let digest = hasher.finalize();
+        let digest = crate::amocrm::params_digest(&list.to_params());
         let mut first = [0u8; 8];
         first.copy_from_slice(&digest[..8]);
         ListFingerprint(u64::from_be_bytes(first))

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::entry::PageEntry;
 use super::{Freshness, PageKey};
-use crate::amocrm::{ContactsPage, Relations};
+use crate::amocrm::{ContactsPage, Relations, params_digest};
 use crate::auth::Scope;
 use crate::shared::tier::{Generation, Slot, Stamp};
 use crate::shared::{Tier, unix_millis};
@@ -71,15 +71,7 @@ pub(super) struct SharedPages {
 
 impl SharedPages {
     pub(super) fn slot(&self, key: &PageKey) -> Slot {
-        use sha2::{Digest, Sha256};
-        let mut hasher = Sha256::new();
-        for (name, value) in key.query(Relations::NONE).to_params() {
-            hasher.update(name.as_bytes());
-            hasher.update([0]);
-            hasher.update(value.as_bytes());
-            hasher.update([0]);
-        }
-        let digest = hex::encode(hasher.finalize());
+        let digest = hex::encode(params_digest(&key.query(Relations::NONE).to_params()));
         self.tier.slot(
             format_args!("page:{}:{digest}", key.scope.as_str()),
             vec![self.all_pages(), self.scope(&key.scope)],
