@@ -6,6 +6,7 @@
 //! - [`connection`]: cursor and window arithmetic.
 //! - [`selection`]: the operation plan (which relations, which ids), made before execution.
 //! - [`input`]: argument validation.
+//! - [`variables`]: every declared variable coerced before execution.
 //! - [`error`]: the mapping of every failure to `extensions.code`.
 //! - [`field_errors`]: errored fields become `null` where the GraphQL spec says.
 //! - [`context`]: per-request state and the DataLoader.
@@ -21,6 +22,7 @@ mod input;
 mod query;
 mod scalars;
 mod selection;
+mod variables;
 
 use std::sync::Arc;
 
@@ -180,6 +182,9 @@ impl Extension for PlanningExtension {
             selection::unprovided_variable(document, operation_name.as_deref(), &variables)
         {
             return Err(error::variable_not_provided(definition));
+        }
+        if let Some(operation) = selection::find_operation(document, operation_name.as_deref()) {
+            variables::coerce(&operation.variable_definitions, &variables)?;
         }
         let plan = OperationPlan::new(document, operation_name.as_deref(), &variables);
         request.variables = variables;

@@ -338,7 +338,7 @@ pub fn unprovided_variable<'a>(
         })
 }
 
-fn find_operation<'a>(
+pub(super) fn find_operation<'a>(
     document: &'a ExecutableDocument,
     operation_name: Option<&str>,
 ) -> Option<&'a OperationDefinition> {

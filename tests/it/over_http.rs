@@ -394,3 +394,35 @@ async fn cached_answers_keep_the_negotiated_media_type() {
     assert_eq!(other_hit.body, first.body);
     assert_eq!(app.upstream_calls(), 1, "one page, then the cache");
 }
+
+/// The spec coerces every declared variable before execution; async-graphql checks a value
+/// only where a field reads it. A variable of the wrong type that no field reads is still a
+/// request error, with no upstream call.
+#[tokio::test]
+async fn a_variable_that_does_not_coerce_is_a_request_error_even_unused() {
+    let app = TestApp::spawn().await;
+    for (query, variables) in [
+        ("query($x: Int!) { __typename }", json!({ "x": "a" })),
+        (
+            "query($f: ContactFilter) { contacts(first: 1) { nodes { id } } }",
+            json!({ "f": { "updatedAt": { "from": "yesterday" } } }),
+        ),
+        (
+            "query($on: Boolean!, $n: Int) { contacts(first: 1) @include(if: $on) { nodes { id } } }",
+            json!({ "on": false, "n": 1.5 }),
+        ),
+    ] {
+        let reply = post_json(
+            &app,
+            Some(GRAPHQL_RESPONSE),
+            json!({ "query": query, "variables": variables }),
+        )
+        .await;
+        assert_eq!(reply.status, 400, "{}", reply.body);
+        assert!(!has_data_entry(&reply), "{}", reply.body);
+        assert_eq!(reply.codes(), ["BAD_USER_INPUT"]);
+        let message = reply.first_error()["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with("variables."), "{message}");
+    }
+    assert_eq!(app.upstream_calls(), 0);
+}
