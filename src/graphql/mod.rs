@@ -7,6 +7,7 @@
 //! - [`selection`]: the operation plan (which relations, which ids), made before execution.
 //! - [`input`]: argument validation.
 //! - [`variables`]: every declared variable coerced before execution.
+//! - [`overlap`]: one response key, one field (the spec's field selection merging).
 //! - [`error`]: the mapping of every failure to `extensions.code`.
 //! - [`field_errors`]: errored fields become `null` where the GraphQL spec says.
 //! - [`context`]: per-request state and the DataLoader.
@@ -19,6 +20,7 @@ mod documents;
 mod error;
 mod field_errors;
 mod input;
+mod overlap;
 mod query;
 mod scalars;
 mod selection;
@@ -185,6 +187,7 @@ impl Extension for PlanningExtension {
         }
         if let Some(operation) = selection::find_operation(document, operation_name.as_deref()) {
             variables::coerce(&operation.variable_definitions, &variables)?;
+            overlap::conflict(document, operation)?;
         }
         let plan = OperationPlan::new(document, operation_name.as_deref(), &variables);
         request.variables = variables;

@@ -426,3 +426,21 @@ async fn a_variable_that_does_not_coerce_is_a_request_error_even_unused() {
     }
     assert_eq!(app.upstream_calls(), 0);
 }
+
+/// One response key selected as two fields through a fragment passed async-graphql's
+/// validation, and whichever ran first filled the key. It is a validation error, before any
+/// upstream call.
+#[tokio::test]
+async fn one_response_key_for_two_fields_is_a_request_error() {
+    let app = TestApp::spawn().await;
+    let reply = post_json(
+        &app,
+        Some(GRAPHQL_RESPONSE),
+        json!({ "query": r#"{ c: contact(id: "7000000") { id } ... on Query { c: contact(id: "7000007") { id } } }"# }),
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(!has_data_entry(&reply), "{}", reply.body);
+    assert_eq!(reply.codes(), ["BAD_USER_INPUT"]);
+    assert_eq!(app.upstream_calls(), 0);
+}
