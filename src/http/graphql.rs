@@ -320,6 +320,10 @@ fn set_headers(
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, media.header_value());
     headers.insert(header::CACHE_CONTROL, cache_control);
-    headers.insert(header::VARY, HeaderValue::from_static("Authorization"));
+    // The answer depends on the caller (its token) and on the media type its Accept chose.
+    headers.insert(
+        header::VARY,
+        HeaderValue::from_static("Authorization, Accept"),
+    );
     headers.insert(X_CACHE, HeaderValue::from_static(status.as_str()));
 }

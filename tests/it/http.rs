@@ -11,7 +11,7 @@ async fn graphql_responses_carry_cache_headers() {
     let app = TestApp::spawn_with(&["--cache-ttl", "60s"], FakeOptions::default()).await;
     let miss = app.query(Some(ADMIN_TOKEN), QUERY).await;
     assert_eq!(miss.header("x-cache"), "MISS");
-    assert_eq!(miss.header("vary"), "Authorization");
+    assert_eq!(miss.header("vary"), "Authorization, Accept");
     let max_age: u64 = miss
         .header("cache-control")
         .strip_prefix("private, max-age=")
@@ -197,6 +197,7 @@ async fn responses_are_compressed_as_the_client_prefers() {
                 .collect();
             assert!(
                 vary.contains(&"authorization".to_owned())
+                    && vary.contains(&"accept".to_owned())
                     && vary.contains(&"accept-encoding".to_owned()),
                 "{vary:?}"
             );

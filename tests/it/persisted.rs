@@ -74,7 +74,7 @@ async fn an_unknown_hash_is_asked_for_then_the_hash_alone_runs_over_post_and_get
     )
     .await;
     assert_eq!(by_get.data(), &data);
-    assert_eq!(by_get.header("vary"), "Authorization");
+    assert_eq!(by_get.header("vary"), "Authorization, Accept");
     assert!(
         by_get
             .header("cache-control")
