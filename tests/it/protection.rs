@@ -147,3 +147,89 @@ async fn an_overflowing_retry_after_is_rate_limited_for_every_coalesced_request(
         Some(2)
     );
 }
+
+const ONE: &str = "{ contacts(first: 1) { nodes { id } } }";
+
+/// Two tokens whose users lacked contact rights once opened the circuit as "blocked" for every
+/// token for a minute. A rights 403 (a problem body from amoCRM itself) is about its caller:
+/// however many callers get one, everyone else is still served.
+#[tokio::test]
+async fn rights_403s_from_many_tokens_never_open_the_circuit() {
+    let app = TestApp::spawn().await;
+    let search =
+        |i: usize| format!("{{ contacts(filter: {{ query: \"r{i}\" }}) {{ nodes {{ id }} }} }}");
+    for token in [ADMIN_TOKEN, MANAGER_TOKEN] {
+        app.query(Some(token), ONE).await.data();
+    }
+    app.fake
+        .fail_next(vec![Failure::problem(403, "Forbidden", "no rights"); 12]);
+    for i in 0..12 {
+        let token = [ADMIN_TOKEN, MANAGER_TOKEN][i % 2];
+        let reply = app.query(Some(token), &search(i)).await;
+        assert_eq!(reply.codes(), vec!["FORBIDDEN"], "{}", reply.body);
+        let message = reply.first_error()["message"].as_str().expect("message");
+        assert!(message.contains("rights"), "{message}");
+    }
+    assert_eq!(app.upstream_calls(), 14, "every refusal was amoCRM's own");
+    for token in [ADMIN_TOKEN, MANAGER_TOKEN] {
+        app.query(Some(token), "{ contacts(first: 2) { nodes { id } } }")
+            .await
+            .data();
+    }
+}
+
+/// Filter values of a few KB each once made the upstream request fail (its URL too long for
+/// the front proxy), and two such requests opened the circuit. Each string and the whole are
+/// bounded now, and refused naming the argument before any call.
+#[tokio::test]
+async fn long_filter_values_are_refused_without_a_call() {
+    let app = TestApp::spawn().await;
+    let query = "query($names: [String!]) { contacts(filter: { names: $names }) { nodes { id } } }";
+    let long = serde_json::json!({ "names": ["Anna", "x".repeat(3500)] });
+    let many: Vec<String> = (0..250)
+        .map(|i| format!("{i}{}", "ж".repeat(200)))
+        .collect();
+    for (variables, argument) in [
+        (long, "filter.names[1]"),
+        (serde_json::json!({ "names": many }), "filter"),
+    ] {
+        for _ in 0..3 {
+            let reply = app
+                .query_with(Some(ADMIN_TOKEN), query, variables.clone())
+                .await;
+            assert_eq!(reply.codes(), vec!["BAD_USER_INPUT"], "{}", reply.body);
+            assert_eq!(
+                reply.first_error()["extensions"]["argument"],
+                argument,
+                "{}",
+                reply.body
+            );
+        }
+    }
+    assert_eq!(app.upstream_calls(), 0, "refused before any call");
+    app.query(Some(ADMIN_TOKEN), "{ contacts(first: 1) { nodes { id } } }")
+        .await
+        .data();
+}
+
+/// A NUL or any other control character in a filter string is refused: no name holds one, and
+/// separator-joined keys once let two different lists share one cache entry through them.
+#[tokio::test]
+async fn a_control_character_in_a_filter_string_is_refused() {
+    let app = TestApp::spawn().await;
+    let query = "query($q: String, $names: [String!]) { contacts(filter: { query: $q, names: $names }) { nodes { id } } }";
+    for (variables, argument) in [
+        (serde_json::json!({ "q": "a\u{0}b" }), "filter.query"),
+        (
+            serde_json::json!({ "names": ["Anna", "B\u{1f}ob"] }),
+            "filter.names[1]",
+        ),
+    ] {
+        let reply = app.query_with(Some(ADMIN_TOKEN), query, variables).await;
+        assert_eq!(reply.codes(), vec!["BAD_USER_INPUT"], "{}", reply.body);
+        assert_eq!(reply.first_error()["extensions"]["argument"], argument);
+        let message = reply.first_error()["message"].as_str().expect("message");
+        assert!(message.contains("control characters"), "{message}");
+    }
+    assert_eq!(app.upstream_calls(), 0);
+}

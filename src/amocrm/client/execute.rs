@@ -7,7 +7,7 @@ use reqwest::header;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{AccessToken, AmoClient, TokenKind, classify};
-use crate::amocrm::AmoError;
+use crate::amocrm::{AmoError, MAX_URL_BYTES};
 use crate::amocrm::limiter::{Permit, Priority};
 use crate::shared::limiter::{Grant, SharedSlot, WouldWaitTooLong};
 
@@ -48,6 +48,7 @@ impl AmoClient {
         params: &[(String, String)],
     ) -> Result<Answer, AmoError> {
         let deadline = tokio::time::Instant::now() + RETRY_DEADLINE;
+        let url = self.url(path, params)?;
         let mut attempt = 1;
         let caller = token.caller(&self.callers);
         // Under OAuth a 401 is answered by one refresh and one more try of the same call.
@@ -61,18 +62,17 @@ impl AmoClient {
             let permit = self.admit(caller, priority, left).await?;
             // Admitted again now that the call really goes out: the circuit may have opened
             // while this call waited in the queue.
-            let ticket = self.breaker.admit(caller)?;
+            let ticket = self.breaker.admit()?;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let outcome =
-                match tokio::time::timeout(left, self.get_once(&bearer, endpoint, path, params))
+                match tokio::time::timeout(left, self.get_once(&bearer, endpoint, &url))
                     .await
                 {
                     Ok(outcome) => outcome,
                     Err(_) => Err(AmoError::Timeout(RETRY_DEADLINE)),
                 };
             drop(permit);
-            self.breaker
-                .record(ticket, endpoint, outcome.as_ref().map(|_| ()));
+            self.breaker.record(ticket, outcome.as_ref().map(|_| ()));
             if let (Err(AmoError::Unauthorized { .. }), Some(generation), TokenKind::OAuth(source)) =
                 (&outcome, generation, &token.0)
                 && !refreshed_after_401
@@ -158,21 +158,32 @@ impl AmoClient {
         }
     }
 
-    /// `endpoint` is the route template that logs and metrics name; `path` the concrete path.
+    /// The URL of a call, refused before anything goes out when it is longer than any front
+    /// proxy takes: the failure would be our request's, and its resets look like the upstream's.
+    fn url(&self, path: &str, params: &[(String, String)]) -> Result<url::Url, AmoError> {
+        let mut url = self.base_url.clone();
+        url.set_path(path);
+        if !params.is_empty() {
+            url.query_pairs_mut().extend_pairs(params);
+        }
+        let bytes = url.as_str().len();
+        if bytes > MAX_URL_BYTES {
+            return Err(AmoError::RequestTooLong { bytes });
+        }
+        Ok(url)
+    }
+
+    /// `endpoint` is the route template that logs and metrics name.
     async fn get_once(
         &self,
         token: &SecretString,
         endpoint: &'static str,
-        path: &str,
-        params: &[(String, String)],
+        url: &url::Url,
     ) -> Result<Answer, AmoError> {
-        let mut url = self.base_url.clone();
-        url.set_path(path);
         let started = std::time::Instant::now();
         let response = self
             .http
-            .get(url)
-            .query(params)
+            .get(url.clone())
             .bearer_auth(token.expose_secret())
             .header(header::ACCEPT, "application/hal+json, application/json")
             .send()

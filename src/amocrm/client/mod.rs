@@ -153,7 +153,7 @@ impl AmoClient {
                 config.queue_timeout,
             )),
             rate_limit: config.rate_limit.unwrap_or(0),
-            breaker: Arc::new(Breaker::new(config.shared_token)),
+            breaker: Arc::new(Breaker::default()),
             callers: std::hash::RandomState::new(),
         })
     }
