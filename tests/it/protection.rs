@@ -233,3 +233,116 @@ async fn a_control_character_in_a_filter_string_is_refused() {
     }
     assert_eq!(app.upstream_calls(), 0);
 }
+
+fn search(prefix: &str, i: usize) -> String {
+    format!("{{ contacts(first: 2, filter: {{ query: \"{prefix}{i}\" }}) {{ nodes {{ id }} }} }}")
+}
+
+/// 100 parallel requests with random bearer strings once cost a 401 call each, every one in a
+/// round-robin lane of its own, and the admin's queries failed with `RATE_LIMITED`. Unverified
+/// tokens now share one small lane, a 401 is remembered, and a verified token keeps its share.
+#[tokio::test]
+async fn a_junk_token_flood_costs_a_handful_of_calls_while_a_valid_token_is_served() {
+    let app =
+        TestApp::spawn_with(&["--upstream-queue-timeout", "3s"], FakeOptions::default()).await;
+    // amoCRM accepts the admin's token once: it is verified from then on.
+    app.query(Some(ADMIN_TOKEN), ONE).await.data();
+    let junk: Vec<String> = (0..100)
+        .map(|i| format!("junk-{i}-{:016x}", rand::random::<u64>()))
+        .collect();
+    let flood = join_all(junk.iter().map(|token| app.query(Some(token), ONE)));
+    let searches: Vec<String> = (0..8).map(|i| search("v", i)).collect();
+    let valid = join_all(searches.iter().map(|q| app.query(Some(ADMIN_TOKEN), q)));
+    let (flood, valid) = tokio::join!(flood, valid);
+    for reply in &valid {
+        reply.data();
+    }
+    for reply in &flood {
+        let codes = reply.codes();
+        assert!(
+            codes == ["UNAUTHENTICATED"] || codes == ["RATE_LIMITED"],
+            "{}",
+            reply.body
+        );
+    }
+    let junk_calls = || {
+        app.fake
+            .requests()
+            .iter()
+            .filter(|r| r.token.as_deref() != Some(ADMIN_TOKEN))
+            .count()
+    };
+    let during_flood = junk_calls();
+    assert!(
+        during_flood <= 5,
+        "{during_flood} junk tokens reached amoCRM"
+    );
+    // A token amoCRM refused is refused again without asking.
+    let refused = flood
+        .iter()
+        .position(|reply| reply.codes() == ["UNAUTHENTICATED"])
+        .expect("some junk token was asked about");
+    let again = app.query(Some(&junk[refused]), ONE).await;
+    assert_eq!(again.codes(), vec!["UNAUTHENTICATED"]);
+    assert_eq!(junk_calls(), during_flood, "the 401 was remembered");
+}
+
+/// In server-token mode every client key once shared one limiter lane, so one crawling client
+/// starved the others into `RATE_LIMITED`. Each key has its own lane now.
+#[tokio::test]
+async fn two_client_keys_share_the_budget_fairly_when_one_crawls() {
+    let options = FakeOptions {
+        latency: Duration::from_millis(20),
+        ..FakeOptions::default()
+    };
+    let app = TestApp::spawn_with(
+        &[
+            "--access-token",
+            ADMIN_TOKEN,
+            "--client-key",
+            "crawler-key-0001",
+            "--client-key",
+            "polite-key-0002",
+            "--upstream-queue-timeout",
+            "3s",
+        ],
+        options,
+    )
+    .await;
+    let crawls: Vec<String> = (0..60).map(|i| search("c", i)).collect();
+    // Round-robin gives the polite client every other slot: its 4 queries fit two windows,
+    // well within the queue timeout, whatever the crawler has queued.
+    let polites: Vec<String> = (0..4).map(|i| search("p", i)).collect();
+    let crawl = join_all(
+        crawls
+            .iter()
+            .map(|q| app.query(Some("crawler-key-0001"), q)),
+    );
+    let polite = async {
+        // The polite client asks once the crawler has taken a whole window and queued more.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while app.upstream_calls() < 7 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the crawler never ran"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        join_all(
+            polites
+                .iter()
+                .map(|q| app.query(Some("polite-key-0002"), q)),
+        )
+        .await
+    };
+    let (crawled, polite) = tokio::join!(crawl, polite);
+    for reply in &polite {
+        reply.data();
+    }
+    assert!(
+        crawled
+            .iter()
+            .any(|reply| reply.codes() == ["RATE_LIMITED"]),
+        "the crawler asked for more than the budget"
+    );
+}
