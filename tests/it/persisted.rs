@@ -188,3 +188,58 @@ async fn persisted_only_runs_the_manifest_and_refuses_new_documents() {
     assert_eq!(app.upstream_calls(), 1);
     let _ = std::fs::remove_file(manifest);
 }
+
+async fn post_as(app: &TestApp, token: &str, body: Value) -> Reply {
+    let request = app
+        .http()
+        .post(app.url("/graphql"))
+        .bearer_auth(token)
+        .json(&body);
+    TestApp::reply(request.send().await.expect("the gateway answers")).await
+}
+
+/// Any bearer string once registered documents, each kept for days, without a bound: about
+/// 10 MiB a second from one client. Now only a token amoCRM has accepted registers, and each
+/// registrant only so many documents.
+#[tokio::test]
+async fn only_verified_callers_register_and_each_only_so_many() {
+    let app = TestApp::spawn().await;
+    let junk_document = "query Junk { contacts(first: 1) { nodes { id } } }";
+    let junk = post_as(
+        &app,
+        "junk-bearer-string",
+        json!({ "query": junk_document, "extensions": persisted(junk_document) }),
+    )
+    .await;
+    assert_eq!(junk.codes(), vec!["UNAUTHENTICATED"]);
+    let by_hash = post(&app, json!({ "extensions": persisted(junk_document) })).await;
+    assert_eq!(
+        by_hash.codes(),
+        vec!["PERSISTED_QUERY_NOT_FOUND"],
+        "a junk token stored nothing"
+    );
+
+    // amoCRM accepts the admin's token, which may then register: up to its quota.
+    app.query(Some(ADMIN_TOKEN), "{ contacts(first: 1) { nodes { id } } }")
+        .await
+        .data();
+    let documents: Vec<String> = (0..260)
+        .map(|i| format!("query Q{i} {{ __typename }}"))
+        .collect();
+    for document in &documents {
+        let reply = post(
+            &app,
+            json!({ "query": document, "extensions": persisted(document) }),
+        )
+        .await;
+        reply.data();
+    }
+    let first = post(&app, json!({ "extensions": persisted(&documents[0]) })).await;
+    assert_eq!(first.data()["__typename"], "Query");
+    let last = post(&app, json!({ "extensions": persisted(&documents[259]) })).await;
+    assert_eq!(
+        last.codes(),
+        vec!["PERSISTED_QUERY_NOT_FOUND"],
+        "past the quota nothing is stored, though the query ran"
+    );
+}

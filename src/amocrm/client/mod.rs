@@ -69,6 +69,12 @@ impl AccessToken {
         self
     }
 
+    /// The limiter lane given with [`AccessToken::in_lane`]: which client key a caller of a
+    /// shared token holds.
+    pub fn lane(&self) -> Option<u64> {
+        self.lane
+    }
+
     /// The token's keyed hash (`None` under OAuth, whose token is the gateway's own): what
     /// the client knows a forwarded token by, without keeping it.
     fn fingerprint(&self, key: &TokenKey) -> Option<trust::Fingerprint> {
@@ -216,6 +222,16 @@ impl AmoClient {
                 ))
             }),
         })
+    }
+
+    /// Whether amoCRM has accepted this forwarded token (answered one of its calls with
+    /// success) lately. Always false for the gateway's own token, which is never forwarded.
+    pub fn has_accepted(&self, token: &AccessToken) -> bool {
+        let fingerprint = token.fingerprint(&self.token_key);
+        self.trust
+            .as_deref()
+            .zip(fingerprint)
+            .is_some_and(|(trust, fingerprint)| trust.is_accepted(fingerprint))
     }
 
     /// `GET /api/v4/contacts`. amoCRM's "nothing found" (204, also past the last page) is an
