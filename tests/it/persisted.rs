@@ -17,10 +17,14 @@ fn persisted(document: &str) -> Value {
 }
 
 async fn post(app: &TestApp, body: Value) -> Reply {
+    post_as(app, ADMIN_TOKEN, body).await
+}
+
+async fn post_as(app: &TestApp, token: &str, body: Value) -> Reply {
     let request = app
         .http()
         .post(app.url("/graphql"))
-        .bearer_auth(ADMIN_TOKEN)
+        .bearer_auth(token)
         .json(&body);
     TestApp::reply(request.send().await.expect("the gateway answers")).await
 }
@@ -187,15 +191,6 @@ async fn persisted_only_runs_the_manifest_and_refuses_new_documents() {
     }
     assert_eq!(app.upstream_calls(), 1);
     let _ = std::fs::remove_file(manifest);
-}
-
-async fn post_as(app: &TestApp, token: &str, body: Value) -> Reply {
-    let request = app
-        .http()
-        .post(app.url("/graphql"))
-        .bearer_auth(token)
-        .json(&body);
-    TestApp::reply(request.send().await.expect("the gateway answers")).await
 }
 
 /// Any bearer string once registered documents, each kept for days, without a bound: about

@@ -6,7 +6,7 @@ use std::time::Duration;
 use amocrm_gateway::fake_amocrm::{Failure, FakeOptions};
 use futures::future::join_all;
 
-use crate::support::{ADMIN_TOKEN, MANAGER_TOKEN, TestApp, kept_to_the_rate_limit};
+use crate::support::{ADMIN_TOKEN, MANAGER_TOKEN, Reply, TestApp, kept_to_the_rate_limit};
 
 #[tokio::test]
 async fn five_hundred_cold_queries_never_exceed_the_upstream_limit() {
@@ -178,6 +178,17 @@ async fn rights_403s_from_many_tokens_never_open_the_circuit() {
     }
 }
 
+/// One `BAD_USER_INPUT` whose `extensions.argument` names `argument`.
+fn assert_bad_input(reply: &Reply, argument: &str) {
+    assert_eq!(reply.codes(), vec!["BAD_USER_INPUT"], "{}", reply.body);
+    assert_eq!(
+        reply.first_error()["extensions"]["argument"],
+        argument,
+        "{}",
+        reply.body
+    );
+}
+
 /// Filter values of a few KB each once made the upstream request fail (its URL too long for
 /// the front proxy), and two such requests opened the circuit. Each string and the whole are
 /// bounded now, and refused naming the argument before any call.
@@ -197,13 +208,7 @@ async fn long_filter_values_are_refused_without_a_call() {
             let reply = app
                 .query_with(Some(ADMIN_TOKEN), query, variables.clone())
                 .await;
-            assert_eq!(reply.codes(), vec!["BAD_USER_INPUT"], "{}", reply.body);
-            assert_eq!(
-                reply.first_error()["extensions"]["argument"],
-                argument,
-                "{}",
-                reply.body
-            );
+            assert_bad_input(&reply, argument);
         }
     }
     assert_eq!(app.upstream_calls(), 0, "refused before any call");
@@ -226,8 +231,7 @@ async fn a_control_character_in_a_filter_string_is_refused() {
         ),
     ] {
         let reply = app.query_with(Some(ADMIN_TOKEN), query, variables).await;
-        assert_eq!(reply.codes(), vec!["BAD_USER_INPUT"], "{}", reply.body);
-        assert_eq!(reply.first_error()["extensions"]["argument"], argument);
+        assert_bad_input(&reply, argument);
         let message = reply.first_error()["message"].as_str().expect("message");
         assert!(message.contains("control characters"), "{message}");
     }
