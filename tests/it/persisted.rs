@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::support::{ADMIN_TOKEN, Reply, TestApp};
+use crate::support::{ADMIN_TOKEN, RedisServer, Reply, TestApp};
 
 const QUERY: &str = "query Page($first: Int!) { contacts(first: $first) { nodes { id name } } }";
 
@@ -237,4 +237,59 @@ async fn only_verified_callers_register_and_each_only_so_many() {
         vec!["PERSISTED_QUERY_NOT_FOUND"],
         "past the quota nothing is stored, though the query ran"
     );
+}
+
+/// With Redis, any bearer string's documents were shared with every replica for 7 days. Now
+/// only a verified caller's document reaches Redis, kept a day from its last use.
+#[tokio::test]
+async fn with_redis_only_verified_documents_are_shared_and_for_a_day() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let flags = [
+        "--redis-url",
+        url.as_str(),
+        "--scope-secret",
+        "shared-scope-secret",
+        "--redis-timeout",
+        "2s",
+    ];
+    let app = TestApp::spawn_with(&flags, Default::default()).await;
+    let junk = "query Junk { contacts(first: 1) { nodes { id } } }";
+    let refused = post_as(
+        &app,
+        "junk-bearer-string",
+        json!({ "query": junk, "extensions": persisted(junk) }),
+    )
+    .await;
+    assert_eq!(refused.codes(), vec!["UNAUTHENTICATED"]);
+    let mine = "query Mine { contacts(first: 2) { nodes { id } } }";
+    post(
+        &app,
+        json!({ "query": mine, "extensions": persisted(mine) }),
+    )
+    .await
+    .data();
+
+    let mut conn = redis::Client::open(url)
+        .expect("a URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis answers");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*apq:*")
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    assert_eq!(
+        keys.len(),
+        1,
+        "only the verified caller's document: {keys:?}"
+    );
+    assert!(keys[0].ends_with(&hash(mine)), "{keys:?}");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .expect("TTL");
+    assert!(ttl > 0 && ttl <= 24 * 3600, "kept for {ttl} s");
 }
