@@ -193,20 +193,26 @@ async fn persisted_only_runs_the_manifest_and_refuses_new_documents() {
     let _ = std::fs::remove_file(manifest);
 }
 
+/// Sends hash and document with a bearer string amoCRM refuses; returns the document.
+async fn register_as_a_stranger(app: &TestApp) -> &'static str {
+    let document = "query Junk { contacts(first: 1) { nodes { id } } }";
+    let refused = post_as(
+        app,
+        "junk-bearer-string",
+        json!({ "query": document, "extensions": persisted(document) }),
+    )
+    .await;
+    assert_eq!(refused.codes(), vec!["UNAUTHENTICATED"]);
+    document
+}
+
 /// Any bearer string once registered documents, each kept for days, without a bound: about
 /// 10 MiB a second from one client. Now only a token amoCRM has accepted registers, and each
 /// registrant only so many documents.
 #[tokio::test]
 async fn only_verified_callers_register_and_each_only_so_many() {
     let app = TestApp::spawn().await;
-    let junk_document = "query Junk { contacts(first: 1) { nodes { id } } }";
-    let junk = post_as(
-        &app,
-        "junk-bearer-string",
-        json!({ "query": junk_document, "extensions": persisted(junk_document) }),
-    )
-    .await;
-    assert_eq!(junk.codes(), vec!["UNAUTHENTICATED"]);
+    let junk_document = register_as_a_stranger(&app).await;
     let by_hash = post(&app, json!({ "extensions": persisted(junk_document) })).await;
     assert_eq!(
         by_hash.codes(),
@@ -254,14 +260,7 @@ async fn with_redis_only_verified_documents_are_shared_and_for_a_day() {
         "2s",
     ];
     let app = TestApp::spawn_with(&flags, Default::default()).await;
-    let junk = "query Junk { contacts(first: 1) { nodes { id } } }";
-    let refused = post_as(
-        &app,
-        "junk-bearer-string",
-        json!({ "query": junk, "extensions": persisted(junk) }),
-    )
-    .await;
-    assert_eq!(refused.codes(), vec!["UNAUTHENTICATED"]);
+    register_as_a_stranger(&app).await;
     let mine = "query Mine { contacts(first: 2) { nodes { id } } }";
     post(
         &app,
