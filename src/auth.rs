@@ -147,6 +147,12 @@ pub enum AuthError {
     WrongClientKey,
 }
 
+/// The rate-limiter lane of the `index`-th client key: a small number no keyed hash of a token
+/// is likely to equal, and the same for a key on every request.
+fn client_lane(index: usize) -> u64 {
+    u64::try_from(index).map_or(u64::MAX - 1, |i| i + 1)
+}
+
 impl AuthMode {
     pub fn server_token(token: AccessToken, keys: ClientKeys) -> Self {
         AuthMode::ServerToken(
@@ -167,11 +173,19 @@ impl AuthMode {
                 // Every key is compared, so the time taken says nothing about which matched.
                 let matched = keys
                     .iter()
-                    .fold(false, |matched, expected| expected.matches(key) | matched);
-                if matched {
-                    Ok(credentials.clone())
-                } else {
-                    Err(AuthError::WrongClientKey)
+                    .enumerate()
+                    .fold(None, |matched, (i, expected)| {
+                        let this = expected.matches(key).then_some(i);
+                        this.or(matched)
+                    });
+                match matched {
+                    // Each key queues in its own lane of the rate limiter, so that one crawling
+                    // client cannot starve the others; anonymous callers share the token's.
+                    Some(i) => Ok(Credentials {
+                        token: credentials.token.clone().in_lane(client_lane(i)),
+                        scope: credentials.scope.clone(),
+                    }),
+                    None => Err(AuthError::WrongClientKey),
                 }
             }
             AuthMode::Forward(key) => {

@@ -65,13 +65,14 @@ impl Gateway {
         let (upstream_url, demo) = upstream(&settings).await?;
         let auth = auth_mode(&settings, &upstream_url, redis.as_ref(), &metrics)?;
         let client = amocrm_client(&settings, upstream_url, &auth, redis.as_ref(), &metrics)?;
-        let caches = caches(&settings, client, redis.as_ref(), &metrics);
+        let caches = caches(&settings, client.clone(), redis.as_ref(), &metrics);
         let persisted = persisted_queries(&settings, redis)?;
         let background = caches.follow_other_replicas();
         let components = Components {
             schema: crate::graphql::schema(settings.operation_limits),
             persisted,
             auth: Arc::new(auth),
+            upstream: client,
             caches,
             page_size: settings.limits.page_size,
             metrics,

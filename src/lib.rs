@@ -47,8 +47,9 @@
 //!    revalidates them), or — after a look in Redis, where another replica may have stored it or
 //!    be downloading it — calls [`amocrm::AmoClient`] once for all concurrent askers; linked
 //!    entities come the same way, one batch per kind for the whole operation. Every upstream
-//!    call passes the one rate limiter (in Redis when replicas share it) and the circuit
-//!    breaker.
+//!    call passes the one rate limiter (in Redis when replicas share it; one lane per verified
+//!    token or client key, one shared probation lane for forwarded tokens amoCRM has not yet
+//!    accepted) and the circuit breaker.
 //! 5. Errors become `extensions.code` in one place (`graphql::error`); `http::graphql` sets
 //!    `x-cache` and `Cache-Control` from the request's cache report.
 

@@ -6,18 +6,25 @@
 //! hash and document together once, which stores it. Hash-only requests fit in a GET URL, so
 //! browsers can cache their answers.
 //!
-//! Documents are kept in a bounded moka cache and, with Redis, for every replica. With
-//! `--persisted-only` only documents from the operator's manifest run: anything else is
+//! Anyone may send a document, so registering one must cost the store no more than a bounded
+//! amount: only verified callers register (a client key, or a forwarded token amoCRM has
+//! accepted, by the request that registers at the latest), after the request ran; documents
+//! are bounded in size, in count and bytes per scope (per `KEPT_FOR`), and in count and bytes
+//! in total, here and in Redis. A document is kept for `KEPT_FOR` after its last use.
+//!
+//! With `--persisted-only` only documents from the operator's manifest run: anything else is
 //! refused with `PERSISTED_QUERY_REQUIRED`, registrations included.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_graphql::{ServerError, Value};
 use moka::future::Cache;
 use sha2::{Digest, Sha256};
 
+use crate::auth::Scope;
 use crate::graphql::{BAD_USER_INPUT, refusal};
 use crate::shared::{Operation, Redis};
 
@@ -25,8 +32,22 @@ pub const NOT_FOUND: &str = "PERSISTED_QUERY_NOT_FOUND";
 pub const REQUIRED: &str = "PERSISTED_QUERY_REQUIRED";
 /// Memory for stored documents in this replica.
 const MAX_BYTES: u64 = 16 << 20;
-/// How long Redis keeps a document nobody registers again; clients re-register on a miss.
-const SHARED_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Documents stored in this replica at most: each weighs at least `MAX_BYTES / MAX_DOCUMENTS`.
+const MAX_DOCUMENTS: u64 = 10_000;
+/// The largest document registered. A larger one still runs when sent in full.
+const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
+/// What one scope may register per `KEPT_FOR`: an application has tens of operations, not
+/// hundreds.
+const MAX_SCOPE_DOCUMENTS: u64 = 200;
+const MAX_SCOPE_BYTES: u64 = 2 << 20;
+/// What all replicas may store (or renew) in Redis per `KEPT_FOR`. Every document in Redis was
+/// charged within its last `KEPT_FOR`, so Redis holds at most twice this.
+const MAX_SHARED_DOCUMENTS: u64 = 20_000;
+const MAX_SHARED_BYTES: u64 = 32 << 20;
+/// How long a document nobody uses is kept, here and in Redis; clients re-register on a miss.
+const KEPT_FOR: Duration = Duration::from_secs(24 * 3600);
+/// The cheapest a registration can weigh: what turns the byte budget into a count bound too.
+const MIN_WEIGHT: u64 = MAX_BYTES.div_ceil(MAX_DOCUMENTS);
 
 /// The SHA-256 of a document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,6 +90,9 @@ pub enum ManifestError {
 #[derive(Clone)]
 pub struct PersistedQueries {
     documents: Cache<QueryHash, Arc<str>>,
+    /// What each registrant (a scope, and the client key's lane in server-token mode)
+    /// registered in its current `KEPT_FOR`.
+    quotas: Cache<(Scope, Option<u64>), Arc<Quota>>,
     /// The manifest's documents: always known, never evicted.
     manifest: Arc<HashMap<QueryHash, Arc<str>>>,
     redis: Option<Redis>,
@@ -80,9 +104,12 @@ impl PersistedQueries {
         PersistedQueries {
             documents: Cache::builder()
                 .max_capacity(MAX_BYTES)
-                .weigher(|_, document: &Arc<str>| {
-                    u32::try_from(document.len() + 64).unwrap_or(u32::MAX)
-                })
+                .weigher(|_, document: &Arc<str>| weight(document.len()))
+                .time_to_idle(KEPT_FOR)
+                .build(),
+            quotas: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(KEPT_FOR)
                 .build(),
             manifest: Arc::new(manifest),
             redis,
@@ -135,26 +162,26 @@ impl PersistedQueries {
             .collect()
     }
 
-    /// Puts the document into `request` for a hash-only request, stores a registration (from
-    /// callers that `may_register`, of documents that parse), and enforces `--persisted-only`.
-    /// An error is the whole answer: the request must not run.
+    /// Puts the document into `request` for a hash-only request, and enforces
+    /// `--persisted-only`. A request sending hash and document together gives the
+    /// registration, for [`PersistedQueries::register`] once the caller is known to be
+    /// verified. An error is the whole answer: the request must not run.
     pub async fn resolve(
         &self,
         request: &mut async_graphql::Request,
-        may_register: bool,
-    ) -> Result<(), ServerError> {
+    ) -> Result<Option<Registration>, ServerError> {
         let Some(persisted) = request.extensions.0.get("persistedQuery") else {
             if self.only && !self.manifest.contains_key(&QueryHash::of(&request.query)) {
                 return Err(required());
             }
-            return Ok(());
+            return Ok(None);
         };
         let hash = requested_hash(persisted)?;
         if request.query.is_empty() {
             return match self.get(hash).await {
                 Some(document) => {
                     request.query = document.to_string();
-                    Ok(())
+                    Ok(None)
                 }
                 None if self.only => Err(required()),
                 None => Err(refusal(NOT_FOUND, "PersistedQueryNotFound".to_owned())),
@@ -170,14 +197,53 @@ impl PersistedQueries {
         }
         if self.only {
             return match self.manifest.contains_key(&hash) {
-                true => Ok(()),
+                true => Ok(None),
                 false => Err(required()),
             };
         }
-        if may_register && async_graphql::parser::parse_query(&request.query).is_ok() {
-            self.put(hash, &request.query).await;
+        if self.manifest.contains_key(&hash) || request.query.len() > MAX_DOCUMENT_BYTES {
+            return Ok(None);
         }
-        Ok(())
+        Ok(Some(Registration {
+            hash,
+            document: request.query.as_str().into(),
+        }))
+    }
+
+    /// Stores a document a verified caller of `scope` (and `lane`: its client key, where
+    /// callers share a scope) sent, within that registrant's quota and the store's. Documents
+    /// that do not parse are not stored.
+    pub async fn register(&self, registration: Registration, scope: &Scope, lane: Option<u64>) {
+        let Registration { hash, document } = registration;
+        if self.documents.contains_key(&hash)
+            || async_graphql::parser::parse_query(&*document).is_err()
+        {
+            return;
+        }
+        let quota = self
+            .quotas
+            .get_with((scope.clone(), lane), async { Arc::default() })
+            .await;
+        if !quota.charge(document.len(), MAX_SCOPE_DOCUMENTS, MAX_SCOPE_BYTES) {
+            tracing::debug!("a scope's persisted-query quota is spent: not stored");
+            return;
+        }
+        self.documents.insert(hash, document.clone()).await;
+        if let Some(redis) = &self.redis
+            && charge_shared(redis, document.len()).await
+        {
+            let key = redis.key(format_args!("v1:apq:{}", hash.hex()));
+            redis
+                .run(Operation::Write, |mut conn| {
+                    let mut set = redis::cmd("SET");
+                    set.arg(&key)
+                        .arg(&*document)
+                        .arg("EX")
+                        .arg(KEPT_FOR.as_secs());
+                    async move { set.query_async::<()>(&mut conn).await }
+                })
+                .await;
+        }
     }
 
     async fn get(&self, hash: QueryHash) -> Option<Arc<str>> {
@@ -189,39 +255,94 @@ impl PersistedQueries {
         }
         let redis = self.redis.as_ref()?;
         let key = redis.key(format_args!("v1:apq:{}", hash.hex()));
-        let stored: Option<String> = redis
+        let (stored, ttl): (Option<String>, i64) = redis
             .run(Operation::Read, |mut conn| {
-                let mut get = redis::cmd("GET");
-                get.arg(&key);
-                async move { get.query_async(&mut conn).await }
+                let mut pipe = redis::pipe();
+                pipe.cmd("GET").arg(&key).cmd("TTL").arg(&key);
+                async move { pipe.query_async(&mut conn).await }
             })
-            .await
-            .flatten();
+            .await?;
         // What Redis holds is checked like anything a client sends.
         let document: Arc<str> = stored.filter(|d| QueryHash::of(d) == hash)?.into();
-        self.documents.insert(hash, document.clone()).await;
-        Some(document)
-    }
-
-    async fn put(&self, hash: QueryHash, document: &str) {
-        if self.documents.contains_key(&hash) {
-            return;
-        }
-        self.documents.insert(hash, document.into()).await;
-        if let Some(redis) = &self.redis {
-            let key = redis.key(format_args!("v1:apq:{}", hash.hex()));
+        // Renewed on use, but only once it is half gone, and charged like a registration:
+        // then every document Redis holds was charged within its last `KEPT_FOR`.
+        let half = i64::try_from(KEPT_FOR.as_secs() / 2).unwrap_or(i64::MAX);
+        if ttl < half && charge_shared(redis, document.len()).await {
             redis
                 .run(Operation::Write, |mut conn| {
-                    let mut set = redis::cmd("SET");
-                    set.arg(&key)
-                        .arg(document)
-                        .arg("EX")
-                        .arg(SHARED_FOR.as_secs());
-                    async move { set.query_async::<()>(&mut conn).await }
+                    let mut expire = redis::cmd("EXPIRE");
+                    expire.arg(&key).arg(KEPT_FOR.as_secs());
+                    async move { expire.query_async::<()>(&mut conn).await }
                 })
                 .await;
         }
+        self.documents.insert(hash, document.clone()).await;
+        Some(document)
     }
+}
+
+/// A document sent with its hash, to store once its sender is known to be verified.
+#[derive(Debug)]
+pub struct Registration {
+    hash: QueryHash,
+    document: Arc<str>,
+}
+
+/// What one scope registered in the current `KEPT_FOR`.
+#[derive(Debug, Default)]
+struct Quota {
+    documents: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Quota {
+    /// Counts one more document of `bytes`; false (and nothing stored) once past either bound.
+    fn charge(&self, bytes: usize, max_documents: u64, max_bytes: u64) -> bool {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        let documents = self.documents.fetch_add(1, Ordering::Relaxed) + 1;
+        let total = self
+            .bytes
+            .fetch_add(bytes, Ordering::Relaxed)
+            .saturating_add(bytes);
+        documents <= max_documents && total <= max_bytes
+    }
+}
+
+/// A document's weight in the local store: its size, but never less than `MIN_WEIGHT`, so the
+/// byte budget also bounds the count.
+fn weight(len: usize) -> u32 {
+    let len = u64::try_from(len).unwrap_or(u64::MAX).saturating_add(64);
+    u32::try_from(len.max(MIN_WEIGHT)).unwrap_or(u32::MAX)
+}
+
+/// Charges one document of `bytes` to the budget every replica shares in Redis for the
+/// current `KEPT_FOR` window; false when it is spent (or Redis did not answer).
+async fn charge_shared(redis: &Redis, bytes: usize) -> bool {
+    let window = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / KEPT_FOR.as_secs());
+    let key = redis.key(format_args!("v1:apq-budget:{window}"));
+    let charged: Option<(u64, u64)> = redis
+        .run(Operation::Write, |mut conn| {
+            let mut pipe = redis::pipe();
+            pipe.cmd("HINCRBY")
+                .arg(&key)
+                .arg("documents")
+                .arg(1)
+                .cmd("HINCRBY")
+                .arg(&key)
+                .arg("bytes")
+                .arg(bytes)
+                .cmd("EXPIRE")
+                .arg(&key)
+                .arg(2 * KEPT_FOR.as_secs())
+                .ignore();
+            async move { pipe.query_async(&mut conn).await }
+        })
+        .await;
+    charged.is_some_and(|(documents, total)| {
+        documents <= MAX_SHARED_DOCUMENTS && total <= MAX_SHARED_BYTES
+    })
 }
 
 fn required() -> ServerError {
@@ -248,5 +369,40 @@ fn requested_hash(persisted: &Value) -> Result<QueryHash, ServerError> {
             QueryHash::parse(hash).ok_or_else(|| bad(".sha256Hash: must be 64 hexadecimal digits"))
         }
         _ => Err(bad(".sha256Hash: must be 64 hexadecimal digits")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quota_refuses_past_either_bound() {
+        let quota = Quota::default();
+        assert!(quota.charge(10, 2, 100));
+        assert!(quota.charge(10, 2, 100));
+        assert!(!quota.charge(10, 2, 100), "a third document");
+        let quota = Quota::default();
+        assert!(!quota.charge(101, 2, 100), "too many bytes");
+    }
+
+    #[tokio::test]
+    async fn the_local_store_is_bounded_by_count_as_well_as_bytes() {
+        assert_eq!(
+            u64::from(weight(1)),
+            MIN_WEIGHT,
+            "tiny documents weigh the minimum"
+        );
+        let store = PersistedQueries::new(HashMap::new(), None, false);
+        for i in 0..(MAX_DOCUMENTS + 500) {
+            let document: Arc<str> = format!("{{a{i}}}").into();
+            store
+                .documents
+                .insert(QueryHash::of(&document), document)
+                .await;
+        }
+        store.documents.run_pending_tasks().await;
+        let kept = store.documents.entry_count();
+        assert!(kept <= MAX_DOCUMENTS, "{kept} documents kept");
     }
 }

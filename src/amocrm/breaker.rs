@@ -2,8 +2,11 @@
 //! stop calling it for a cool-down instead of making things worse; then let one trial call
 //! through, which closes the circuit again if it succeeds.
 //!
-//! Answers about the caller (401, 402, a rights 403 with a problem body on a related endpoint)
-//! are not failures of the upstream and never count.
+//! Only the upstream's own state counts. Answers about the caller (401, 402, a rights 403 with
+//! a problem body, on any endpoint, from any number of tokens) never do: otherwise a few tokens
+//! whose users lack rights could shut every caller out. Only the block signature, an HTML 403
+//! from amoCRM's front proxy, is about the whole account. Failures caused by the shape of our
+//! own request (400, 413, 414, 431) are not the upstream's either and never count.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -17,15 +20,13 @@ const BLOCKED_COOL_DOWN: Duration = Duration::from_secs(60);
 const UNAVAILABLE_COOL_DOWN: Duration = Duration::from_secs(10);
 /// Consecutive transient failures (after their own retries) that open the circuit.
 const FAILURES_TO_OPEN: u32 = 5;
-/// Consecutive 403s on the contacts list itself that mean the account, not one right, is gone.
-const CONTACT_403S_TO_OPEN: u32 = 3;
 /// A trial call whose outcome never arrived (its request was cancelled) is given up after this.
 const TRIAL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the circuit is open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpenReason {
-    /// The account-block signature: an HTML 403, or 403s on the contacts list in a row.
+    /// The account-block signature: a 403 without a problem body, from amoCRM's front proxy.
     Blocked,
     /// A run of timeouts, connection errors, 5xx or 429 answers.
     Unavailable,
@@ -33,10 +34,9 @@ pub enum OpenReason {
 
 #[derive(Debug)]
 enum State {
-    /// `contact_403s` holds the callers of the current run of 403s on the contacts list.
+    /// `failures` is the current run of transient failures.
     Closed {
         failures: u32,
-        contact_403s: Vec<u64>,
     },
     Open {
         until: Instant,
@@ -54,29 +54,17 @@ enum State {
 #[derive(Debug, Clone, Copy)]
 pub struct Ticket {
     generation: u64,
-    caller: u64,
 }
 
 #[derive(Debug)]
 pub struct Breaker {
     state: Mutex<(State, u64)>,
-    /// Whether all callers share one token (`--access-token`): then a run of 403s on the
-    /// contacts list is about the account. With forwarded tokens one caller without rights
-    /// must not shut everyone out, so the run must come from several callers.
-    shared_token: bool,
 }
 
-impl Breaker {
-    pub fn new(shared_token: bool) -> Self {
+impl Default for Breaker {
+    fn default() -> Self {
         Breaker {
-            state: Mutex::new((
-                State::Closed {
-                    failures: 0,
-                    contact_403s: Vec::new(),
-                },
-                0,
-            )),
-            shared_token,
+            state: Mutex::new((State::Closed { failures: 0 }, 0)),
         }
     }
 }
@@ -102,22 +90,20 @@ impl Breaker {
         }
     }
 
-    /// Whether `caller` may call now; refused with the reason and the time left otherwise.
-    pub fn admit(&self, caller: u64) -> Result<Ticket, AmoError> {
+    /// Whether a call may go out now; refused with the reason and the time left otherwise.
+    pub fn admit(&self) -> Result<Ticket, AmoError> {
         let mut guard = self.lock();
         let (state, generation) = &mut *guard;
         let now = Instant::now();
         match *state {
             State::Closed { .. } => Ok(Ticket {
                 generation: *generation,
-                caller,
             }),
             State::Open { until, reason } if now >= until => {
                 *state = State::Trial { since: now, reason };
                 *generation += 1;
                 Ok(Ticket {
                     generation: *generation,
-                    caller,
                 })
             }
             State::Trial { since, reason } if now >= since + TRIAL_TIMEOUT => {
@@ -125,7 +111,6 @@ impl Breaker {
                 *generation += 1;
                 Ok(Ticket {
                     generation: *generation,
-                    caller,
                 })
             }
             State::Open { until, reason } => Err(AmoError::CircuitOpen {
@@ -139,25 +124,19 @@ impl Breaker {
         }
     }
 
-    /// Records how the call admitted with `ticket` to `endpoint` ended.
-    pub fn record(&self, ticket: Ticket, endpoint: &str, outcome: Result<(), &AmoError>) {
+    /// Records how the call admitted with `ticket` ended.
+    pub fn record(&self, ticket: Ticket, outcome: Result<(), &AmoError>) {
         let mut guard = self.lock();
         let (state, generation) = &mut *guard;
         if ticket.generation != *generation || matches!(state, State::Open { .. }) {
             return;
         }
         let was_trial = matches!(state, State::Trial { .. });
-        let (failures, mut contact_403s) = match state {
-            State::Closed {
-                failures,
-                contact_403s,
-            } => (*failures, std::mem::take(contact_403s)),
-            _ => (0, Vec::new()),
+        let failures = match state {
+            State::Closed { failures } => *failures,
+            _ => 0,
         };
-        let shared_token = self.shared_token;
-        let mut generation_after = *generation;
-        let mut opened = |reason| {
-            generation_after += 1;
+        let open = |reason: OpenReason| {
             tracing::error!(?reason, "opening the circuit to amoCRM");
             let cool_down = match reason {
                 OpenReason::Blocked => BLOCKED_COOL_DOWN,
@@ -172,47 +151,28 @@ impl Breaker {
             Err(AmoError::Forbidden {
                 reason: ForbiddenReason::AccountBlocked,
                 ..
-            }) => opened(OpenReason::Blocked),
-            Err(AmoError::Forbidden {
-                reason: ForbiddenReason::Rights,
-                ..
-            }) if endpoint == super::client::CONTACTS_ENDPOINT => {
-                // The run is the last few refusals: bounded, whoever keeps trying.
-                contact_403s.push(ticket.caller);
-                if contact_403s.len() > CONTACT_403S_TO_OPEN as usize {
-                    contact_403s.remove(0);
-                }
-                let mut callers = contact_403s.clone();
-                callers.sort_unstable();
-                callers.dedup();
-                let about_the_account = shared_token || callers.len() > 1;
-                if contact_403s.len() >= CONTACT_403S_TO_OPEN as usize && about_the_account {
-                    opened(OpenReason::Blocked)
-                } else {
-                    State::Closed {
-                        failures: 0,
-                        contact_403s,
-                    }
-                }
-            }
+            }) => Some(open(OpenReason::Blocked)),
             Err(error) if error.counts_against_upstream() => {
                 if failures + 1 >= FAILURES_TO_OPEN || was_trial {
-                    opened(OpenReason::Unavailable)
+                    Some(open(OpenReason::Unavailable))
                 } else {
-                    State::Closed {
+                    *state = State::Closed {
                         failures: failures + 1,
-                        contact_403s,
-                    }
+                    };
+                    None
                 }
             }
-            // Success, or an answer about the caller: amoCRM is there and answering.
-            _ => State::Closed {
-                failures: 0,
-                contact_403s: Vec::new(),
-            },
+            // Success, or an answer about the caller or about our request: amoCRM is there
+            // and answering.
+            _ => {
+                *state = State::Closed { failures: 0 };
+                None
+            }
         };
-        *state = next;
-        *generation = generation_after;
+        if let Some(open) = next {
+            *state = open;
+            *generation += 1;
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (State, u64)> {
@@ -238,68 +198,77 @@ mod tests {
         }
     }
 
-    const CONTACTS: &str = "/api/v4/contacts";
-
     #[tokio::test(start_paused = true)]
     async fn one_trial_call_after_the_cool_down_closes_the_circuit() {
-        let breaker = Breaker::new(true);
-        let ticket = breaker.admit(1).expect("closed");
-        breaker.record(ticket, CONTACTS, Err(&blocked()));
-        assert!(breaker.check().is_err() && breaker.admit(1).is_err());
+        let breaker = Breaker::default();
+        let ticket = breaker.admit().expect("closed");
+        breaker.record(ticket, Err(&blocked()));
+        assert!(breaker.check().is_err() && breaker.admit().is_err());
         tokio::time::advance(BLOCKED_COOL_DOWN).await;
         assert!(breaker.check().is_ok(), "a peek does not take the trial");
-        let trial = breaker.admit(1).expect("the trial call goes out");
-        assert!(breaker.admit(2).is_err(), "and only the trial");
-        breaker.record(trial, CONTACTS, Ok(()));
+        let trial = breaker.admit().expect("the trial call goes out");
+        assert!(breaker.admit().is_err(), "and only the trial");
+        breaker.record(trial, Ok(()));
         assert!(
-            breaker.admit(1).is_ok() && breaker.admit(2).is_ok(),
+            breaker.admit().is_ok() && breaker.admit().is_ok(),
             "closed again"
         );
     }
 
     #[tokio::test(start_paused = true)]
     async fn late_outcomes_and_answers_about_the_caller_do_not_move_it() {
-        let breaker = Breaker::new(true);
+        let breaker = Breaker::default();
         for _ in 0..10 {
-            let ticket = breaker.admit(1).expect("closed");
-            breaker.record(ticket, "/api/v4/users", Err(&rights()));
-            let ticket = breaker.admit(1).expect("closed");
-            breaker.record(ticket, CONTACTS, Err(&AmoError::PaymentRequired));
+            let ticket = breaker.admit().expect("closed");
+            breaker.record(ticket, Err(&rights()));
+            let ticket = breaker.admit().expect("closed");
+            breaker.record(ticket, Err(&AmoError::PaymentRequired));
         }
         assert!(
-            breaker.admit(1).is_ok(),
+            breaker.admit().is_ok(),
             "answers about the caller do not open it"
         );
         // Calls in flight when it opens: their outcomes must not close it.
-        let in_flight: Vec<Ticket> = (0..10).map(|_| breaker.admit(1).expect("closed")).collect();
+        let in_flight: Vec<Ticket> = (0..10).map(|_| breaker.admit().expect("closed")).collect();
         let (first, rest) = in_flight.split_at(FAILURES_TO_OPEN as usize);
         for ticket in first {
-            breaker.record(*ticket, CONTACTS, Err(&AmoError::Server { status: 500 }));
+            breaker.record(*ticket, Err(&AmoError::Server { status: 500 }));
         }
         for ticket in rest {
-            breaker.record(*ticket, CONTACTS, Ok(()));
+            breaker.record(*ticket, Ok(()));
         }
-        assert!(breaker.admit(1).is_err(), "late outcomes left it open");
+        assert!(breaker.admit().is_err(), "late outcomes left it open");
         tokio::time::advance(UNAVAILABLE_COOL_DOWN).await;
-        let trial = breaker.admit(1).expect("a trial");
-        breaker.record(trial, CONTACTS, Err(&AmoError::Connect));
-        assert!(breaker.admit(1).is_err(), "the failed trial reopened it");
+        let trial = breaker.admit().expect("a trial");
+        breaker.record(trial, Err(&AmoError::Connect));
+        assert!(breaker.admit().is_err(), "the failed trial reopened it");
+    }
+
+    /// Two tokens whose users lacked contact rights once opened the circuit as "blocked" for
+    /// every token. A rights 403 is about its caller, however many callers get one.
+    #[tokio::test(start_paused = true)]
+    async fn rights_403s_from_many_callers_never_open_it() {
+        let breaker = Breaker::default();
+        for _ in 0..50 {
+            let ticket = breaker.admit().expect("closed");
+            breaker.record(ticket, Err(&rights()));
+        }
+        assert!(breaker.check().is_ok() && breaker.admit().is_ok());
     }
 
     #[tokio::test(start_paused = true)]
-    async fn one_forwarded_token_without_rights_does_not_shut_everyone_out() {
-        let forwarding = Breaker::new(false);
-        for _ in 0..10 {
-            let ticket = forwarding.admit(7).expect("closed");
-            forwarding.record(ticket, CONTACTS, Err(&rights()));
+    async fn failures_of_our_own_request_never_open_it() {
+        let breaker = Breaker::default();
+        for _ in 0..(FAILURES_TO_OPEN * 3) {
+            for error in [
+                AmoError::BadRequest { detail: None },
+                AmoError::RequestTooLarge { status: 414 },
+                AmoError::RequestTooLong { bytes: 1 << 20 },
+            ] {
+                let ticket = breaker.admit().expect("closed");
+                breaker.record(ticket, Err(&error));
+            }
         }
-        assert!(forwarding.admit(8).is_ok());
-        // Three in a row, from more than one caller.
-        let ticket = forwarding.admit(8).expect("closed");
-        forwarding.record(ticket, CONTACTS, Err(&rights()));
-        assert!(
-            forwarding.admit(1).is_err(),
-            "several callers refused: the account is blocked"
-        );
+        assert!(breaker.admit().is_ok());
     }
 }

@@ -49,6 +49,15 @@ pub enum AmoError {
     #[error("amoCRM rejected the request as invalid (400){}", detail_suffix(.detail))]
     BadRequest { detail: Option<String> },
 
+    /// amoCRM (or its front proxy) refused the request as too large: 413, 414 or 431. About
+    /// our request's shape, never about the upstream's health.
+    #[error("amoCRM refused the request as too large (HTTP {status})")]
+    RequestTooLarge { status: u16 },
+
+    /// The gateway's own bound on the URL it sends (`MAX_URL_BYTES`): refused before any call.
+    #[error("the upstream request would be {bytes} bytes long, more than amoCRM accepts")]
+    RequestTooLong { bytes: usize },
+
     #[error("amoCRM does not know the endpoint {endpoint} (404)")]
     UnknownEndpoint { endpoint: &'static str },
 

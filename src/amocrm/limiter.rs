@@ -4,7 +4,8 @@
 //! amoCRM counts requests per second and blocks integrations that exceed about 7, so this is a
 //! sliding log, not a token bucket: no window of `WINDOW` (a second plus a safety margin for
 //! clock and network jitter) ever sees more than `rate` calls start, bursts included. Callers
-//! queue per caller (token), and slots go round-robin over callers, so one client crawling
+//! queue per caller (a verified token, a client key, or all unverified tokens together: see
+//! `client::trust`), and slots go round-robin over callers, so one client crawling
 //! cannot starve the others; background refreshes get a slot only when no one waits in front.
 //! A caller that would wait longer than the queue timeout is refused instead.
 //!

@@ -22,5 +22,6 @@ pub use limiter::{Priority, WINDOW};
 pub use model::{Contact, ContactId, ContactsPage};
 pub use query::{
     ContactFilter, ContactList, ContactsQuery, CustomFieldCondition, Direction, MAX_FILTER_IDS,
-    Order, OrderField, PageSize, Relation, Relations, TimeRange, params_digest,
+    MAX_LIST_PARAM_BYTES, MAX_URL_BYTES, Order, OrderField, PageSize, Relation, Relations,
+    TimeRange, params_digest,
 };

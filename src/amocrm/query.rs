@@ -9,6 +9,14 @@ use super::model::ContactId;
 pub const MAX_PAGE_SIZE: u16 = 250;
 /// No maximum is documented for id filters; one full page is the most one request can return.
 pub const MAX_FILTER_IDS: usize = MAX_PAGE_SIZE as usize;
+/// The longest URL the gateway sends. Front proxies refuse longer request lines (414, or a
+/// reset while the line is still being sent), which says nothing about amoCRM: such a request
+/// is refused before it goes out. Room for the longest honest call, a batch of 250 catalog
+/// element ids sent twice (`id[]` and `filter[id][]`), with a margin.
+pub const MAX_URL_BYTES: usize = 32 * 1024;
+/// What one list's search, filter and order may take of a URL, encoded: 250 ids of the
+/// largest size, with room to spare. Paging, `with` and the account's address come on top.
+pub const MAX_LIST_PARAM_BYTES: usize = 12 * 1024;
 
 /// An upstream page size, 1..=250.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -191,6 +199,11 @@ impl ContactList {
         }
     }
 
+    /// How many bytes the list's parameters take in a URL query, percent-encoded.
+    pub fn encoded_len(&self) -> usize {
+        encoded_len(&self.to_params())
+    }
+
     /// The parameters that select and order the list, in a canonical order.
     pub fn to_params(&self) -> Vec<(String, String)> {
         let mut params = Vec::new();
@@ -235,6 +248,14 @@ impl ContactList {
         }
         params
     }
+}
+
+/// The length of `params` as a URL query (`k=v&k=v`), encoded as the client encodes them.
+pub fn encoded_len(params: &[(String, String)]) -> usize {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish()
+        .len()
 }
 
 fn push_set<T: ToString>(
@@ -327,6 +348,17 @@ mod tests {
                 ("filter[id][]".to_owned(), "3".to_owned())
             ]
         );
+    }
+
+    #[test]
+    fn the_longest_honest_calls_fit_the_url_bounds() {
+        let ids = (0..MAX_FILTER_IDS as u64).map(|i| ContactId::new(u64::MAX - i));
+        assert!(ContactList::by_ids(ids).encoded_len() <= MAX_LIST_PARAM_BYTES);
+        let catalog = super::super::EntityKind::CatalogElement {
+            catalog_id: u64::MAX,
+        };
+        let ids: Vec<u64> = (0..MAX_FILTER_IDS as u64).map(|i| u64::MAX - i).collect();
+        assert!(encoded_len(&catalog.id_params(&ids)) + 1024 <= MAX_URL_BYTES);
     }
 
     #[test]

@@ -97,6 +97,8 @@ fn upstream_code(error: &AmoError) -> &'static str {
         | AmoError::Connect
         | AmoError::Transport => "UPSTREAM_UNAVAILABLE",
         AmoError::BadRequest { .. }
+        | AmoError::RequestTooLarge { .. }
+        | AmoError::RequestTooLong { .. }
         | AmoError::UnknownEndpoint { .. }
         | AmoError::UnexpectedStatus { .. }
         | AmoError::Decode(_) => "UPSTREAM_ERROR",

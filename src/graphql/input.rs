@@ -8,12 +8,16 @@ use async_graphql::{Enum, ID, InputObject};
 use super::error::ApiError;
 use super::scalars::DateTime;
 use crate::amocrm::{
-    ContactFilter, ContactId, ContactList, CustomFieldCondition, Direction, MAX_FILTER_IDS, Order,
-    OrderField, TimeRange,
+    ContactFilter, ContactId, ContactList, CustomFieldCondition, Direction, MAX_FILTER_IDS,
+    MAX_LIST_PARAM_BYTES, Order, OrderField, TimeRange,
 };
 
 /// The longest search text passed on; longer input is a mistake, not a search.
 const MAX_SEARCH_CHARS: usize = 1000;
+/// The longest name or custom-field value in a filter: longer than any field amoCRM shows,
+/// and short enough that a full list of them cannot make the URL fail (`MAX_LIST_PARAM_BYTES`
+/// still bounds the whole).
+const MAX_FILTER_STRING_CHARS: usize = 256;
 
 /// Which contacts to list. All conditions must hold; a list condition matches any of its values.
 #[derive(Debug, Default, InputObject)]
@@ -86,18 +90,12 @@ pub fn contact_list(
     let filter = filter.unwrap_or_default();
     let search = match filter.query.as_deref().map(str::trim) {
         None | Some("") => None,
-        Some(text) if text.chars().count() > MAX_SEARCH_CHARS => {
-            return Err(ApiError::bad_input(
-                "filter.query",
-                format!("must be at most {MAX_SEARCH_CHARS} characters"),
-            ));
-        }
-        Some(text) => Some(text.to_owned()),
+        Some(text) => Some(filter_string("filter.query", text, MAX_SEARCH_CHARS)?.to_owned()),
     };
     let ids = id_set("filter.ids", filter.ids)?;
     let contact_filter = ContactFilter {
         ids: ids.into_iter().map(ContactId::new).collect(),
-        names: bounded("filter.names", filter.names)?.into_iter().collect(),
+        names: filter_strings("filter.names", filter.names)?,
         responsible_user_ids: id_set("filter.responsibleUserIds", filter.responsible_user_ids)?,
         created_by: id_set("filter.createdBy", filter.created_by)?,
         updated_by: id_set("filter.updatedBy", filter.updated_by)?,
@@ -106,7 +104,7 @@ pub fn contact_list(
         closest_task_at: time_range("filter.closestTaskAt", filter.closest_task_at)?,
         custom_fields: custom_fields(filter.custom_fields)?,
     };
-    Ok(ContactList {
+    let list = ContactList {
         search,
         filter: contact_filter,
         order: order.map(|o| Order {
@@ -119,7 +117,49 @@ pub fn contact_list(
                 OrderDirection::Desc => Direction::Desc,
             },
         }),
-    })
+    };
+    // Each string is bounded, but enough of them still make a URL no front proxy takes.
+    let bytes = list.encoded_len();
+    if bytes > MAX_LIST_PARAM_BYTES {
+        return Err(ApiError::bad_input(
+            "filter",
+            format!(
+                "the conditions take {bytes} bytes as upstream parameters, at most \
+                 {MAX_LIST_PARAM_BYTES} fit: ask for fewer or shorter values"
+            ),
+        ));
+    }
+    Ok(list)
+}
+
+/// A string passed on to amoCRM: bounded, and free of control characters, which no name or
+/// field holds and which some layers treat as separators.
+fn filter_string<'a>(argument: &str, text: &'a str, max_chars: usize) -> Result<&'a str, ApiError> {
+    if text.chars().any(char::is_control) {
+        return Err(ApiError::bad_input(
+            argument,
+            "must not contain control characters (U+0000 to U+001F, U+007F to U+009F)",
+        ));
+    }
+    if text.chars().count() > max_chars {
+        return Err(ApiError::bad_input(
+            argument,
+            format!("must be at most {max_chars} characters"),
+        ));
+    }
+    Ok(text)
+}
+
+/// A bounded list of filter strings, each checked by [`filter_string`] under its index.
+fn filter_strings(
+    argument: &str,
+    values: Option<Vec<String>>,
+) -> Result<BTreeSet<String>, ApiError> {
+    let values = bounded(argument, values)?;
+    for (i, value) in values.iter().enumerate() {
+        filter_string(&format!("{argument}[{i}]"), value, MAX_FILTER_STRING_CHARS)?;
+    }
+    Ok(values.into_iter().collect())
 }
 
 /// Parses an amoCRM id given as a GraphQL `ID`.
@@ -195,12 +235,17 @@ fn custom_fields(
         let argument = format!("filter.customFields[{i}]");
         let field_id = parse_id(&format!("{argument}.fieldId"), &filter.field_id)?;
         let condition = match (filter.values, filter.from, filter.to) {
-            (Some(values), None, None) => CustomFieldCondition::AnyOf(
-                bounded(&format!("{argument}.values"), Some(values))?
-                    .into_iter()
-                    .collect(),
-            ),
+            (Some(values), None, None) => CustomFieldCondition::AnyOf(filter_strings(
+                &format!("{argument}.values"),
+                Some(values),
+            )?),
             (None, from, to) if from.is_some() || to.is_some() => {
+                for (end, value) in [("from", &from), ("to", &to)] {
+                    if let Some(value) = value {
+                        let end = format!("{argument}.{end}");
+                        filter_string(&end, value, MAX_FILTER_STRING_CHARS)?;
+                    }
+                }
                 CustomFieldCondition::Range { from, to }
             }
             _ => {
@@ -328,6 +373,51 @@ mod tests {
             argument_of(contact_list(Some(both), None)),
             "filter.customFields[0]"
         );
+    }
+
+    #[test]
+    fn filter_strings_are_bounded_free_of_control_characters_and_fit_a_url() {
+        let names = |names: Vec<String>| ContactFilterInput {
+            names: Some(names),
+            ..Default::default()
+        };
+        assert_eq!(
+            argument_of(contact_list(
+                Some(names(vec!["a".into(), "x".repeat(3500)])),
+                None
+            )),
+            "filter.names[1]"
+        );
+        assert_eq!(
+            argument_of(contact_list(Some(names(vec!["a\0b".into()])), None)),
+            "filter.names[0]"
+        );
+        let search = ContactFilterInput {
+            query: Some("ab\u{1b}c".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            argument_of(contact_list(Some(search), None)),
+            "filter.query"
+        );
+        let range = ContactFilterInput {
+            custom_fields: Some(vec![CustomFieldFilter {
+                field_id: ID::from("5"),
+                values: None,
+                from: Some("1\n".into()),
+                to: None,
+            }]),
+            ..Default::default()
+        };
+        assert_eq!(
+            argument_of(contact_list(Some(range), None)),
+            "filter.customFields[0].from"
+        );
+        // Each value within its bound, the whole too long for a URL.
+        let wide: Vec<String> = (0..250)
+            .map(|i| format!("{i}{}", "я".repeat(200)))
+            .collect();
+        assert_eq!(argument_of(contact_list(Some(names(wide)), None)), "filter");
     }
 
     #[test]

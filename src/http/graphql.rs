@@ -20,7 +20,7 @@ use super::encoding;
 use super::negotiation::{self, MediaType};
 use super::request::{self, Rejection};
 use super::{AppState, X_CACHE};
-use crate::auth::{AuthError, Credentials};
+use crate::auth::{AuthError, AuthMode, Credentials};
 use crate::cache::{CacheReport, CacheStatus, ResponseKey};
 use crate::graphql::{self, RequestContext};
 
@@ -235,15 +235,10 @@ async fn answer(
 ) -> Response {
     let components = &state.components;
     let media = arrival.media;
-    // Only callers who may use the gateway store documents in it.
-    let may_register = arrival.credentials.is_ok();
-    if let Err(error) = components
-        .persisted
-        .resolve(&mut request, may_register)
-        .await
-    {
-        return refused(state, error, media);
-    }
+    let registration = match components.persisted.resolve(&mut request).await {
+        Ok(registration) => registration,
+        Err(error) => return refused(state, error, media),
+    };
     // GET must be safe: a link or a prefetch must never change anything.
     if method == Method::GET && graphql::is_mutation(&mut request) {
         return rejected(state, Rejection::MutationOverGet, media);
@@ -253,6 +248,11 @@ async fn answer(
     {
         return hit;
     }
+    // Kept for after the run: a forwarded token may be verified by this very request.
+    let registrant = registration
+        .is_some()
+        .then(|| arrival.credentials.as_ref().ok().cloned())
+        .flatten();
     let context = RequestContext::new(
         arrival.credentials,
         components.caches.pages.clone(),
@@ -261,6 +261,14 @@ async fn answer(
     );
     let report: Arc<CacheReport> = context.report_handle();
     let executed = components.schema.execute(request.data(context)).await;
+    if let (Some(registration), Some(credentials)) = (registration, registrant)
+        && may_register(state, &credentials)
+    {
+        components
+            .persisted
+            .register(registration, &credentials.scope, credentials.token.lane())
+            .await;
+    }
     let ok = executed.is_ok();
     components
         .metrics
@@ -299,6 +307,16 @@ async fn answer(
         report.fresh_for(),
     );
     response
+}
+
+/// Whether a caller may store documents: one with a client key (or any caller, where the
+/// operator allowed anonymous ones), or a forwarded token amoCRM has accepted. A random
+/// bearer string is neither.
+fn may_register(state: &AppState, credentials: &Credentials) -> bool {
+    match &*state.components.auth {
+        AuthMode::ServerToken(..) => true,
+        AuthMode::Forward(_) => state.components.upstream.has_accepted(&credentials.token),
+    }
 }
 
 fn set_headers(

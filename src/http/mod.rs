@@ -35,7 +35,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::amocrm::PageSize;
+use crate::amocrm::{AmoClient, PageSize};
 use crate::auth::{AuthMode, ClientKeys, Secret};
 use crate::cache::Caches;
 use crate::config::{CorsOrigins, Settings};
@@ -52,6 +52,8 @@ pub struct Components {
     pub schema: GatewaySchema,
     pub persisted: PersistedQueries,
     pub auth: Arc<AuthMode>,
+    /// The amoCRM client, for what it knows of forwarded tokens (which it has accepted).
+    pub upstream: AmoClient,
     pub caches: Caches,
     pub page_size: PageSize,
     pub metrics: Metrics,

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::support::{ADMIN_TOKEN, Reply, TestApp};
+use crate::support::{ADMIN_TOKEN, RedisServer, Reply, TestApp};
 
 const QUERY: &str = "query Page($first: Int!) { contacts(first: $first) { nodes { id name } } }";
 
@@ -17,10 +17,14 @@ fn persisted(document: &str) -> Value {
 }
 
 async fn post(app: &TestApp, body: Value) -> Reply {
+    post_as(app, ADMIN_TOKEN, body).await
+}
+
+async fn post_as(app: &TestApp, token: &str, body: Value) -> Reply {
     let request = app
         .http()
         .post(app.url("/graphql"))
-        .bearer_auth(ADMIN_TOKEN)
+        .bearer_auth(token)
         .json(&body);
     TestApp::reply(request.send().await.expect("the gateway answers")).await
 }
@@ -187,4 +191,104 @@ async fn persisted_only_runs_the_manifest_and_refuses_new_documents() {
     }
     assert_eq!(app.upstream_calls(), 1);
     let _ = std::fs::remove_file(manifest);
+}
+
+/// Sends hash and document with a bearer string amoCRM refuses; returns the document.
+async fn register_as_a_stranger(app: &TestApp) -> &'static str {
+    let document = "query Junk { contacts(first: 1) { nodes { id } } }";
+    let refused = post_as(
+        app,
+        "junk-bearer-string",
+        json!({ "query": document, "extensions": persisted(document) }),
+    )
+    .await;
+    assert_eq!(refused.codes(), vec!["UNAUTHENTICATED"]);
+    document
+}
+
+/// Any bearer string once registered documents, each kept for days, without a bound: about
+/// 10 MiB a second from one client. Now only a token amoCRM has accepted registers, and each
+/// registrant only so many documents.
+#[tokio::test]
+async fn only_verified_callers_register_and_each_only_so_many() {
+    let app = TestApp::spawn().await;
+    let junk_document = register_as_a_stranger(&app).await;
+    let by_hash = post(&app, json!({ "extensions": persisted(junk_document) })).await;
+    assert_eq!(
+        by_hash.codes(),
+        vec!["PERSISTED_QUERY_NOT_FOUND"],
+        "a junk token stored nothing"
+    );
+
+    // amoCRM accepts the admin's token, which may then register: up to its quota.
+    app.query(Some(ADMIN_TOKEN), "{ contacts(first: 1) { nodes { id } } }")
+        .await
+        .data();
+    let documents: Vec<String> = (0..260)
+        .map(|i| format!("query Q{i} {{ __typename }}"))
+        .collect();
+    for document in &documents {
+        let reply = post(
+            &app,
+            json!({ "query": document, "extensions": persisted(document) }),
+        )
+        .await;
+        reply.data();
+    }
+    let first = post(&app, json!({ "extensions": persisted(&documents[0]) })).await;
+    assert_eq!(first.data()["__typename"], "Query");
+    let last = post(&app, json!({ "extensions": persisted(&documents[259]) })).await;
+    assert_eq!(
+        last.codes(),
+        vec!["PERSISTED_QUERY_NOT_FOUND"],
+        "past the quota nothing is stored, though the query ran"
+    );
+}
+
+/// With Redis, any bearer string's documents were shared with every replica for 7 days. Now
+/// only a verified caller's document reaches Redis, kept a day from its last use.
+#[tokio::test]
+async fn with_redis_only_verified_documents_are_shared_and_for_a_day() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let flags = [
+        "--redis-url",
+        url.as_str(),
+        "--scope-secret",
+        "shared-scope-secret",
+        "--redis-timeout",
+        "2s",
+    ];
+    let app = TestApp::spawn_with(&flags, Default::default()).await;
+    register_as_a_stranger(&app).await;
+    let mine = "query Mine { contacts(first: 2) { nodes { id } } }";
+    post(
+        &app,
+        json!({ "query": mine, "extensions": persisted(mine) }),
+    )
+    .await
+    .data();
+
+    let mut conn = redis::Client::open(url)
+        .expect("a URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis answers");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*apq:*")
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    assert_eq!(
+        keys.len(),
+        1,
+        "only the verified caller's document: {keys:?}"
+    );
+    assert!(keys[0].ends_with(&hash(mine)), "{keys:?}");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .expect("TTL");
+    assert!(ttl > 0 && ttl <= 24 * 3600, "kept for {ttl} s");
 }

@@ -157,6 +157,10 @@ fn classify_error(
             detail,
         },
         404 => AmoError::UnknownEndpoint { endpoint },
+        // The request line or headers were too long for the front proxy: our request's shape.
+        413 | 414 | 431 => AmoError::RequestTooLarge {
+            status: status.as_u16(),
+        },
         429 => AmoError::RateLimited { retry_after },
         500..=599 => AmoError::Server {
             status: status.as_u16(),

@@ -6,9 +6,9 @@ use std::time::Duration;
 use reqwest::header;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{AccessToken, AmoClient, TokenKind, classify};
-use crate::amocrm::AmoError;
+use super::{AccessToken, AmoClient, TokenKind, classify, trust};
 use crate::amocrm::limiter::{Permit, Priority};
+use crate::amocrm::{AmoError, MAX_URL_BYTES};
 use crate::shared::limiter::{Grant, SharedSlot, WouldWaitTooLong};
 
 /// Attempts of one call, the first included, for failures a retry can cure.
@@ -48,8 +48,19 @@ impl AmoClient {
         params: &[(String, String)],
     ) -> Result<Answer, AmoError> {
         let deadline = tokio::time::Instant::now() + RETRY_DEADLINE;
+        let url = self.url(path, params)?;
         let mut attempt = 1;
-        let caller = token.caller(&self.callers);
+        let caller = token.caller(&self.token_key);
+        // What amoCRM said of this token before, for forwarded tokens.
+        let trust = self
+            .trust
+            .as_deref()
+            .zip(token.fingerprint(&self.token_key));
+        if let Some((trust, fingerprint)) = trust
+            && trust.was_rejected(fingerprint)
+        {
+            return Err(trust::rejected_again());
+        }
         // Under OAuth a 401 is answered by one refresh and one more try of the same call.
         let mut refreshed_after_401 = false;
         loop {
@@ -57,24 +68,70 @@ impl AmoClient {
             // Fail fast while the circuit is open, without queueing for the limiter.
             self.breaker.check()?;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let mut unverified =
+                trust.filter(|(trust, fingerprint)| !trust.is_accepted(*fingerprint));
+            // One call of an unverified token at a time asks amoCRM; the token's other calls
+            // wait for its answer instead of queueing with strangers, so a new client's first
+            // burst costs one probation slot, not one each.
+            let mut verifying = None;
+            if let Some((trust, fingerprint)) = unverified {
+                let gate = trust.gate(fingerprint).await;
+                let turn = tokio::time::timeout(left, gate.lock_owned())
+                    .await
+                    .map_err(|_| AmoError::QueueTimeout {
+                        rate: self.rate_limit,
+                    })?;
+                if trust.was_rejected(fingerprint) {
+                    return Err(trust::rejected_again());
+                }
+                if trust.is_accepted(fingerprint) {
+                    unverified = None;
+                } else {
+                    verifying = Some(turn);
+                }
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // Unverified tokens first pass their shared lane, then count as one caller.
+            let probation = match unverified.and_then(|(trust, _)| trust.probation()) {
+                Some(limiter) => {
+                    Some(limiter.acquire(caller, priority, left).await.map_err(|_| {
+                        AmoError::QueueTimeout {
+                            rate: self.rate_limit,
+                        }
+                    })?)
+                }
+                None => None,
+            };
+            let lane = match unverified {
+                Some(_) => trust::PROBATION_LANE,
+                None => caller,
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             // Held until the call completes: the limiter counts the slot from then on.
-            let permit = self.admit(caller, priority, left).await?;
+            let permit = self.admit(lane, priority, left).await?;
             // Admitted again now that the call really goes out: the circuit may have opened
             // while this call waited in the queue.
-            let ticket = self.breaker.admit(caller)?;
+            let ticket = self.breaker.admit()?;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let outcome =
-                match tokio::time::timeout(left, self.get_once(&bearer, endpoint, path, params))
-                    .await
-                {
+                match tokio::time::timeout(left, self.get_once(&bearer, endpoint, &url)).await {
                     Ok(outcome) => outcome,
                     Err(_) => Err(AmoError::Timeout(RETRY_DEADLINE)),
                 };
             drop(permit);
-            self.breaker
-                .record(ticket, endpoint, outcome.as_ref().map(|_| ()));
+            drop(probation);
+            self.breaker.record(ticket, outcome.as_ref().map(|_| ()));
+            if let Some((trust, fingerprint)) = trust {
+                let accepted = match &outcome {
+                    Ok(_) => Some(true),
+                    Err(AmoError::Unauthorized { .. }) => Some(false),
+                    Err(_) => None,
+                };
+                trust.learn(fingerprint, accepted).await;
+            }
+            drop(verifying);
             if let (Err(AmoError::Unauthorized { .. }), Some(generation), TokenKind::OAuth(source)) =
-                (&outcome, generation, &token.0)
+                (&outcome, generation, &token.kind)
                 && !refreshed_after_401
             {
                 tracing::info!(endpoint, "amoCRM answered 401: refreshing the access token");
@@ -158,21 +215,32 @@ impl AmoClient {
         }
     }
 
-    /// `endpoint` is the route template that logs and metrics name; `path` the concrete path.
+    /// The URL of a call, refused before anything goes out when it is longer than any front
+    /// proxy takes: the failure would be our request's, and its resets look like the upstream's.
+    fn url(&self, path: &str, params: &[(String, String)]) -> Result<url::Url, AmoError> {
+        let mut url = self.base_url.clone();
+        url.set_path(path);
+        if !params.is_empty() {
+            url.query_pairs_mut().extend_pairs(params);
+        }
+        let bytes = url.as_str().len();
+        if bytes > MAX_URL_BYTES {
+            return Err(AmoError::RequestTooLong { bytes });
+        }
+        Ok(url)
+    }
+
+    /// `endpoint` is the route template that logs and metrics name.
     async fn get_once(
         &self,
         token: &SecretString,
         endpoint: &'static str,
-        path: &str,
-        params: &[(String, String)],
+        url: &url::Url,
     ) -> Result<Answer, AmoError> {
-        let mut url = self.base_url.clone();
-        url.set_path(path);
         let started = std::time::Instant::now();
         let response = self
             .http
-            .get(url)
-            .query(params)
+            .get(url.clone())
             .bearer_auth(token.expose_secret())
             .header(header::ACCEPT, "application/hal+json, application/json")
             .send()

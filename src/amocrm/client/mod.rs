@@ -6,6 +6,7 @@
 
 mod classify;
 mod execute;
+mod trust;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -33,7 +34,12 @@ const MAX_USER_PAGES: u32 = 100;
 /// An amoCRM access token: a fixed one, or the gateway's own under OAuth, which is fetched
 /// (and refreshed) when a call goes out. It never prints: `Debug` shows a placeholder.
 #[derive(Clone)]
-pub struct AccessToken(TokenKind);
+pub struct AccessToken {
+    kind: TokenKind,
+    /// The limiter lane of a caller that is not the token itself: each client key of a gateway
+    /// that holds its own token (whose callers all share the token) gets its own.
+    lane: Option<u64>,
+}
 
 #[derive(Clone)]
 enum TokenKind {
@@ -43,27 +49,56 @@ enum TokenKind {
 
 impl AccessToken {
     pub fn new(token: impl Into<String>) -> Self {
-        AccessToken(TokenKind::Fixed(SecretString::from(token.into())))
+        AccessToken {
+            kind: TokenKind::Fixed(SecretString::from(token.into())),
+            lane: None,
+        }
     }
 
     pub fn oauth(source: Arc<TokenSource>) -> Self {
-        AccessToken(TokenKind::OAuth(source))
+        AccessToken {
+            kind: TokenKind::OAuth(source),
+            lane: None,
+        }
+    }
+
+    /// The same token, its calls queued in `lane` of the rate limiter rather than the token's
+    /// own: for callers that share one token but deserve a fair share each.
+    pub fn in_lane(mut self, lane: u64) -> Self {
+        self.lane = Some(lane);
+        self
+    }
+
+    /// The limiter lane given with [`AccessToken::in_lane`]: which client key a caller of a
+    /// shared token holds.
+    pub fn lane(&self) -> Option<u64> {
+        self.lane
+    }
+
+    /// The token's keyed hash (`None` under OAuth, whose token is the gateway's own): what
+    /// the client knows a forwarded token by, without keeping it.
+    fn fingerprint(&self, key: &TokenKey) -> Option<trust::Fingerprint> {
+        match &self.kind {
+            TokenKind::Fixed(token) => Some(key.fingerprint(token.expose_secret())),
+            TokenKind::OAuth(_) => None,
+        }
     }
 
     /// Keys the limiter's per-caller lanes without keeping the token.
-    fn caller(&self, hasher: &std::hash::RandomState) -> u64 {
-        match &self.0 {
-            TokenKind::Fixed(token) => {
-                std::hash::BuildHasher::hash_one(hasher, token.expose_secret())
-            }
-            TokenKind::OAuth(_) => 0,
+    fn caller(&self, key: &TokenKey) -> u64 {
+        match (self.lane, self.fingerprint(key)) {
+            (Some(lane), _) => lane,
+            // Any 64 bits of the keyed hash keep lanes apart well enough: a collision only
+            // merges two callers' turns.
+            (None, Some(fingerprint)) => fingerprint as u64,
+            (None, None) => 0,
         }
     }
 
     /// The bearer for one attempt, and (under OAuth) the generation to refresh from after a
     /// 401.
     async fn bearer(&self) -> Result<(SecretString, Option<u64>), AmoError> {
-        match &self.0 {
+        match &self.kind {
             TokenKind::Fixed(token) => Ok((token.clone(), None)),
             TokenKind::OAuth(source) => {
                 let (token, generation) = source.access().await?;
@@ -114,8 +149,33 @@ pub struct AmoClient {
     shared: Option<(Arc<SharedLimiter>, Arc<Limiter>)>,
     rate_limit: u32,
     breaker: Arc<Breaker>,
-    /// Keys callers for the limiter's fairness without keeping their tokens.
-    callers: std::hash::RandomState,
+    /// Keys callers for the limiter's fairness and for `trust` without keeping their tokens.
+    token_key: Arc<TokenKey>,
+    /// What amoCRM said of forwarded tokens; `None` when every call uses the gateway's own.
+    trust: Option<Arc<trust::TokenTrust>>,
+}
+
+/// The key of tokens' keyed hashes: random per process, since nothing outside it compares
+/// them. Never printed.
+struct TokenKey([u8; 32]);
+
+impl TokenKey {
+    fn fingerprint(&self, token: &str) -> trust::Fingerprint {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.0)
+            .expect("HMAC accepts keys of any length");
+        mac.update(token.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest[..16]);
+        u128::from_le_bytes(first)
+    }
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(<redacted>)")
+    }
 }
 
 /// A replica's share of a rate limit shared by `replicas` (at least one call a second).
@@ -153,9 +213,25 @@ impl AmoClient {
                 config.queue_timeout,
             )),
             rate_limit: config.rate_limit.unwrap_or(0),
-            breaker: Arc::new(Breaker::new(config.shared_token)),
-            callers: std::hash::RandomState::new(),
+            breaker: Arc::new(Breaker::default()),
+            token_key: Arc::new(TokenKey(rand::random())),
+            trust: (!config.shared_token).then(|| {
+                Arc::new(trust::TokenTrust::new(
+                    config.rate_limit,
+                    config.queue_timeout,
+                ))
+            }),
         })
+    }
+
+    /// Whether amoCRM has accepted this forwarded token (answered one of its calls with
+    /// success) lately. Always false for the gateway's own token, which is never forwarded.
+    pub fn has_accepted(&self, token: &AccessToken) -> bool {
+        let fingerprint = token.fingerprint(&self.token_key);
+        self.trust
+            .as_deref()
+            .zip(fingerprint)
+            .is_some_and(|(trust, fingerprint)| trust.is_accepted(fingerprint))
     }
 
     /// `GET /api/v4/contacts`. amoCRM's "nothing found" (204, also past the last page) is an
