@@ -7,6 +7,7 @@ mod auth;
 mod browser;
 mod caching;
 mod cli;
+mod connections;
 mod contacts;
 mod errors;
 mod examples;
