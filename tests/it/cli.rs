@@ -63,7 +63,7 @@ async fn demo_mode_serves_the_fake_without_a_token() {
 }
 
 /// Starts the binary and returns it with the URL it printed after `prefix` once listening.
-async fn spawn_printing(args: &[&str], prefix: &str) -> (tokio::process::Child, String) {
+pub(crate) async fn spawn_printing(args: &[&str], prefix: &str) -> (tokio::process::Child, String) {
     let mut child = Command::new(BIN)
         .args(args)
         .stdout(Stdio::piped())

@@ -15,6 +15,7 @@ mod freshness;
 mod http;
 mod invalidation;
 mod layers;
+mod memory;
 mod metrics;
 mod oauth;
 mod over_http;

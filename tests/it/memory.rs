@@ -1,0 +1,79 @@
+//! A hostile or broken upstream must not blow up the gateway's memory. The gateway runs as a
+//! process of its own here, so that its peak RSS is its own and not the test binary's.
+
+use amocrm_gateway::fake_amocrm::{ADMIN_TOKEN, Failure, FakeAmoCrm, FakeOptions};
+
+use crate::cli::spawn_printing;
+use crate::support::TestApp;
+
+/// The most the gateway process may have held at any time: an idle debug build holds about
+/// 20 MiB, and decoding a page at the body cap must not take more than its share.
+const PEAK_RSS_BOUND: u64 = 128 << 20;
+
+/// The process's peak resident set (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib << 10)
+        .expect("VmHWM")
+}
+
+/// A HAL page of about `bytes` bytes of small contacts: the shape that costs the most memory
+/// per byte once decoded as a tree.
+fn hostile_page(bytes: usize) -> String {
+    let item =
+        r#"{"id":1,"name":"x","custom_fields_values":[{"field_id":1,"values":[{"value":"v"}]}]},"#;
+    let mut body = String::with_capacity(bytes + 64);
+    body.push_str(r#"{"_page":1,"_links":{},"_embedded":{"contacts":["#);
+    while body.len() < bytes {
+        body.push_str(item);
+    }
+    body.push_str(r#"{"id":2}]}}"#);
+    body
+}
+
+#[tokio::test]
+async fn a_huge_upstream_page_is_refused_and_memory_stays_bounded() {
+    let fake = FakeAmoCrm::start(([127, 0, 0, 1], 0).into(), FakeOptions::default())
+        .await
+        .expect("the fake starts");
+    // Under the former 32 MiB body cap: a page like this took the gateway to 3.5 GB.
+    fake.fail_next([Failure::body(
+        "application/hal+json",
+        hostile_page(31 << 20),
+    )]);
+    let upstream = fake.base_url();
+    let (child, url) = spawn_printing(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream-url",
+            &upstream,
+            "--access-token",
+            ADMIN_TOKEN,
+            "--allow-anonymous",
+        ],
+        "GraphiQL: ",
+    )
+    .await;
+    let pid = child.id().expect("running");
+    let graphql = url.replace("/graphiql", "/graphql");
+    let query = || async {
+        let response = reqwest::Client::new()
+            .post(&graphql)
+            .json(&serde_json::json!({ "query": "{ contacts(first: 5) { nodes { id } } }" }))
+            .send()
+            .await
+            .expect("the gateway answers");
+        TestApp::reply(response).await
+    };
+    let reply = query().await;
+    assert_eq!(reply.codes(), vec!["UPSTREAM_ERROR"], "{}", reply.body);
+    let message = reply.first_error()["message"].as_str().expect("message");
+    assert!(message.contains("larger than"), "{message}");
+    let peak = peak_rss(pid);
+    assert!(peak < PEAK_RSS_BOUND, "peak RSS {} MiB", peak >> 20);
+}
