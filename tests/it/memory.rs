@@ -1,9 +1,9 @@
 //! A hostile or broken upstream must not blow up the gateway's memory. The gateway runs as a
 //! process of its own here, so that its peak RSS is its own and not the test binary's.
 
-use amocrm_gateway::fake_amocrm::{ADMIN_TOKEN, Failure, FakeAmoCrm, FakeOptions};
+use amocrm_gateway::fake_amocrm::{Failure, FakeAmoCrm, FakeOptions};
 
-use crate::cli::spawn_printing;
+use crate::cli::spawn_in_front_of;
 use crate::support::TestApp;
 
 /// The most the gateway process may have held at any time: an idle debug build holds about
@@ -46,19 +46,7 @@ async fn a_huge_upstream_page_is_refused_and_memory_stays_bounded() {
         hostile_page(31 << 20),
     )]);
     let upstream = fake.base_url();
-    let (child, url) = spawn_printing(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream-url",
-            &upstream,
-            "--access-token",
-            ADMIN_TOKEN,
-            "--allow-anonymous",
-        ],
-        "GraphiQL: ",
-    )
-    .await;
+    let (child, url) = spawn_in_front_of(&upstream, &[]).await;
     let pid = child.id().expect("running");
     let graphql = url.replace("/graphiql", "/graphql");
     let query = || async {
