@@ -19,7 +19,7 @@
 //! - [`persisted`]: automatic persisted queries (documents by their SHA-256).
 //! - [`cache`]: moka caches between the boundaries: upstream pages (stale-while-revalidate,
 //!   probes, stale-if-error, relation reuse) and whole responses; coalesces concurrent misses;
-//!   turns webhooks and purges into invalidations.
+//!   turns webhooks and purges into invalidations, coalesced into one batch per 100 ms.
 //! - [`shared`]: what replicas share through Redis (`--redis-url`): a second cache tier with
 //!   leases for single-flight across replicas, one upstream rate limit, invalidation broadcast.
 //!   Off without Redis, and never needed to answer.
