@@ -60,7 +60,9 @@ async fn strangers_documents_are_refused_before_they_are_parsed() {
             "a request error: {}",
             reply.first_error()
         );
-        assert!(took < std::time::Duration::from_millis(500), "{took:?}");
+        // Parsing it took seconds in a debug build; refusing it takes milliseconds (the margin
+        // is for a busy machine).
+        assert!(took < std::time::Duration::from_secs(1), "{took:?}");
         assert_eq!(app.upstream_calls(), 0);
     }
     // With a key, the same document reaches the next check: it has too many tokens.

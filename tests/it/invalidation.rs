@@ -239,6 +239,10 @@ async fn a_burst_of_webhooks_is_applied_in_few_batches() {
     // Each webhook was answered once applied: nothing cached survived.
     assert_eq!(cache_states(&app).await, vec!["MISS", "MISS"]);
     let batches = app.metric(BATCHES).await;
-    // The first applied at once, the rest together in the next window (or two).
-    assert!((1.0..=3.0).contains(&batches), "{batches} batches");
+    // The first applied at once, the rest together in the next window (or a few more, on a
+    // busy machine that spreads their arrival): at most one batch per 100 ms.
+    assert!(
+        (1.0..=10.0).contains(&batches),
+        "{batches} batches for 30 webhooks"
+    );
 }

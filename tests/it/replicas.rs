@@ -344,7 +344,8 @@ async fn a_webhook_of_thousands_of_events_is_one_redis_batch() {
     let started = std::time::Instant::now();
     webhook_heard(&a, &b, events.trim_end_matches('&')).await;
     let took = started.elapsed();
-    assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+    // About 1 s in a debug build; the margin is for a busy machine.
+    assert!(took < std::time::Duration::from_secs(4), "{took:?}");
     assert_eq!(
         b.metric(r#"gateway_broadcast_invalidations_total{kind="message"}"#)
             .await,
