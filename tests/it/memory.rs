@@ -35,34 +35,50 @@ fn hostile_page(bytes: usize) -> String {
     body
 }
 
-#[tokio::test]
-async fn a_huge_upstream_page_is_refused_and_memory_stays_bounded() {
-    let fake = FakeAmoCrm::start(([127, 0, 0, 1], 0).into(), FakeOptions::default())
-        .await
-        .expect("the fake starts");
-    // Under the former 32 MiB body cap: a page like this took the gateway to 3.5 GB.
-    fake.fail_next([Failure::body(
-        "application/hal+json",
-        hostile_page(31 << 20),
-    )]);
-    let upstream = fake.base_url();
-    let (child, url) = spawn_in_front_of(&upstream, &[]).await;
-    let pid = child.id().expect("running");
-    let graphql = url.replace("/graphiql", "/graphql");
-    let query = || async {
+/// A gateway process in front of a fake whose next contacts page is `page`; the fake must
+/// outlive the process's requests, so it is returned too.
+struct Served {
+    _fake: FakeAmoCrm,
+    _child: tokio::process::Child,
+    pid: u32,
+    graphql: String,
+}
+
+impl Served {
+    async fn page(page: String) -> Served {
+        let fake = FakeAmoCrm::start(([127, 0, 0, 1], 0).into(), FakeOptions::default())
+            .await
+            .expect("the fake starts");
+        fake.fail_next([Failure::body("application/hal+json", page)]);
+        let (child, url) = spawn_in_front_of(&fake.base_url(), &[]).await;
+        Served {
+            pid: child.id().expect("running"),
+            graphql: url.replace("/graphiql", "/graphql"),
+            _fake: fake,
+            _child: child,
+        }
+    }
+
+    async fn five_contacts(&self) -> crate::support::Reply {
         let response = reqwest::Client::new()
-            .post(&graphql)
+            .post(&self.graphql)
             .json(&serde_json::json!({ "query": "{ contacts(first: 5) { nodes { id } } }" }))
             .send()
             .await
             .expect("the gateway answers");
         TestApp::reply(response).await
-    };
-    let reply = query().await;
+    }
+}
+
+#[tokio::test]
+async fn a_huge_upstream_page_is_refused_and_memory_stays_bounded() {
+    // Under the former 32 MiB body cap: a page like this took the gateway to 3.5 GB.
+    let served = Served::page(hostile_page(31 << 20)).await;
+    let reply = served.five_contacts().await;
     assert_eq!(reply.codes(), vec!["UPSTREAM_ERROR"], "{}", reply.body);
     let message = reply.first_error()["message"].as_str().expect("message");
     assert!(message.contains("larger than"), "{message}");
-    let peak = peak_rss(pid);
+    let peak = peak_rss(served.pid);
     assert!(peak < PEAK_RSS_BOUND, "peak RSS {} MiB", peak >> 20);
 }
 
@@ -71,27 +87,12 @@ const GROWTH_BOUND: u64 = 80 << 20;
 
 #[tokio::test]
 async fn a_page_just_under_the_cap_is_decoded_in_bounded_memory() {
-    let fake = FakeAmoCrm::start(([127, 0, 0, 1], 0).into(), FakeOptions::default())
-        .await
-        .expect("the fake starts");
-    fake.fail_next([Failure::body(
-        "application/hal+json",
-        hostile_page((4 << 20) - 1024),
-    )]);
-    let upstream = fake.base_url();
-    let (child, url) = spawn_in_front_of(&upstream, &[]).await;
-    let pid = child.id().expect("running");
-    let before = peak_rss(pid);
-    let response = reqwest::Client::new()
-        .post(url.replace("/graphiql", "/graphql"))
-        .json(&serde_json::json!({ "query": "{ contacts(first: 5) { nodes { id } } }" }))
-        .send()
-        .await
-        .expect("the gateway answers");
-    let reply = TestApp::reply(response).await;
+    let served = Served::page(hostile_page((4 << 20) - 1024)).await;
+    let before = peak_rss(served.pid);
+    let reply = served.five_contacts().await;
     assert_eq!(reply.data()["contacts"]["nodes"][0]["id"], "1");
     // Measured: decoded as one tree of JSON values the page took 144 MiB more, one contact at
     // a time 36 MiB (most of it the 45 000 decoded contacts themselves).
-    let grew = peak_rss(pid).saturating_sub(before);
+    let grew = peak_rss(served.pid).saturating_sub(before);
     assert!(grew < GROWTH_BOUND, "grew by {} MiB", grew >> 20);
 }
