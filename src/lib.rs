@@ -19,7 +19,7 @@
 //! - [`persisted`]: automatic persisted queries (documents by their SHA-256).
 //! - [`cache`]: moka caches between the boundaries: upstream pages (stale-while-revalidate,
 //!   probes, stale-if-error, relation reuse) and whole responses; coalesces concurrent misses;
-//!   turns webhooks and purges into invalidations.
+//!   turns webhooks and purges into invalidations, coalesced into one batch per 100 ms.
 //! - [`shared`]: what replicas share through Redis (`--redis-url`): a second cache tier with
 //!   leases for single-flight across replicas, one upstream rate limit, invalidation broadcast.
 //!   Off without Redis, and never needed to answer.
@@ -35,8 +35,10 @@
 //! 1. `http::graphql` resolves the caller's [`auth::Credentials`]. A request whose bytes equal a
 //!    recent one's is answered from [`cache::ResponseCache`] before any parsing, while every
 //!    page it was built from is unchanged and fresh (compressed once per entry when the client
-//!    accepts it); otherwise the request is parsed (`http::request`: a malformed one is refused
-//!    with `BAD_REQUEST` and a 4xx status) and a fresh [`graphql::RequestContext`]
+//!    accepts it); otherwise the request is read (`http::request`: a malformed one is refused
+//!    with `BAD_REQUEST` and a 4xx status), refused with `UNAUTHENTICATED` when it has no
+//!    usable credentials, its document bounded before any parsing, and a fresh
+//!    [`graphql::RequestContext`]
 //!    (credentials, DataLoader, cache report) goes into it. The answer's media type comes
 //!    from `Accept` (`http::negotiation`).
 //! 2. Before execution, `graphql::selection` plans the operation: which relations each root field

@@ -264,6 +264,14 @@ impl Metrics {
             .set(if subscribed { 1.0 } else { 0.0 });
     }
 
+    /// A batch of invalidations (from webhooks and purges, coalesced) was applied.
+    pub fn invalidations_applied(&self, count: usize) {
+        self.counter("gateway_invalidation_batches_total", Vec::new())
+            .increment(1);
+        self.counter("gateway_invalidations_total", Vec::new())
+            .increment(u64::try_from(count).unwrap_or(u64::MAX));
+    }
+
     /// Another replica's invalidation (or a gap in them) was applied to this replica's caches.
     pub fn broadcast_applied(&self, what: &'static str) {
         self.counter(

@@ -147,12 +147,10 @@ fn parse(body: &[u8]) -> Result<Value, AmoError> {
 
 /// Decodes a 200 body of a linked-entity list.
 pub fn decode_entities(kind: EntityKind, body: &[u8]) -> Result<Vec<RelatedEntity>, AmoError> {
-    let body = parse(body)?;
-    let (items, _) = model::hal_list(&body, kind.embedded_key())?;
+    let (items, _) = model::hal_list(body, kind.embedded_key())?;
     Ok(items
         .iter()
-        .filter_map(Value::as_object)
-        .filter_map(decode_entity)
+        .filter_map(|item| decode_entity(&model::json_object(item)?))
         .collect())
 }
 
@@ -192,13 +190,12 @@ fn decode_entity(e: &Map<String, Value>) -> Option<RelatedEntity> {
 
 /// Decodes a 200 body of `GET /api/v4/users`.
 pub fn decode_users(body: &[u8]) -> Result<Listed<User>, AmoError> {
-    let body = parse(body)?;
-    let (items, has_next_link) = model::hal_list(&body, "users")?;
+    let (items, has_next_link) = model::hal_list(body, "users")?;
     let sent = items.len();
     let items = items
         .iter()
-        .filter_map(Value::as_object)
-        .filter_map(|u| {
+        .filter_map(|item| {
+            let u = &model::json_object(item)?;
             Some(User {
                 id: u.get("id").and_then(model::as_u64)?,
                 name: model::opt_string(u, "name"),

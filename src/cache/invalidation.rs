@@ -47,7 +47,17 @@ impl Invalidation {
                 Entity::Other => {}
             }
         }
-        invalidations.sort_by_key(|i| format!("{i:?}"));
+        Self::coalesce(invalidations)
+    }
+
+    /// The fewest invalidations that cover `invalidations`: each once, nothing beside
+    /// `All`, and nothing that one contact invalidation (which drops every contact page)
+    /// already covers.
+    pub fn coalesce(mut invalidations: Vec<Invalidation>) -> Vec<Invalidation> {
+        if invalidations.contains(&Invalidation::All) {
+            return vec![Invalidation::All];
+        }
+        invalidations.sort_by_cached_key(|i| format!("{i:?}"));
         invalidations.dedup();
         // One contact event already drops every contact page.
         if let Some(contact) = invalidations
@@ -103,5 +113,19 @@ mod tests {
         ]);
         assert_eq!(added.len(), 2, "{added:?}");
         assert!(added.contains(&Invalidation::Relation(Relation::Customers)));
+    }
+
+    #[test]
+    fn coalescing_keeps_all_alone_and_each_entity_once() {
+        let lead = Invalidation::Entity(EntityKind::Lead, 7);
+        let all = Invalidation::coalesce(vec![lead, Invalidation::All, lead]);
+        assert_eq!(all, [Invalidation::All]);
+        let leads = Invalidation::coalesce(vec![
+            lead,
+            Invalidation::Relation(Relation::Leads),
+            lead,
+            Invalidation::Relation(Relation::Leads),
+        ]);
+        assert_eq!(leads.len(), 2, "{leads:?}");
     }
 }

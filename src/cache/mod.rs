@@ -21,8 +21,11 @@ mod invalidation;
 pub mod pages;
 pub mod responses;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tokio::sync::watch;
 
 pub use entities::{Answer, Cached, EntityCache, EntityKey};
 pub use invalidation::Invalidation;
@@ -40,6 +43,12 @@ use crate::shared::{Broadcast, Redis, Tier};
 pub const PAGE_CACHE_SHARE_PERCENT: u64 = 60;
 pub const ENTITY_CACHE_SHARE_PERCENT: u64 = 15;
 pub const RESPONSE_CACHE_SHARE_PERCENT: u64 = 25;
+
+/// Invalidations are applied together, at most once per window: each application drops every
+/// response (and a contact's every page) of every scope, and costs Redis round trips, so a
+/// storm of webhooks applied one by one kept the caches empty and Redis busy. The first after
+/// a quiet window is applied at once.
+pub const INVALIDATION_WINDOW: Duration = Duration::from_millis(100);
 
 /// A version of cached data a response was built from: the response stays valid while every
 /// one of them is cached, unchanged and fresh.
@@ -133,6 +142,24 @@ pub struct Caches {
     pub responses: ResponseCache,
     metrics: Metrics,
     shared: Option<Shared>,
+    pending: Arc<Mutex<Pending>>,
+}
+
+/// Invalidations waiting for their window.
+#[derive(Default)]
+struct Pending {
+    invalidations: Vec<Invalidation>,
+    /// Tells when the waiting ones have been applied; `None` while none wait.
+    applied: Option<watch::Receiver<bool>>,
+    last_applied: Option<tokio::time::Instant>,
+}
+
+/// A broadcast: one invalidation from replicas before batching, or a batch.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Broadcasted {
+    One(Invalidation),
+    Batch(Vec<Invalidation>),
 }
 
 /// What the caches share with other replicas.
@@ -190,24 +217,69 @@ impl Caches {
                 broadcast: Broadcast::new(config.redis),
                 longest_life: freshness.max_age.max(freshness.ttl) + freshness.stale_ttl,
             }),
+            pending: Arc::default(),
         }
     }
 
+    /// Applies `invalidations` together with those that arrive within the same window
+    /// ([`INVALIDATION_WINDOW`]), and returns once they have been applied.
+    pub async fn invalidate(&self, invalidations: impl IntoIterator<Item = Invalidation>) {
+        let mut applied = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.invalidations.extend(invalidations);
+            match &pending.applied {
+                Some(applied) => applied.clone(),
+                None => {
+                    let (done, applied) = watch::channel(false);
+                    pending.applied = Some(applied.clone());
+                    let due = pending
+                        .last_applied
+                        .map_or_else(tokio::time::Instant::now, |at| at + INVALIDATION_WINDOW);
+                    let caches = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep_until(due).await;
+                        let batch = {
+                            let mut pending =
+                                caches.pending.lock().unwrap_or_else(|e| e.into_inner());
+                            pending.applied = None;
+                            pending.last_applied = Some(tokio::time::Instant::now());
+                            std::mem::take(&mut pending.invalidations)
+                        };
+                        caches.apply(Invalidation::coalesce(batch)).await;
+                        let _ = done.send(true);
+                    });
+                    applied
+                }
+            }
+        };
+        // An error means the applying task ended early (a panic): nothing is left to wait for.
+        let _ = applied.wait_for(|applied| *applied).await;
+    }
+
     /// Applies what changed everywhere: in Redis first (once the generations moved, no replica
-    /// reads the old values back into its moka), then here, then on the other replicas.
-    pub async fn invalidate(&self, invalidation: Invalidation) {
+    /// reads the old values back into its moka), then here, then on the other replicas; one
+    /// Redis round trip for the generations and one message for the whole batch.
+    async fn apply(&self, invalidations: Vec<Invalidation>) {
+        self.metrics.invalidations_applied(invalidations.len());
         let Some(shared) = &self.shared else {
-            self.invalidate_here(invalidation).await;
+            self.invalidate_here(&invalidations).await;
             return;
         };
-        let mut generations = self.pages.shared_generations(&invalidation);
-        generations.extend(self.entities.shared_generations(&invalidation));
+        let mut generations: Vec<_> = invalidations
+            .iter()
+            .flat_map(|invalidation| {
+                let mut generations = self.pages.shared_generations(invalidation);
+                generations.extend(self.entities.shared_generations(invalidation));
+                generations
+            })
+            .collect();
+        generations.dedup();
         let bumped = shared.tier.bump(&generations).await;
         // Until Redis has taken it, Redis may hold what it voids: this replica stops using
         // the tier meanwhile.
         let suspension = (!bumped).then(|| shared.tier.suspend());
-        self.invalidate_here(invalidation).await;
-        let published = bumped && shared.broadcast.publish(&invalidation).await;
+        self.invalidate_here(&invalidations).await;
+        let published = bumped && shared.broadcast.publish(&invalidations).await;
         if published {
             return;
         }
@@ -219,7 +291,7 @@ impl Caches {
             while Instant::now() < give_up {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 bumped = bumped || shared.tier.bump(&generations).await;
-                if bumped && shared.broadcast.publish(&invalidation).await {
+                if bumped && shared.broadcast.publish(&invalidations).await {
                     return;
                 }
             }
@@ -233,15 +305,18 @@ impl Caches {
         let Some(shared) = &self.shared else {
             return background;
         };
-        let mut heard = shared.broadcast.listen::<Invalidation>();
+        let mut heard = shared.broadcast.listen::<Broadcasted>();
         let caches = self.clone();
         let task = tokio::spawn(async move {
             while let Some(heard) = heard.recv().await {
-                let (invalidation, kind) = match heard {
-                    Heard::Message(invalidation) => (invalidation, "message"),
-                    Heard::Gap => (Invalidation::All, "gap"),
+                let (invalidations, kind) = match heard {
+                    Heard::Message(Broadcasted::One(invalidation)) => {
+                        (vec![invalidation], "message")
+                    }
+                    Heard::Message(Broadcasted::Batch(invalidations)) => (invalidations, "message"),
+                    Heard::Gap => (vec![Invalidation::All], "gap"),
                 };
-                caches.invalidate_here(invalidation).await;
+                caches.invalidate_here(&invalidations).await;
                 caches.metrics.broadcast_applied(kind);
             }
         });
@@ -249,17 +324,23 @@ impl Caches {
         background
     }
 
-    /// Drops what `invalidation` voids from this replica's moka caches.
-    async fn invalidate_here(&self, invalidation: Invalidation) {
-        tracing::info!(?invalidation, "invalidating cached data");
-        match invalidation {
-            Invalidation::All => {
-                self.pages.invalidate_all();
-                self.entities.invalidate_all();
+    /// Drops what `invalidations` void from this replica's moka caches.
+    async fn invalidate_here(&self, invalidations: &[Invalidation]) {
+        tracing::info!(
+            count = invalidations.len(),
+            first = ?invalidations.first(),
+            "invalidating cached data"
+        );
+        for invalidation in invalidations {
+            match *invalidation {
+                Invalidation::All => {
+                    self.pages.invalidate_all();
+                    self.entities.invalidate_all();
+                }
+                Invalidation::Contact(_) => self.pages.invalidate_all(),
+                Invalidation::Relation(relation) => self.pages.invalidate_embedding(relation),
+                Invalidation::Entity(kind, id) => self.entities.invalidate(kind, id).await,
             }
-            Invalidation::Contact(_) => self.pages.invalidate_all(),
-            Invalidation::Relation(relation) => self.pages.invalidate_embedding(relation),
-            Invalidation::Entity(kind, id) => self.entities.invalidate(kind, id).await,
         }
         // Responses also check their pages on every hit; dropping them here frees their
         // memory at once.

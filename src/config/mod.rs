@@ -31,6 +31,12 @@ pub const DEFAULT_UPSTREAM_PAGE_SIZE: &str = "250";
 pub const DEFAULT_UPSTREAM_TIMEOUT: &str = "10s";
 pub const DEFAULT_UPSTREAM_RPS: u32 = 7;
 pub const DEFAULT_MAX_BODY_BYTES: &str = "1MiB";
+/// Sixteen times the largest honest document (GraphiQL's introspection query, about 4 KiB).
+pub const DEFAULT_MAX_DOCUMENT_BYTES: &str = "64KiB";
+/// Under the common soft limit of 1024 open files, with room left for upstream and Redis
+/// connections, log files and the listener.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 512;
+pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
 pub const DEFAULT_DRAIN_DELAY: &str = "5s";
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
 pub const DEFAULT_UPSTREAM_QUEUE_TIMEOUT: &str = "10s";
@@ -160,6 +166,21 @@ pub struct ServeConfig {
     /// The largest request body accepted (HTTP 413 beyond); bytes or IEC units.
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value = DEFAULT_MAX_BODY_BYTES, value_parser = parse_bytes)]
     pub max_body_bytes: u64,
+
+    /// The longest GraphQL document accepted (HTTP 413 beyond), checked before it is parsed and
+    /// only after the caller's token or client key; bytes or IEC units.
+    #[arg(long, env = "GATEWAY_MAX_DOCUMENT_BYTES", default_value = DEFAULT_MAX_DOCUMENT_BYTES, value_parser = parse_bytes)]
+    pub max_document_bytes: u64,
+
+    /// The most client connections open at once; further ones wait in the listen backlog
+    /// until one closes (logged when the limit is reached).
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// How long a client has to send a request's headers, counted from the end of the
+    /// previous answer on a kept-alive connection: it also closes idle connections.
+    #[arg(long, env = "GATEWAY_HEADER_READ_TIMEOUT", default_value = DEFAULT_HEADER_READ_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
 
     /// Refuse introspection (INTROSPECTION_DISABLED); GraphiQL then has no schema docs.
     #[arg(long, env = "GATEWAY_DISABLE_INTROSPECTION")]

@@ -13,6 +13,7 @@ use crate::amocrm::breaker::OpenReason;
 use crate::auth::AuthError;
 
 pub const BAD_USER_INPUT: &str = "BAD_USER_INPUT";
+pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
 /// The HTTP request is not a GraphQL request (the HTTP layer's refusals, with a 4xx status).
 pub const BAD_REQUEST: &str = "BAD_REQUEST";
 
@@ -66,7 +67,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadInput { .. } => BAD_USER_INPUT,
-            ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
+            ApiError::Unauthenticated(_) => UNAUTHENTICATED,
             ApiError::Upstream(e) => upstream_code(e),
             ApiError::NotFound { .. } => "NOT_FOUND",
             // Usable data amoCRM did not send, or sent beyond what the field can carry: asking

@@ -37,7 +37,7 @@ use async_graphql::{ServerError, ValidationResult};
 use documents::Parsed;
 
 pub use context::RequestContext;
-pub use error::{BAD_REQUEST, BAD_USER_INPUT, refusal};
+pub use error::{BAD_REQUEST, BAD_USER_INPUT, UNAUTHENTICATED, refusal};
 pub use query::QueryRoot;
 pub use selection::{OperationPlan, is_mutation};
 

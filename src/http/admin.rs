@@ -63,6 +63,6 @@ async fn purge_cache(
             }
         },
     };
-    components.caches.invalidate(invalidation).await;
+    components.caches.invalidate([invalidation]).await;
     axum::Json(answer).into_response()
 }

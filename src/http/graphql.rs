@@ -2,7 +2,8 @@
 //! its bytes as received (scope, method, the media type negotiated from `Accept`, content type,
 //! body or query string), before any parsing; a hit is answered with the stored bytes,
 //! compressed once per entry and encoding. Otherwise it is read as a GraphQL-over-HTTP request
-//! (`request`; a malformed one is refused with its 4xx status), persisted queries are resolved,
+//! (`request`; a malformed one is refused with its 4xx status); a caller without credentials is
+//! refused and the document bounded, both before anything parses it; persisted queries are resolved,
 //! and it runs with a fresh per-request context; the cache report becomes `x-cache` and
 //! `Cache-Control`. A request error (nothing executed) has no `data` entry, and is HTTP 400 when
 //! answered as `application/graphql-response+json`.
@@ -165,7 +166,8 @@ async fn cached(
     Some(response)
 }
 
-/// A GraphQL request refused before it ran (a persisted query that cannot be used).
+/// A GraphQL request refused before it ran (no usable credentials, a persisted query that
+/// cannot be used).
 fn refused(state: &AppState, error: async_graphql::ServerError, media: MediaType) -> Response {
     state.components.metrics.graphql_request("error");
     let status = media.request_error_status();
@@ -235,10 +237,29 @@ async fn answer(
 ) -> Response {
     let components = &state.components;
     let media = arrival.media;
+    // Strangers get nothing parsed: the parser's cost grows with the document, and a caller
+    // without a token or a valid client key could get no answer from amoCRM anyway.
+    if let Err(error) = &arrival.credentials {
+        let error = graphql::refusal(graphql::UNAUTHENTICATED, error.to_string());
+        return refused(state, error, media);
+    }
+    // Bounded before the persisted-query store parses and keeps it.
+    let sent_document = !request.query.is_empty();
+    if sent_document
+        && let Err(rejection) = request::check_document(&request.query, state.max_document_bytes)
+    {
+        return rejected(state, rejection, media);
+    }
     let registration = match components.persisted.resolve(&mut request).await {
         Ok(registration) => registration,
         Err(error) => return refused(state, error, media),
     };
+    // A stored document is bounded too: another replica may have been given a larger limit.
+    if !sent_document
+        && let Err(rejection) = request::check_document(&request.query, state.max_document_bytes)
+    {
+        return rejected(state, rejection, media);
+    }
     // GET must be safe: a link or a prefetch must never change anything.
     if method == Method::GET && graphql::is_mutation(&mut request) {
         return rejected(state, Rejection::MutationOverGet, media);

@@ -1,4 +1,5 @@
-//! The HTTP layer: the router, its middleware stack, and serving with a graceful drain. The
+//! The HTTP layer: the router, its middleware stack, and serving (bounded connections, a
+//! header-read timeout) with a graceful drain. The
 //! handlers, one file per concern, only translate HTTP to calls on the [`Components`] the
 //! composition root built, and back. Nothing below this layer imports it.
 //!
@@ -19,7 +20,6 @@ mod request;
 mod request_id;
 mod webhooks;
 
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -28,8 +28,11 @@ use axum::Router;
 use axum::extract::MatchedPath;
 use axum::http::{HeaderName, Method, Request, header};
 use axum::routing::get;
-use axum::serve::ListenerExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
@@ -73,6 +76,8 @@ struct Shared {
     graphiql: Arc<str>,
     /// Set on shutdown: `/healthz` answers 503 from then on.
     draining: Arc<AtomicBool>,
+    /// `--max-document-bytes`: checked before a document reaches the parser.
+    max_document_bytes: usize,
 }
 
 impl std::ops::Deref for AppState {
@@ -83,12 +88,27 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// How the server winds down on shutdown (see [`serve`]).
+/// How the server holds its connections, and winds down on shutdown (see [`serve`]).
 pub struct Drain {
     draining: Arc<AtomicBool>,
     delay: Duration,
     timeout: Duration,
+    connections: ConnectionLimits,
 }
+
+/// What one client may hold of the server: slow or idle connections are closed, and the
+/// number open at once is capped, so a slowloris cannot take every file descriptor.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    max: usize,
+    /// Also bounds the idle time of a kept-alive connection: hyper starts it as soon as the
+    /// connection waits for its next request.
+    header_read_timeout: Duration,
+}
+
+/// How long the connection-limit warning stays quiet after it was logged, while the limit
+/// holds: a steady flood would otherwise log a line per connection.
+const LIMIT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The router with its middleware stack, and the drain that [`serve`] runs on shutdown.
 pub fn router(components: Components, settings: &Settings) -> (Router, Drain) {
@@ -102,10 +122,15 @@ pub fn router(components: Components, settings: &Settings) -> (Router, Drain) {
         draining: draining.clone(),
         delay: settings.drain_delay,
         timeout: settings.shutdown_timeout,
+        connections: ConnectionLimits {
+            max: settings.max_connections,
+            header_read_timeout: settings.header_read_timeout,
+        },
     };
     let state = AppState(Arc::new(Shared {
         graphiql: crate::graphiql::page(header_hint).into(),
         draining,
+        max_document_bytes: settings.max_document_bytes,
         components,
     }));
     let mut router = Router::new()
@@ -174,21 +199,10 @@ pub async fn serve(
     drain: Drain,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Responses go out as soon as they are written: an API answers in one burst, and Nagle's
-    // wait for an ACK would only add latency.
-    let listener = listener.tap_io(|stream| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .into_future(),
-    );
+    let mut server = tokio::spawn(accept(listener, router, drain.connections, async {
+        let _ = stopped.await;
+    }));
     tokio::select! {
         // The server ended on its own (an accept loop error): nothing to drain.
         ended = &mut server => return ended.unwrap_or_else(|e| Err(std::io::Error::other(e))),
@@ -204,6 +218,92 @@ pub async fn serve(
             tracing::warn!("in-flight requests did not finish within the shutdown timeout");
             Ok(())
         }
+    }
+}
+
+/// Accepts connections until `stop` resolves, at most `limits.max` open at once, and serves
+/// each with HTTP/1.1 (what axum::serve did, but with the timer that hyper's header-read
+/// timeout needs). Then it waits for the open connections to finish their requests.
+async fn accept(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let permits = Arc::new(Semaphore::new(limits.max));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let mut last_warning: Option<tokio::time::Instant> = None;
+    tokio::pin!(stop);
+    loop {
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if last_warning.is_none_or(|at| at.elapsed() >= LIMIT_WARNING_INTERVAL) {
+                    tracing::warn!(
+                        max_connections = limits.max,
+                        "connection limit reached: new connections wait until one closes \
+                         (--max-connections)"
+                    );
+                    last_warning = Some(tokio::time::Instant::now());
+                }
+                tokio::select! {
+                    permit = permits.clone().acquire_owned() => permit.map_err(std::io::Error::other)?,
+                    () = &mut stop => break,
+                }
+            }
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) if accept_failed(&e, &mut stop).await => break,
+                Err(_) => continue,
+            },
+            () = &mut stop => break,
+        };
+        // Responses go out as soon as they are written: an API answers in one burst, and
+        // Nagle's wait for an ACK would only add latency.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        let connection = http.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(router.clone()),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // Timeouts and resets end connections all the time: worth a debug line only.
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// A failed accept: a connection that went away before it was taken costs nothing, but
+/// anything else (no file descriptors left) would fail again at once, so the loop pauses.
+/// True when `stop` resolved meanwhile.
+async fn accept_failed(
+    error: &std::io::Error,
+    stop: &mut (impl std::future::Future<Output = ()> + Unpin),
+) -> bool {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused
+    ) {
+        return false;
+    }
+    tracing::error!(error = %error, "accepting a connection failed; pausing for a second");
+    tokio::select! {
+        () = tokio::time::sleep(Duration::from_secs(1)) => false,
+        () = stop => true,
     }
 }
 

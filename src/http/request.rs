@@ -43,6 +43,17 @@ pub enum Rejection {
         "query: is required, unless `extensions.persistedQuery` names a stored document by its hash"
     )]
     MissingQuery,
+    /// Refused before parsing: the parser's time and memory grow with the document.
+    #[error(
+        "query: the document is {bytes} bytes; this gateway parses documents of at most {limit} \
+         bytes (--max-document-bytes)"
+    )]
+    DocumentTooLong { bytes: usize, limit: usize },
+    #[error(
+        "query: the document has more than {MAX_DOCUMENT_TOKENS} tokens, the most this gateway \
+         parses"
+    )]
+    TooManyTokens,
 }
 
 impl Rejection {
@@ -53,6 +64,9 @@ impl Rejection {
             }
             Rejection::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             Rejection::MutationOverGet => StatusCode::METHOD_NOT_ALLOWED,
+            Rejection::DocumentTooLong { .. } | Rejection::TooManyTokens => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Rejection::EmptyBody
             | Rejection::NotJson(_)
             | Rejection::Batch
@@ -69,6 +83,96 @@ impl Rejection {
             rule: rule.into(),
         }
     }
+}
+
+/// The most tokens (names, numbers, strings, punctuators) a document may have. The largest
+/// honest document, GraphiQL's introspection query, has about 300; a `--max-document-bytes`
+/// raised far above its default still parses in bounded time.
+pub const MAX_DOCUMENT_TOKENS: usize = 10_000;
+/// The deepest brackets (`{`, `(`, `[`) may nest. async-graphql's parser refuses more than 64
+/// levels, but only after its grammar has recursed through all of them: refused here, a deep
+/// document costs one linear scan.
+pub const MAX_DOCUMENT_NESTING: usize = 64;
+
+/// Checks a document's size before it reaches the parser, whose cost grows with it: bytes,
+/// then tokens and nesting in one pass that stops at the first excess.
+pub fn check_document(document: &str, max_bytes: usize) -> Result<(), Rejection> {
+    if document.len() > max_bytes {
+        return Err(Rejection::DocumentTooLong {
+            bytes: document.len(),
+            limit: max_bytes,
+        });
+    }
+    let bytes = document.as_bytes();
+    let (mut tokens, mut depth, mut at) = (0usize, 0usize, 0usize);
+    while let Some(&byte) = bytes.get(at) {
+        at += 1;
+        match byte {
+            // Insignificant: white space, line ends, commas, and the BOM's bytes.
+            b' ' | b'\t' | b'\n' | b'\r' | b',' | 0xEF | 0xBB | 0xBF => continue,
+            b'#' => {
+                while bytes.get(at).is_some_and(|&b| b != b'\n' && b != b'\r') {
+                    at += 1;
+                }
+                continue;
+            }
+            b'"' => at = string_end(bytes, at),
+            b'{' | b'(' | b'[' => {
+                depth += 1;
+                if depth > MAX_DOCUMENT_NESTING {
+                    return Err(Rejection::invalid(
+                        "query",
+                        format!("nests brackets deeper than {MAX_DOCUMENT_NESTING} levels"),
+                    ));
+                }
+            }
+            b'}' | b')' | b']' => depth = depth.saturating_sub(1),
+            b if is_word(b) => {
+                while bytes.get(at).copied().is_some_and(is_word) {
+                    at += 1;
+                }
+            }
+            // A punctuator, or a byte the parser will refuse: a token either way.
+            _ => {}
+        }
+        tokens += 1;
+        if tokens > MAX_DOCUMENT_TOKENS {
+            return Err(Rejection::TooManyTokens);
+        }
+    }
+    Ok(())
+}
+
+/// Names and numbers (with their signs, points and exponents) count as one token each.
+fn is_word(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'+')
+}
+
+/// Where the string that opened just before `at` ends: a block string at its closing `"""`,
+/// another at its closing quote (both skip escaped quotes); the end of the text when unclosed.
+fn string_end(bytes: &[u8], mut at: usize) -> usize {
+    if bytes.get(at..at + 2) == Some(b"\"\"") {
+        at += 2;
+        while at < bytes.len() {
+            if bytes.get(at..at + 4) == Some(b"\\\"\"\"") {
+                at += 4;
+            } else if bytes.get(at..at + 3) == Some(b"\"\"\"") {
+                return at + 3;
+            } else {
+                at += 1;
+            }
+        }
+        return at;
+    }
+    while let Some(&byte) = bytes.get(at) {
+        at += 1;
+        match byte {
+            b'\\' => at += 1,
+            b'"' | b'\n' | b'\r' => return at,
+            _ => {}
+        }
+    }
+    at
 }
 
 /// A `POST` body, as sent with `content_type`.
@@ -354,6 +458,44 @@ mod tests {
             assert!(message.contains(content_type), "{message}");
         }
         from_post(Some("Application/JSON;charset=UTF-8"), body).expect("case and parameters");
+    }
+
+    #[test]
+    fn documents_are_bounded_in_bytes_tokens_and_nesting_before_parsing() {
+        let honest = r#"query Q($id: ID!) { contact(id: $id) { id name ...F } }
+            fragment F on Contact { leads { nodes { id name } } } # a comment { { {
+            { contacts(filter: { query: "a \" { [ (" }) { nodes { id } } }"#;
+        check_document(honest, 1024).expect("an honest document");
+        let block = r#"{ a(s: """ { { \""" { """) }"#;
+        check_document(block, 1024).expect("brackets in a block string are text");
+
+        let too_long = check_document(honest, 64).expect_err("longer than 64 bytes");
+        assert_eq!(too_long.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(
+            too_long.to_string().contains("--max-document-bytes"),
+            "{too_long}"
+        );
+
+        let many = "{ a }".repeat(MAX_DOCUMENT_TOKENS / 3 + 1);
+        let refused = check_document(&many, usize::MAX).expect_err("too many tokens");
+        assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let within = "{ a }".repeat(MAX_DOCUMENT_TOKENS / 3);
+        check_document(&within, usize::MAX).expect("exactly at the limit");
+
+        let deep = format!(
+            "{}{}",
+            "{ a ".repeat(MAX_DOCUMENT_NESTING + 1),
+            "}".repeat(MAX_DOCUMENT_NESTING + 1)
+        );
+        let (status, message) =
+            refusal(check_document(&deep, usize::MAX).map(|()| Request::new("")));
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            message.starts_with("query: nests brackets deeper"),
+            "{message}"
+        );
+        check_document(&"{ a ".repeat(MAX_DOCUMENT_NESTING), usize::MAX)
+            .expect("as deep as allowed");
     }
 
     #[test]

@@ -34,8 +34,10 @@ async fn amocrm_webhook(
         Ok(events) => events,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
-    for invalidation in Invalidation::for_events(&events) {
-        components.caches.invalidate(invalidation).await;
-    }
+    // Answered once applied, together with the other webhooks of its window.
+    components
+        .caches
+        .invalidate(Invalidation::for_events(&events))
+        .await;
     (StatusCode::OK, "ok").into_response()
 }

@@ -24,6 +24,53 @@ async fn without_a_token_forwarding_mode_answers_unauthenticated_and_calls_nothi
     assert_eq!(app.upstream_calls(), 0);
 }
 
+/// About 1 MiB of fields that would take the parser seconds in a debug build, ending in a
+/// syntax error: had it been parsed, the answer would name that error.
+fn long_broken_document() -> String {
+    format!(
+        "{{ {} contacts(",
+        "contacts(first: 1) { nodes { id name } } ".repeat(25_000)
+    )
+}
+
+#[tokio::test]
+async fn strangers_documents_are_refused_before_they_are_parsed() {
+    let flags = ["--max-document-bytes", "2MiB", "--max-body-bytes", "4MiB"];
+    let forwarding = TestApp::spawn_with(&flags, FakeOptions::default()).await;
+    let mut with_keys = vec![
+        "--access-token",
+        ADMIN_TOKEN,
+        "--client-key",
+        "key-one-1234",
+    ];
+    with_keys.extend_from_slice(&flags);
+    let keyed = TestApp::spawn_with(&with_keys, FakeOptions::default()).await;
+    let document = long_broken_document();
+    for (app, key) in [
+        (&forwarding, None),
+        (&keyed, None),
+        (&keyed, Some("not-a-key-000")),
+    ] {
+        let started = std::time::Instant::now();
+        let reply = app.query(key, &document).await;
+        let took = started.elapsed();
+        assert_eq!(reply.codes(), vec!["UNAUTHENTICATED"], "{key:?}");
+        assert!(
+            reply.body.get("data").is_none(),
+            "a request error: {}",
+            reply.first_error()
+        );
+        // Parsing it took seconds in a debug build; refusing it takes milliseconds (the margin
+        // is for a busy machine).
+        assert!(took < std::time::Duration::from_secs(1), "{took:?}");
+        assert_eq!(app.upstream_calls(), 0);
+    }
+    // With a key, the same document reaches the next check: it has too many tokens.
+    let reply = keyed.query(Some("key-one-1234"), &document).await;
+    assert_eq!(reply.status, 413, "{}", reply.first_error());
+    assert_eq!(reply.codes(), vec!["BAD_REQUEST"]);
+}
+
 #[tokio::test]
 async fn the_callers_token_is_forwarded() {
     let app = TestApp::spawn().await;

@@ -62,6 +62,25 @@ async fn demo_mode_serves_the_fake_without_a_token() {
     child.kill().await.expect("stops");
 }
 
+/// Starts the binary in front of `upstream` with the fake's admin token, for anyone, with
+/// `extra` flags; returns it with the GraphiQL URL it printed once listening.
+pub(crate) async fn spawn_in_front_of(
+    upstream: &str,
+    extra: &[&str],
+) -> (tokio::process::Child, String) {
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream-url",
+        upstream,
+        "--access-token",
+        amocrm_gateway::fake_amocrm::ADMIN_TOKEN,
+        "--allow-anonymous",
+    ];
+    args.extend_from_slice(extra);
+    spawn_printing(&args, "GraphiQL: ").await
+}
+
 /// Starts the binary and returns it with the URL it printed after `prefix` once listening.
 async fn spawn_printing(args: &[&str], prefix: &str) -> (tokio::process::Child, String) {
     let mut child = Command::new(BIN)
@@ -346,7 +365,7 @@ fn the_replica_script_starts_what_the_compose_file_describes() {
 
 #[tokio::test]
 async fn sigterm_drains_finishes_the_slow_request_and_exits_cleanly() {
-    use amocrm_gateway::fake_amocrm::{ADMIN_TOKEN, FakeAmoCrm, FakeOptions};
+    use amocrm_gateway::fake_amocrm::{FakeAmoCrm, FakeOptions};
     let fake = FakeAmoCrm::start(
         ([127, 0, 0, 1], 0).into(),
         FakeOptions {
@@ -357,21 +376,7 @@ async fn sigterm_drains_finishes_the_slow_request_and_exits_cleanly() {
     .await
     .expect("the fake starts");
     let upstream = fake.base_url();
-    let (mut child, url) = spawn_printing(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream-url",
-            &upstream,
-            "--access-token",
-            ADMIN_TOKEN,
-            "--allow-anonymous",
-            "--drain-delay",
-            "300ms",
-        ],
-        "GraphiQL: ",
-    )
-    .await;
+    let (mut child, url) = spawn_in_front_of(&upstream, &["--drain-delay", "300ms"]).await;
     let base = url.replace("/graphiql", "");
     let client = reqwest::Client::new();
     let slow = tokio::spawn({

@@ -20,7 +20,7 @@ async fn graphql_responses_carry_cache_headers() {
     assert!((58..=60).contains(&max_age), "{max_age}");
     let hit = app.query(Some(ADMIN_TOKEN), QUERY).await;
     assert_eq!(hit.header("x-cache"), "HIT");
-    let introspection = app.query(None, "{ __typename }").await;
+    let introspection = app.query(Some(ADMIN_TOKEN), "{ __typename }").await;
     assert_eq!(
         introspection.header("x-cache"),
         "MISS",

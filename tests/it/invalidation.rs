@@ -217,3 +217,32 @@ async fn without_their_secrets_the_routes_do_not_exist() {
         404
     );
 }
+
+#[tokio::test]
+async fn a_burst_of_webhooks_is_applied_in_few_batches() {
+    let app = spawn().await;
+    warm(&app).await;
+    const BATCHES: &str = "gateway_invalidation_batches_total";
+    let ids = app.fake.visible_ids(ADMIN_TOKEN);
+    let path = format!("/webhooks/amocrm/{SECRET}");
+    let bodies: Vec<String> = ids
+        .iter()
+        .take(30)
+        .map(|id| {
+            format!("contacts[update][0][id]={id}&leads[add][0][id]={id}&account[subdomain]=demo")
+        })
+        .collect();
+    let webhooks = bodies.iter().map(|body| app.post(&path, None, body));
+    for answer in futures::future::join_all(webhooks).await {
+        assert_eq!(answer.status(), 200);
+    }
+    // Each webhook was answered once applied: nothing cached survived.
+    assert_eq!(cache_states(&app).await, vec!["MISS", "MISS"]);
+    let batches = app.metric(BATCHES).await;
+    // The first applied at once, the rest together in the next window (or a few more, on a
+    // busy machine that spreads their arrival): at most one batch per 100 ms.
+    assert!(
+        (1.0..=10.0).contains(&batches),
+        "{batches} batches for 30 webhooks"
+    );
+}

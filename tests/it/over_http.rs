@@ -144,11 +144,12 @@ async fn request_errors_have_no_data_entry_and_are_400_only_as_graphql_response_
 #[tokio::test]
 async fn field_errors_keep_200_and_the_data_entry_in_both_media_types() {
     let app = TestApp::spawn().await;
-    // No token: the resolver's UNAUTHENTICATED belongs to the field.
+    // A token amoCRM refuses: the resolver's UNAUTHENTICATED belongs to the field.
     for accept in [JSON, APOLLO_ACCEPT] {
         let request = app
             .http()
             .post(app.url("/graphql"))
+            .bearer_auth("revoked-token")
             .header("accept", accept)
             .json(&json!({ "query": "{ contact(id: \"1\") { id } }" }));
         let reply = TestApp::reply(request.send().await.expect("the gateway answers")).await;
@@ -443,4 +444,36 @@ async fn one_response_key_for_two_fields_is_a_request_error() {
     assert!(!has_data_entry(&reply), "{}", reply.body);
     assert_eq!(reply.codes(), ["BAD_USER_INPUT"]);
     assert_eq!(app.upstream_calls(), 0);
+}
+
+#[tokio::test]
+async fn a_document_longer_than_the_limit_is_413_before_it_is_parsed() {
+    let app = TestApp::spawn().await;
+    // Valid, and cheap to parse: only its length (a comment costs no tokens) exceeds 64 KiB.
+    let long = format!(
+        "{{ contacts(first: 1) {{ nodes {{ id }} }} }}\n#{}",
+        "x".repeat(64 * 1024)
+    );
+    for accept in [None, Some(GRAPHQL_RESPONSE)] {
+        let reply = post_json(&app, accept, json!({ "query": long })).await;
+        assert_eq!(reply.status, 413, "{}", reply.body);
+        assert_eq!(reply.codes(), vec!["BAD_REQUEST"]);
+        let message = reply.first_error()["message"].as_str().expect("message");
+        assert!(message.contains("--max-document-bytes"), "{message}");
+        assert!(!has_data_entry(&reply));
+    }
+    assert_eq!(app.upstream_calls(), 0);
+    // GET too (a URL holds less than 64 KiB, hence the lower limit).
+    let small = TestApp::spawn_with(&["--max-document-bytes", "1KiB"], Default::default()).await;
+    let over_get = get(&small, None, &[("query", &long[..2048])]).await;
+    assert_eq!(over_get.status, 413, "{}", over_get.body);
+    assert_eq!(over_get.codes(), vec!["BAD_REQUEST"]);
+    // Just within the limit, it runs.
+    let within = format!(
+        "{{ contacts(first: 1) {{ nodes {{ id }} }} }}\n#{}",
+        "x".repeat(60 * 1024)
+    );
+    post_json(&app, None, json!({ "query": within }))
+        .await
+        .data();
 }
