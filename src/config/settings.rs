@@ -194,6 +194,7 @@ impl ServeConfig {
                 max_complexity: self.max_complexity,
                 max_depth: self.max_depth,
                 max_aliases: self.max_aliases,
+                max_selections: usize::try_from(self.max_selections).unwrap_or(usize::MAX),
                 introspection: !self.disable_introspection,
             },
             max_body_bytes: usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
