@@ -26,11 +26,12 @@ mod selection;
 use std::sync::Arc;
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextRequest, NextValidation,
+    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextRequest, NextResolve,
+    NextValidation, ResolveInfo,
 };
 use async_graphql::parser::types::ExecutableDocument;
 use async_graphql::{EmptyMutation, EmptySubscription, Request, Response, Schema, ServerResult};
-use async_graphql::{ServerError, ValidationResult};
+use async_graphql::{QueryPathSegment, ServerError, ValidationResult, Value};
 use documents::Parsed;
 use selection::Unbounded;
 
@@ -196,6 +197,28 @@ impl Extension for PlanningExtension {
         request.variables = variables;
         let request = request.data(plan);
         next.run(ctx, request).await
+    }
+
+    /// A root field that has resolved, whatever the outcome, releases its place at the
+    /// prefetch gate: one refused before its resolver ran (or before it joined) would
+    /// otherwise hold the others until the gate's timeout.
+    async fn resolve(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        info: ResolveInfo<'_>,
+        next: NextResolve<'_>,
+    ) -> ServerResult<Option<Value>> {
+        let root_key = match (info.path_node.parent, info.path_node.segment) {
+            (None, QueryPathSegment::Name(key)) => Some(key.to_owned()),
+            _ => None,
+        };
+        let resolved = next.run(ctx, info).await;
+        if let Some(key) = root_key
+            && let Some(plan) = ctx.data_opt::<OperationPlan>()
+        {
+            plan.gate().release(&key);
+        }
+        resolved
     }
 }
 

@@ -131,11 +131,12 @@ impl OperationPlan {
             let entry = plan.needs_by_key.entry(key).or_default();
             *entry = entry.union(needs);
         }
-        plan.gate.expected = plan
-            .needs_by_key
-            .values()
-            .filter(|n| n.details.any())
-            .count();
+        plan.gate = PrefetchGate::expecting(
+            plan.needs_by_key
+                .iter()
+                .filter(|(_, needs)| needs.details.any())
+                .map(|(key, _)| key.clone()),
+        );
         plan
     }
 
@@ -162,16 +163,20 @@ impl OperationPlan {
 /// them have arrived: each then loads the union, which the request's DataLoader turns into one
 /// batch per kind for the whole operation. Counting arrivals, not waiting for a time window,
 /// is what keeps that true on a busy machine.
+///
+/// Fields are expected by response key, so a field that fails before it joins (an argument
+/// refused by its resolver or by async-graphql) is released by key once it has resolved
+/// ([`PrefetchGate::release`]) and the others never wait for it.
 #[derive(Debug, Default)]
 pub struct PrefetchGate {
-    expected: usize,
     state: Mutex<GateState>,
     opened: Notify,
 }
 
 #[derive(Debug, Default)]
 struct GateState {
-    arrived: usize,
+    /// Response keys of the root fields that have not arrived yet.
+    waiting_for: HashSet<String>,
     contacts: Vec<Arc<Contact>>,
     details: Details,
     open: bool,
@@ -181,6 +186,7 @@ struct GateState {
 /// dropped, so that the others never wait for it.
 pub struct Arrival<'a> {
     gate: &'a PrefetchGate,
+    key: String,
     details: Details,
     arrived: bool,
 }
@@ -189,20 +195,39 @@ pub struct Arrival<'a> {
 const GATE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl PrefetchGate {
-    pub fn join(&self, details: Details) -> Arrival<'_> {
+    fn expecting(keys: impl IntoIterator<Item = String>) -> Self {
+        PrefetchGate {
+            state: Mutex::new(GateState {
+                waiting_for: keys.into_iter().collect(),
+                ..GateState::default()
+            }),
+            opened: Notify::new(),
+        }
+    }
+
+    /// The place of the root field with this response key.
+    pub fn join(&self, key: String, details: Details) -> Arrival<'_> {
         Arrival {
             gate: self,
+            key,
             details,
             arrived: false,
         }
     }
 
-    fn arrive(&self, contacts: &[Arc<Contact>], details: Details) {
+    /// The root field with this response key has resolved, successfully or not: it no longer
+    /// holds the others back. Nothing happens when it has already arrived.
+    pub fn release(&self, key: &str) {
+        self.arrive(key, &[], Details::default());
+    }
+
+    fn arrive(&self, key: &str, contacts: &[Arc<Contact>], details: Details) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.arrived += 1;
-        state.contacts.extend(contacts.iter().cloned());
-        state.details = state.details.union(details);
-        if state.arrived >= self.expected {
+        if state.waiting_for.remove(key) {
+            state.contacts.extend(contacts.iter().cloned());
+            state.details = state.details.union(details);
+        }
+        if state.waiting_for.is_empty() && !state.open {
             state.open = true;
             self.opened.notify_waiters();
         }
@@ -230,7 +255,7 @@ impl Arrival<'_> {
     /// operation needs is known.
     pub async fn arrive(mut self, contacts: &[Arc<Contact>]) -> (Vec<Arc<Contact>>, Details) {
         self.arrived = true;
-        self.gate.arrive(contacts, self.details);
+        self.gate.arrive(&self.key, contacts, self.details);
         self.gate.wait().await
     }
 }
@@ -238,7 +263,7 @@ impl Arrival<'_> {
 impl Drop for Arrival<'_> {
     fn drop(&mut self) {
         if !self.arrived {
-            self.gate.arrive(&[], self.details);
+            self.gate.arrive(&self.key, &[], self.details);
         }
     }
 }

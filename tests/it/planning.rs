@@ -1,5 +1,6 @@
 //! What an operation may cost is decided before it costs anything: documents whose fragments
-//! explode (issue 13, point 1).
+//! explode (issue 13, point 1); and root fields that fail beside others hold nobody back
+//! (point 4).
 
 use std::time::{Duration, Instant};
 
@@ -136,4 +137,40 @@ async fn the_selection_limit_is_a_flag() {
     app.query(Some(ADMIN_TOKEN), "{ contacts { nodes { id name } } }")
         .await
         .data();
+}
+
+#[tokio::test]
+async fn a_root_field_refused_for_its_arguments_never_holds_the_others_back() {
+    let app = TestApp::spawn().await;
+    let id = app.fake.visible_ids(ADMIN_TOKEN)[0];
+    let cases = [
+        "{ bad: contacts(first: 251) { nodes { leads { name } } }
+           good: contacts(first: 3) { nodes { id leads { name } companies { name } } } }"
+            .to_owned(),
+        r#"{ bad: contact(id: "abc") { leads { name } }
+           good: contacts(first: 3) { nodes { id leads { name } } } }"#
+            .to_owned(),
+        format!(
+            r#"{{ bad: contacts(after: "%%%") {{ nodes {{ customers {{ name }} }} }}
+               good: contact(id: "{id}") {{ id leads {{ name }} }} }}"#
+        ),
+    ];
+    for query in &cases {
+        let started = Instant::now();
+        let reply = app.query(Some(ADMIN_TOKEN), query).await;
+        let elapsed = started.elapsed();
+        assert_eq!(reply.codes(), vec!["BAD_USER_INPUT"], "{}", reply.body);
+        // A failed `contacts` (non-null) nulls `data`; `good` still ran to its end.
+        if let Some(good) = reply.body["data"].get("good") {
+            let answered = good["id"].is_string()
+                || good["nodes"]
+                    .as_array()
+                    .is_some_and(|nodes| nodes.len() == 3);
+            assert!(answered, "{}", reply.body);
+        }
+        assert!(
+            elapsed < Duration::from_millis(800),
+            "{query}: answered after {elapsed:?}"
+        );
+    }
 }
