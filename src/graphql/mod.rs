@@ -6,6 +6,7 @@
 //! - [`connection`]: cursor and window arithmetic.
 //! - [`selection`]: the operation plan (which relations, which ids), made before execution,
 //!   and the size of a document once its fragments are inlined.
+//! - [`price`]: what an operation may cost in upstream calls, from its plan.
 //! - [`input`]: argument validation.
 //! - [`error`]: the mapping of every failure to `extensions.code`.
 //! - [`field_errors`]: errored fields become `null` where the GraphQL spec says.
@@ -19,6 +20,7 @@ mod documents;
 mod error;
 mod field_errors;
 mod input;
+mod price;
 mod query;
 mod scalars;
 mod selection;
@@ -33,7 +35,10 @@ use async_graphql::parser::types::ExecutableDocument;
 use async_graphql::{EmptyMutation, EmptySubscription, Request, Response, Schema, ServerResult};
 use async_graphql::{QueryPathSegment, ServerError, ValidationResult, Value};
 use documents::Parsed;
+use price::Price;
 use selection::Unbounded;
+
+use crate::amocrm::PageSize;
 
 pub use context::RequestContext;
 pub use error::{BAD_REQUEST, BAD_USER_INPUT, refusal};
@@ -52,6 +57,10 @@ pub struct Limits {
     /// Selections of the document once fragments are inlined: checked first, because every
     /// later step (our plan, async-graphql's validation) walks that expansion.
     pub max_selections: usize,
+    /// Upstream calls one operation may cost ([`price::Price`]).
+    pub max_upstream_calls: u64,
+    /// The size of the upstream pages that windows are priced in.
+    pub page_size: PageSize,
     pub introspection: bool,
 }
 
@@ -67,6 +76,11 @@ pub const DEFAULT_MAX_ALIASES: usize = 64;
 /// aliases' worth of cards three times over, while the walks of a document at the limit stay
 /// well under a second (5 119 selections: answered in 0.36 s by a debug build, measured).
 pub const DEFAULT_MAX_SELECTIONS: usize = 10_000;
+/// One `contacts(first: 250)` with every relation's details is priced at 10 calls (1 page,
+/// 9 batches of linked entities; it makes 8 against the fake): 16 lets such a list through
+/// even straddling two pages with a `contact(id:)` field beside it (priced at exactly 16), and
+/// keeps any one operation near two seconds of amoCRM's 7 calls a second.
+pub const DEFAULT_MAX_UPSTREAM_CALLS: u64 = 16;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -75,6 +89,8 @@ impl Default for Limits {
             max_depth: DEFAULT_MAX_DEPTH,
             max_aliases: DEFAULT_MAX_ALIASES,
             max_selections: DEFAULT_MAX_SELECTIONS,
+            max_upstream_calls: DEFAULT_MAX_UPSTREAM_CALLS,
+            page_size: PageSize::MAX,
             introspection: true,
         }
     }
@@ -194,6 +210,7 @@ impl Extension for PlanningExtension {
             return Err(error::variable_not_provided(definition));
         }
         let plan = OperationPlan::new(document, operation_name.as_deref(), &variables);
+        self.check_price(&plan)?;
         request.variables = variables;
         let request = request.data(plan);
         next.run(ctx, request).await
@@ -251,5 +268,27 @@ impl PlanningExtension {
             ),
         };
         Err(error::refusal(code, message))
+    }
+
+    /// Refuses an operation that may cost more upstream calls than `--max-upstream-calls`,
+    /// before its first call.
+    fn check_price(&self, plan: &OperationPlan) -> Result<(), ServerError> {
+        let price = Price::of(plan, self.limits.page_size.get());
+        let max = self.limits.max_upstream_calls;
+        if price.total() <= max {
+            return Ok(());
+        }
+        Err(error::refusal(
+            "QUERY_TOO_COMPLEX",
+            format!(
+                "the operation may cost {} upstream calls ({} contact pages, {} contact(id:) \
+                 batches, {} linked-entity batches); at most {max} are allowed per operation \
+                 (--max-upstream-calls)",
+                price.total(),
+                price.pages,
+                price.contact_batches,
+                price.linked_batches
+            ),
+        ))
     }
 }

@@ -20,6 +20,8 @@ use async_graphql::parser::types::{
 use async_graphql::{Name, Positioned, Variables};
 use async_graphql_value::Value;
 
+use super::connection::{Cursor, Window};
+use super::query::{DEFAULT_FIRST, MAX_FIRST};
 use crate::amocrm::{Contact, ContactId, Relation, Relations};
 
 /// Contact fields whose data amoCRM only embeds when asked for in `with`.
@@ -94,6 +96,9 @@ pub struct OperationPlan {
     contact_ids: BTreeSet<ContactId>,
     /// What any root `contact` field needs: the batch loads it all at once.
     contact_needs: ContactNeeds,
+    /// The window of each root `contacts` field, by response key; an argument its resolver
+    /// will refuse gives an empty window, which costs nothing.
+    windows: HashMap<String, Window>,
 }
 
 impl OperationPlan {
@@ -114,7 +119,12 @@ impl OperationPlan {
         for field in walk.fields(&operation.selection_set.node) {
             let key = field.response_key().node.to_string();
             let needs = match field.name.node.as_str() {
-                "contacts" => walk.connection_needs(field),
+                "contacts" => {
+                    plan.windows
+                        .entry(key.clone())
+                        .or_insert_with(|| walk.window(field));
+                    walk.connection_needs(field)
+                }
                 "contact" => {
                     let needs = walk.contact_needs(&field.selection_set.node);
                     plan.contact_needs = plan.contact_needs.union(needs);
@@ -151,6 +161,18 @@ impl OperationPlan {
             .get(response_key)
             .copied()
             .unwrap_or_default()
+    }
+
+    /// The windows of the operation's `contacts` fields.
+    pub fn windows(&self) -> impl Iterator<Item = Window> + '_ {
+        self.windows.values().copied()
+    }
+
+    /// The linked entities any root field loads details of.
+    pub fn details(&self) -> Details {
+        self.needs_by_key
+            .values()
+            .fold(Details::default(), |all, needs| all.union(needs.details))
     }
 
     /// All ids of the operation's `contact` fields, and what to load them with.
@@ -680,6 +702,38 @@ impl<'a> Walk<'a> {
         match self.resolve(value)? {
             Value::Boolean(b) => Some(b),
             _ => None,
+        }
+    }
+
+    /// The window a `contacts` field asks for, read as its resolver reads `first` and `after`
+    /// (see `query.rs`); arguments it refuses make an empty window.
+    fn window(&self, connection: &'a Field) -> Window {
+        let argument = |name| {
+            connection
+                .get_argument(name)
+                .and_then(|value| self.resolve(&value.node))
+                .filter(|value| *value != Value::Null)
+        };
+        let refused = Window { start: 0, len: 0 };
+        let len = match argument("first") {
+            None => DEFAULT_FIRST,
+            Some(Value::Number(n)) => match n.as_i64() {
+                Some(first) if (0..=MAX_FIRST).contains(&first) => first,
+                _ => return refused,
+            },
+            Some(_) => return refused,
+        };
+        let start = match argument("after") {
+            None => 0,
+            Some(Value::String(cursor)) => match Cursor::offset_of(&cursor) {
+                Some(offset) => offset + 1,
+                None => return refused,
+            },
+            Some(_) => return refused,
+        };
+        Window {
+            start,
+            len: u64::try_from(len).unwrap_or(0),
         }
     }
 

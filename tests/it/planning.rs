@@ -1,6 +1,6 @@
 //! What an operation may cost is decided before it costs anything: documents whose fragments
-//! explode (issue 13, point 1); and root fields that fail beside others hold nobody back
-//! (point 4).
+//! explode, operations priced above the upstream budget, and root fields that fail beside
+//! others (issue 13, points 1, 3 and 4).
 
 use std::time::{Duration, Instant};
 
@@ -122,6 +122,97 @@ fn assert_only_deleted_leads_missing(reply: &Reply) {
         "{:?}",
         reply.codes()
     );
+}
+
+/// A real cursor of the default list, at `offset`.
+async fn cursor_at(app: &TestApp, offset: usize) -> String {
+    let reply = app
+        .query(
+            Some(ADMIN_TOKEN),
+            &format!(
+                "{{ contacts(first: {}) {{ pageInfo {{ endCursor }} }} }}",
+                offset + 1
+            ),
+        )
+        .await;
+    reply.data()["contacts"]["pageInfo"]["endCursor"]
+        .as_str()
+        .expect("a cursor")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn aliased_windows_spanning_two_pages_each_are_refused_before_any_call() {
+    let app = TestApp::spawn().await;
+    // Each window of 250 after offset 99 spans pages 1 and 2.
+    let after = cursor_at(&app, 99).await;
+    app.fake.clear_requests();
+    let windows: String = (0..64)
+        .map(|i| format!(r#"w{i}: contacts(first: 250, after: "{after}") {{ nodes {{ id }} }} "#))
+        .collect();
+    let reply = app
+        .query(Some(ADMIN_TOKEN), &format!("{{ {windows} }}"))
+        .await;
+    assert_eq!(reply.codes(), vec!["QUERY_TOO_COMPLEX"], "{}", reply.body);
+    let message = reply.first_error()["message"].as_str().expect("a message");
+    assert!(
+        message.contains("128 upstream calls") && message.contains("at most 16"),
+        "{message}"
+    );
+    assert!(message.contains("--max-upstream-calls"), "{message}");
+    assert_eq!(app.upstream_calls(), 0);
+}
+
+#[tokio::test]
+async fn the_heaviest_honest_list_passes_and_costs_no_more_than_its_price() {
+    let app = TestApp::spawn().await;
+    let every_relation = "nodes { id leads { name } customers { name } companies { name }
+        catalogElements { name } responsibleUser { name } }";
+    let reply = app
+        .query(
+            Some(ADMIN_TOKEN),
+            &format!("{{ contacts(first: 250) {{ {every_relation} }} }}"),
+        )
+        .await;
+    assert_only_deleted_leads_missing(&reply);
+    assert_eq!(
+        reply.body["data"]["contacts"]["nodes"]
+            .as_array()
+            .map(Vec::len),
+        Some(250)
+    );
+    let calls = app.upstream_calls();
+    assert!(calls <= 10, "priced at 10, made {calls} calls");
+
+    // The same list straddling two pages, on a cold gateway: priced at 11, still allowed.
+    let cold = app.replica(&[]).await;
+    let after = cursor_at(&cold, 99).await;
+    let straddling = cold
+        .query(
+            Some(ADMIN_TOKEN),
+            &format!(r#"{{ contacts(first: 250, after: "{after}") {{ {every_relation} }} }}"#),
+        )
+        .await;
+    assert_only_deleted_leads_missing(&straddling);
+}
+
+#[tokio::test]
+async fn the_upstream_call_limit_is_a_flag() {
+    let app = TestApp::spawn_with(&["--max-upstream-calls", "2"], FakeOptions::default()).await;
+    let reply = app
+        .query(
+            Some(ADMIN_TOKEN),
+            "{ a: contacts(first: 1) { nodes { id } } b: contacts(first: 1, filter: { query: \"x\" }) { nodes { id } } c: contacts(first: 1, filter: { query: \"y\" }) { nodes { id } } }",
+        )
+        .await;
+    assert_eq!(reply.codes(), vec!["QUERY_TOO_COMPLEX"], "{}", reply.body);
+    assert_eq!(app.upstream_calls(), 0);
+    app.query(
+        Some(ADMIN_TOKEN),
+        "{ a: contacts(first: 1) { nodes { id } } b: contacts(first: 1, filter: { query: \"x\" }) { nodes { id } } }",
+    )
+    .await
+    .data();
 }
 
 #[tokio::test]
