@@ -163,6 +163,17 @@ pub struct ServeConfig {
     #[arg(long, env = "GATEWAY_MAX_ALIASES", default_value_t = crate::graphql::DEFAULT_MAX_ALIASES)]
     pub max_aliases: usize,
 
+    /// The most selections (fields, and the fragments that bring them) a document may hold once
+    /// its fragments are inlined; checked before anything else reads it (QUERY_TOO_COMPLEX
+    /// beyond).
+    #[arg(long, env = "GATEWAY_MAX_SELECTIONS", default_value_t = crate::graphql::DEFAULT_MAX_SELECTIONS as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_selections: u64,
+
+    /// The most upstream calls one operation may cost, priced from its windows, `contact`
+    /// fields and linked entities before its first call (QUERY_TOO_COMPLEX beyond).
+    #[arg(long, env = "GATEWAY_MAX_UPSTREAM_CALLS", default_value_t = crate::graphql::DEFAULT_MAX_UPSTREAM_CALLS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_upstream_calls: u64,
+
     /// The largest request body accepted (HTTP 413 beyond); bytes or IEC units.
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value = DEFAULT_MAX_BODY_BYTES, value_parser = parse_bytes)]
     pub max_body_bytes: u64,

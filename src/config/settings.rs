@@ -169,6 +169,7 @@ impl ServeConfig {
             });
         }
         let cors = cors_origins(&self.cors_origins)?;
+        let page_size = PageSize::new(u64::from(self.upstream_page_size)).unwrap_or(PageSize::MAX);
         Ok(Settings {
             listen: self.listen,
             upstream,
@@ -184,8 +185,7 @@ impl ServeConfig {
                 timeout: self.upstream_timeout,
                 connect_timeout: self.upstream_connect_timeout,
                 queue_timeout: self.upstream_queue_timeout,
-                page_size: PageSize::new(u64::from(self.upstream_page_size))
-                    .unwrap_or(PageSize::MAX),
+                page_size,
             },
             freshness: Freshness {
                 ttl: self.cache_ttl,
@@ -197,6 +197,9 @@ impl ServeConfig {
                 max_complexity: self.max_complexity,
                 max_depth: self.max_depth,
                 max_aliases: self.max_aliases,
+                max_selections: usize::try_from(self.max_selections).unwrap_or(usize::MAX),
+                max_upstream_calls: self.max_upstream_calls,
+                page_size,
                 introspection: !self.disable_introspection,
             },
             max_body_bytes: usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),

@@ -52,6 +52,20 @@ impl Cursor {
 
     /// Decodes a cursor and checks that it belongs to `list`.
     pub fn decode(text: &str, list: ListFingerprint) -> Result<Cursor, CursorError> {
+        let (offset, fingerprint) = Self::parts(text)?;
+        if ListFingerprint(fingerprint) != list {
+            return Err(CursorError::OtherList);
+        }
+        Ok(Cursor { offset, list })
+    }
+
+    /// The offset a cursor names, whichever list it belongs to: enough to price the window it
+    /// starts before the list's arguments are validated. `None` when it is no cursor at all.
+    pub fn offset_of(text: &str) -> Option<u64> {
+        Self::parts(text).ok().map(|(offset, _)| offset)
+    }
+
+    fn parts(text: &str) -> Result<(u64, u64), CursorError> {
         let bytes = URL_SAFE_NO_PAD
             .decode(text.trim())
             .map_err(|_| CursorError::Malformed)?;
@@ -68,10 +82,7 @@ impl Cursor {
         if offset >= MAX_OFFSET {
             return Err(CursorError::Malformed);
         }
-        if ListFingerprint(fingerprint) != list {
-            return Err(CursorError::OtherList);
-        }
-        Ok(Cursor { offset, list })
+        Ok((offset, fingerprint))
     }
 }
 
@@ -80,6 +91,19 @@ impl Cursor {
 pub struct Window {
     pub start: u64,
     pub len: u64,
+}
+
+impl Window {
+    /// How many upstream pages of `page_size` [`slice`] may fetch for this window: pages
+    /// `start / size` through `(start + len - 1) / size`, fewer only when the list ends first.
+    pub fn pages(self, page_size: usize) -> u64 {
+        let size = page_size as u64;
+        if self.len == 0 || size == 0 {
+            return 0;
+        }
+        let last = self.start.saturating_add(self.len - 1);
+        last / size - self.start / size + 1
+    }
 }
 
 /// What an upstream page contributes: its items (borrowed from wherever the page lives, so
@@ -201,6 +225,21 @@ mod tests {
         let result = futures::executor::block_on(slice(window, page_size, fetch));
         let Ok(result) = result;
         (result, calls.into_inner())
+    }
+
+    proptest! {
+        /// The priced page count is what `slice` fetches from a list long enough, and never
+        /// less than it fetches from any list.
+        #[test]
+        fn priced_pages_bound_the_pages_fetched(
+            start in 0u64..2_000, len in 0u64..=250, size in 1usize..=250, total in 0u64..3_000,
+        ) {
+            let window = Window { start, len };
+            let (_, from_long_list) = run(u64::MAX, size, window);
+            prop_assert_eq!(window.pages(size), from_long_list.len() as u64);
+            let (_, fetched) = run(total, size, window);
+            prop_assert!(fetched.len() as u64 <= window.pages(size));
+        }
     }
 
     #[test]

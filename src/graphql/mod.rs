@@ -4,7 +4,9 @@
 //! - [`query`]: the Query root, `contacts` and `contact`.
 //! - [`contact`]: objects over the upstream models, and the connection types.
 //! - [`connection`]: cursor and window arithmetic.
-//! - [`selection`]: the operation plan (which relations, which ids), made before execution.
+//! - [`selection`]: the operation plan (which relations, which ids), made before execution,
+//!   and the size of a document once its fragments are inlined.
+//! - [`price`]: what an operation may cost in upstream calls, from its plan.
 //! - [`input`]: argument validation.
 //! - [`variables`]: every declared variable coerced before execution.
 //! - [`overlap`]: one response key, one field (the spec's field selection merging).
@@ -21,6 +23,7 @@ mod error;
 mod field_errors;
 mod input;
 mod overlap;
+mod price;
 mod query;
 mod scalars;
 mod selection;
@@ -29,12 +32,17 @@ mod variables;
 use std::sync::Arc;
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextRequest, NextValidation,
+    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextRequest, NextResolve,
+    NextValidation, ResolveInfo,
 };
 use async_graphql::parser::types::ExecutableDocument;
 use async_graphql::{EmptyMutation, EmptySubscription, Request, Response, Schema, ServerResult};
-use async_graphql::{ServerError, ValidationResult};
+use async_graphql::{QueryPathSegment, ServerError, ValidationResult, Value};
 use documents::Parsed;
+use price::Price;
+use selection::Unbounded;
+
+use crate::amocrm::PageSize;
 
 pub use context::RequestContext;
 pub use error::{BAD_REQUEST, BAD_USER_INPUT, UNAUTHENTICATED, refusal};
@@ -50,6 +58,13 @@ pub struct Limits {
     pub max_complexity: usize,
     pub max_depth: usize,
     pub max_aliases: usize,
+    /// Selections of the document once fragments are inlined: checked first, because every
+    /// later step (our plan, async-graphql's validation) walks that expansion.
+    pub max_selections: usize,
+    /// Upstream calls one operation may cost ([`price::Price`]).
+    pub max_upstream_calls: u64,
+    /// The size of the upstream pages that windows are priced in.
+    pub page_size: PageSize,
     pub introspection: bool,
 }
 
@@ -61,6 +76,16 @@ pub const DEFAULT_MAX_COMPLEXITY: usize = 150_000;
 pub const DEFAULT_MAX_DEPTH: usize = 15;
 /// async-graphql has no alias limit; aliases multiply work without multiplying the document.
 pub const DEFAULT_MAX_ALIASES: usize = 64;
+/// A contact card with every relation's fields is about 50 selections, so this allows the 64
+/// aliases' worth of cards three times over, while async-graphql's validation and execution
+/// of a document at the limit take about 40 ms in a debug build (measured; linear in the
+/// count).
+pub const DEFAULT_MAX_SELECTIONS: usize = 10_000;
+/// One `contacts(first: 250)` with every relation's details is priced at 10 calls (1 page,
+/// 9 batches of linked entities; it makes 8 against the fake): 16 lets such a list through
+/// even straddling two pages with a `contact(id:)` field beside it (priced at exactly 16), and
+/// keeps any one operation near two seconds of amoCRM's 7 calls a second.
+pub const DEFAULT_MAX_UPSTREAM_CALLS: u64 = 16;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -68,6 +93,9 @@ impl Default for Limits {
             max_complexity: DEFAULT_MAX_COMPLEXITY,
             max_depth: DEFAULT_MAX_DEPTH,
             max_aliases: DEFAULT_MAX_ALIASES,
+            max_selections: DEFAULT_MAX_SELECTIONS,
+            max_upstream_calls: DEFAULT_MAX_UPSTREAM_CALLS,
+            page_size: PageSize::MAX,
             introspection: true,
         }
     }
@@ -162,6 +190,7 @@ impl Extension for PlanningExtension {
         let document = request
             .parsed_query()
             .map_err(error::readable_parse_error)?;
+        self.check_expansion(document)?;
         let aliases = selection::count_aliases(document);
         if aliases > self.limits.max_aliases {
             return Err(error::refusal(
@@ -190,8 +219,85 @@ impl Extension for PlanningExtension {
             overlap::conflict(document, operation)?;
         }
         let plan = OperationPlan::new(document, operation_name.as_deref(), &variables);
+        self.check_price(&plan)?;
         request.variables = variables;
         let request = request.data(plan);
         next.run(ctx, request).await
+    }
+
+    /// A root field that has resolved, whatever the outcome, releases its place at the
+    /// prefetch gate: one refused before its resolver ran (or before it joined) would
+    /// otherwise hold the others until the gate's timeout.
+    async fn resolve(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        info: ResolveInfo<'_>,
+        next: NextResolve<'_>,
+    ) -> ServerResult<Option<Value>> {
+        let root_key = match (info.path_node.parent, info.path_node.segment) {
+            (None, QueryPathSegment::Name(key)) => Some(key.to_owned()),
+            _ => None,
+        };
+        let resolved = next.run(ctx, info).await;
+        if let Some(key) = root_key
+            && let Some(plan) = ctx.data_opt::<OperationPlan>()
+        {
+            plan.gate().release(&key);
+        }
+        resolved
+    }
+}
+
+impl PlanningExtension {
+    /// Refuses a document whose fragments expand beyond `--max-selections`, before anything
+    /// walks that expansion: a few hundred bytes of fragments that each spread the next twice
+    /// expand to millions of fields.
+    fn check_expansion(&self, document: &ExecutableDocument) -> Result<(), ServerError> {
+        let max = self.limits.max_selections;
+        let (code, message) = match selection::expanded_selections(document) {
+            Ok(count) if count <= max => return Ok(()),
+            Ok(count) => (
+                "QUERY_TOO_COMPLEX",
+                format!(
+                    "the document expands to {count} selections once its fragments are \
+                     inlined; at most {max} are allowed (--max-selections)"
+                ),
+            ),
+            // Validation would refuse it too, with the same code, after walking it.
+            Err(Unbounded::Cycle(name)) => (
+                BAD_USER_INPUT,
+                format!("fragment `{name}` spreads itself: fragments must not form a cycle"),
+            ),
+            Err(Unbounded::Nesting) => (
+                "QUERY_TOO_COMPLEX",
+                format!(
+                    "fragments are spread inside fragments more than {} deep",
+                    selection::MAX_FRAGMENT_NESTING
+                ),
+            ),
+        };
+        Err(error::refusal(code, message))
+    }
+
+    /// Refuses an operation that may cost more upstream calls than `--max-upstream-calls`,
+    /// before its first call.
+    fn check_price(&self, plan: &OperationPlan) -> Result<(), ServerError> {
+        let price = Price::of(plan, self.limits.page_size.get());
+        let max = self.limits.max_upstream_calls;
+        if price.total() <= max {
+            return Ok(());
+        }
+        Err(error::refusal(
+            "QUERY_TOO_COMPLEX",
+            format!(
+                "the operation may cost {} upstream calls ({} contact pages, {} contact(id:) \
+                 batches, {} linked-entity batches); at most {max} are allowed per operation \
+                 (--max-upstream-calls)",
+                price.total(),
+                price.pages,
+                price.contact_batches,
+                price.linked_batches
+            ),
+        ))
     }
 }

@@ -76,11 +76,12 @@ async fn contacts(
         None => 0,
     };
     let upstream = request(ctx)?.upstream()?;
-    let needs = plan(ctx).map_or_else(everything, |plan| plan.needs_of(&response_key(ctx)));
+    let key = response_key(ctx);
+    let needs = plan(ctx).map_or_else(everything, |plan| plan.needs_of(&key));
     let relations = needs.relations;
     let arrival = plan(ctx)
         .filter(|_| needs.details.any())
-        .map(|plan| plan.gate().join(needs.details));
+        .map(|plan| plan.gate().join(key, needs.details));
 
     let window = Window {
         start,
@@ -136,7 +137,7 @@ async fn contact(ctx: &Context<'_>, id: ID) -> Result<Option<Contact>, ApiError>
     };
     let arrival = plan(ctx)
         .filter(|_| needs.details.any())
-        .map(|plan| plan.gate().join(needs.details));
+        .map(|plan| plan.gate().join(response_key(ctx), needs.details));
     ids.insert(id);
     let found = upstream.contacts_by_id(&ids, needs.relations).await?;
     let mine: Vec<_> = found.get(&id).cloned().into_iter().collect();

@@ -21,6 +21,7 @@ mod oauth;
 mod over_http;
 mod paging;
 mod persisted;
+mod planning;
 mod protection;
 mod related;
 mod replicas;
