@@ -50,6 +50,8 @@ impl RequestContext {
                 HashMapCache::default(),
             ),
             users: tokio::sync::OnceCell::new(),
+            over_budget: std::sync::OnceLock::new(),
+            over_budget_reported: std::sync::atomic::AtomicBool::new(false),
             entities,
             credentials,
             pages,
@@ -82,6 +84,9 @@ pub struct Upstream {
     /// batch is not retried by every field that wanted it).
     linked: DataLoader<LinkedEntities, HashMapCache>,
     users: tokio::sync::OnceCell<Answer>,
+    /// Set when the linked entities' real batches exceeded what the price left them.
+    over_budget: std::sync::OnceLock<ApiError>,
+    over_budget_reported: std::sync::atomic::AtomicBool,
 }
 
 impl Upstream {
@@ -125,6 +130,16 @@ impl Upstream {
 
 impl Upstream {
     /// amoCRM's answer about one linked entity.
+    /// Why no linked entity loads in this operation, if their batches were over its budget.
+    /// `report` is true for the first asker only: one error for the operation, not one per
+    /// entity.
+    pub fn over_budget(&self) -> Option<(ApiError, bool)> {
+        use std::sync::atomic::Ordering;
+        let why = self.over_budget.get()?.clone();
+        let report = !self.over_budget_reported.swap(true, Ordering::Relaxed);
+        Some((why, report))
+    }
+
     pub async fn linked(&self, kind: EntityKind, id: u64) -> Answer {
         match self.linked.load_one(LinkedKey { kind, id }).await {
             Ok(Some(answer)) => answer,
@@ -145,7 +160,11 @@ impl Upstream {
     /// batch per kind (per catalog for catalog elements), the kinds concurrently. Run before the
     /// nested fields resolve, so that they find everything in the request's memo and the batch
     /// does not depend on a DataLoader's time window.
-    pub async fn prefetch(&self, contacts: &[Arc<Contact>], details: Details) {
+    ///
+    /// With a `budget` (the upstream calls the operation's price left to linked entities),
+    /// the real batches are counted first, now that the ids are known: beyond the budget
+    /// nothing loads, and every detail field reports [`ApiError::OverBudget`] instead.
+    pub async fn prefetch(&self, contacts: &[Arc<Contact>], details: Details, budget: Option<u64>) {
         let mut keys = Vec::new();
         for contact in contacts {
             if details.leads {
@@ -176,8 +195,17 @@ impl Upstream {
                 }));
             }
         }
+        let users_needed =
+            details.responsible_user && contacts.iter().any(|c| c.responsible_user_id != 0);
+        if let Some(left) = budget {
+            let needed = batches(&keys).saturating_add(u64::from(users_needed));
+            if needed > left {
+                let _ = self.over_budget.set(ApiError::OverBudget { needed, left });
+                return;
+            }
+        }
         let users = async {
-            if details.responsible_user && contacts.iter().any(|c| c.responsible_user_id != 0) {
+            if users_needed {
                 self.users().await;
             }
         };
@@ -188,6 +216,19 @@ impl Upstream {
         };
         futures::join!(users, linked);
     }
+}
+
+/// The upstream calls `keys` need: one per 250 ids of a kind (of a catalog, for catalog
+/// elements), as the entity cache batches them.
+fn batches(keys: &[LinkedKey]) -> u64 {
+    let mut per_kind: HashMap<EntityKind, std::collections::HashSet<u64>> = HashMap::new();
+    for key in keys {
+        per_kind.entry(key.kind).or_default().insert(key.id);
+    }
+    per_kind
+        .values()
+        .map(|ids| (ids.len() as u64).div_ceil(crate::amocrm::MAX_FILTER_IDS as u64))
+        .sum()
 }
 
 /// A linked entity to load.

@@ -51,6 +51,15 @@ pub enum ApiError {
         instead: &'static str,
     },
 
+    /// The linked entities of the operation's contacts, known once their pages arrived, need
+    /// more upstream calls than the operation's price left for them.
+    #[error(
+        "the linked entities of this operation's contacts need {needed} upstream calls, more than \
+         the {left} that --max-upstream-calls leaves them: ask for fewer contacts, or for fewer \
+         linked details; their ids are still answered"
+    )]
+    OverBudget { needed: u64, left: u64 },
+
     /// A bug: the schema was executed without the state it needs.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -70,6 +79,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => UNAUTHENTICATED,
             ApiError::Upstream(e) => upstream_code(e),
             ApiError::NotFound { .. } => "NOT_FOUND",
+            ApiError::OverBudget { .. } => "QUERY_TOO_COMPLEX",
             // Usable data amoCRM did not send, or sent beyond what the field can carry: asking
             // again will not help, and the caller did nothing wrong.
             ApiError::CatalogUnknown { .. } | ApiError::BeyondInt { .. } => "UPSTREAM_ERROR",

@@ -219,7 +219,13 @@ impl Extension for PlanningExtension {
             overlap::conflict(document, operation)?;
         }
         let plan = OperationPlan::new(document, operation_name.as_deref(), &variables);
-        self.check_price(&plan)?;
+        let price = self.check_price(&plan)?;
+        // What the pages and contact batches leave is what linked entities may really cost.
+        let plan = plan.with_linked_budget(
+            self.limits
+                .max_upstream_calls
+                .saturating_sub(price.pages.saturating_add(price.contact_batches)),
+        );
         request.variables = variables;
         let request = request.data(plan);
         next.run(ctx, request).await
@@ -281,11 +287,11 @@ impl PlanningExtension {
 
     /// Refuses an operation that may cost more upstream calls than `--max-upstream-calls`,
     /// before its first call.
-    fn check_price(&self, plan: &OperationPlan) -> Result<(), ServerError> {
+    fn check_price(&self, plan: &OperationPlan) -> Result<Price, ServerError> {
         let price = Price::of(plan, self.limits.page_size.get());
         let max = self.limits.max_upstream_calls;
         if price.total() <= max {
-            return Ok(());
+            return Ok(price);
         }
         Err(error::refusal(
             "QUERY_TOO_COMPLEX",

@@ -100,7 +100,14 @@ async fn contacts(
     })
     .await?;
 
-    prefetch(upstream, arrival, &slice.items, needs.details).await;
+    prefetch(
+        upstream,
+        arrival,
+        &slice.items,
+        needs.details,
+        linked_budget(ctx),
+    )
+    .await;
     let edges: Vec<ContactEdge> = slice
         .items
         .into_iter()
@@ -141,7 +148,7 @@ async fn contact(ctx: &Context<'_>, id: ID) -> Result<Option<Contact>, ApiError>
     ids.insert(id);
     let found = upstream.contacts_by_id(&ids, needs.relations).await?;
     let mine: Vec<_> = found.get(&id).cloned().into_iter().collect();
-    prefetch(upstream, arrival, &mine, needs.details).await;
+    prefetch(upstream, arrival, &mine, needs.details, linked_budget(ctx)).await;
     Ok(found.get(&id).cloned().map(|c| Contact(c, needs.details)))
 }
 
@@ -170,15 +177,21 @@ async fn prefetch(
     arrival: Option<Arrival<'_>>,
     contacts: &[Arc<crate::amocrm::Contact>],
     details: Details,
+    budget: Option<u64>,
 ) {
     match arrival {
         Some(arrival) => {
             let (all, details) = arrival.arrive(contacts).await;
-            upstream.prefetch(&all, details).await;
+            upstream.prefetch(&all, details, budget).await;
         }
-        None if details.any() => upstream.prefetch(contacts, details).await,
+        None if details.any() => upstream.prefetch(contacts, details, budget).await,
         None => {}
     }
+}
+
+/// What the operation's price left for linked entities (none without a plan).
+fn linked_budget(ctx: &Context<'_>) -> Option<u64> {
+    plan(ctx).and_then(OperationPlan::linked_budget)
 }
 
 fn request<'a>(ctx: &Context<'a>) -> Result<&'a RequestContext, ApiError> {

@@ -99,9 +99,22 @@ pub struct OperationPlan {
     /// The window of each root `contacts` field, by response key; an argument its resolver
     /// will refuse gives an empty window, which costs nothing.
     windows: HashMap<String, Window>,
+    /// Upstream calls the operation's price leaves to linked entities: their ids arrive with
+    /// the pages, so the price estimates them, and this checks the real batches at run time.
+    linked_budget: Option<u64>,
 }
 
 impl OperationPlan {
+    /// The plan with `budget` upstream calls left for linked entities.
+    pub fn with_linked_budget(mut self, budget: u64) -> Self {
+        self.linked_budget = Some(budget);
+        self
+    }
+
+    pub fn linked_budget(&self) -> Option<u64> {
+        self.linked_budget
+    }
+
     /// Plans the operation `operation_name` of `document`, with `variables` (defaults filled).
     pub fn new(
         document: &ExecutableDocument,

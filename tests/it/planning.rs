@@ -265,3 +265,70 @@ async fn a_root_field_refused_for_its_arguments_never_holds_the_others_back() {
         );
     }
 }
+
+/// A page of `contacts` contacts, each linked to `leads` leads of its own.
+fn page_with_leads(contacts: u64, leads: u64) -> String {
+    let items: Vec<serde_json::Value> = (0..contacts)
+        .map(|c| {
+            let leads: Vec<serde_json::Value> = (0..leads)
+                .map(|l| serde_json::json!({ "id": 30_000_000 + c * 1_000 + l }))
+                .collect();
+            serde_json::json!({ "id": 9_000_000 + c, "name": format!("c{c}"),
+                                "responsible_user_id": 0, "_embedded": { "leads": leads } })
+        })
+        .collect();
+    serde_json::json!({ "_embedded": { "contacts": items } }).to_string()
+}
+
+/// The price estimates linked entities (their ids only arrive with the page); once they have
+/// arrived, the real batches are counted, and beyond what the price left them nothing loads:
+/// one QUERY_TOO_COMPLEX, the ids still answered, the details null.
+#[tokio::test]
+async fn linked_entities_beyond_the_budget_left_are_refused_once_their_ids_are_known() {
+    use amocrm_gateway::fake_amocrm::Failure;
+    let app = TestApp::spawn_with(&["--max-upstream-calls", "3"], FakeOptions::default()).await;
+    // 10 contacts priced at 1 page + 1 lead batch; with 100 leads each they need 4 batches.
+    app.fake.fail_next([Failure::body(
+        "application/hal+json",
+        page_with_leads(10, 100),
+    )]);
+    let query = "{ contacts(first: 10) { nodes { id leads { id name } } } }";
+    let reply = app.query(Some(ADMIN_TOKEN), query).await;
+    assert_eq!(reply.codes(), ["QUERY_TOO_COMPLEX"], "{}", reply.body);
+    let message = reply.first_error()["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("need 4 upstream calls") && message.contains("the 2"),
+        "{message}"
+    );
+    let nodes = reply.body["data"]["contacts"]["nodes"]
+        .as_array()
+        .expect("the contacts are answered");
+    assert_eq!(nodes.len(), 10);
+    for node in nodes {
+        let leads = node["leads"].as_array().expect("lead ids");
+        assert_eq!(leads.len(), 100);
+        assert!(
+            leads
+                .iter()
+                .all(|l| l["id"].is_string() && l.get("name") == Some(&serde_json::Value::Null))
+        );
+    }
+    assert_eq!(app.upstream_calls(), 1, "the page only: no lead was loaded");
+
+    // Within the budget the same selection loads its leads.
+    app.fake.fail_next([Failure::body(
+        "application/hal+json",
+        page_with_leads(10, 2),
+    )]);
+    let reply = app
+        .query(
+            Some(ADMIN_TOKEN),
+            "{ contacts(first: 10, filter: { query: \"c\" }) { nodes { id leads { id name } } } }",
+        )
+        .await;
+    assert!(
+        reply.body.get("errors").is_none() || reply.codes().iter().all(|c| c == "NOT_FOUND"),
+        "{}",
+        reply.body
+    );
+}

@@ -68,7 +68,15 @@ impl Linked {
                     }
                 };
                 let answer = match request(ctx).and_then(RequestContext::upstream) {
-                    Ok(upstream) => upstream.linked(kind, self.id).await,
+                    Ok(upstream) => {
+                        if let Some((why, report)) = upstream.over_budget() {
+                            if report {
+                                self.report(ctx, why);
+                            }
+                            return None;
+                        }
+                        upstream.linked(kind, self.id).await
+                    }
                     Err(error) => {
                         self.report(ctx, error);
                         return None;

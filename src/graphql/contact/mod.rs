@@ -151,13 +151,20 @@ impl Contact {
         }
         let user = async {
             let upstream = request(ctx)?.upstream()?;
+            // Over budget, the users list does not load either; the field is null, and the
+            // operation's one error says why (every contact reporting it would say nothing new).
+            if let Some((why, report)) = upstream.over_budget() {
+                return if report { Err(why) } else { Ok(None) };
+            }
             match upstream.users().await {
                 Answer::Cached(Cached::Users(users)) => users
                     .get(&id)
                     .cloned()
-                    .map(|user| User {
-                        id,
-                        user: Some(user),
+                    .map(|user| {
+                        Some(User {
+                            id,
+                            user: Some(user),
+                        })
                     })
                     .ok_or(ApiError::NotFound { noun: "user", id }),
                 Answer::Cached(Cached::Forbidden(error)) | Answer::Failed(error) => {
@@ -168,7 +175,7 @@ impl Contact {
                 }
             }
         };
-        user.await.map(Some).map_err(|e| e.extend())
+        user.await.map_err(|e| e.extend())
     }
 }
 
