@@ -184,6 +184,29 @@ mod tests {
         assert_eq!(third.await, 7);
     }
 
+    /// The asker that started a flight goes away (its client disconnected): the others drive
+    /// the same work on and get its answer at once, without waiting for any timeout.
+    #[tokio::test]
+    async fn a_cancelled_starter_leaves_the_work_to_the_others() {
+        let flights: Arc<Flights<u8, usize>> = Flights::new();
+        let (gate, opened) = tokio::sync::oneshot::channel::<()>();
+        let (starter, _) = flights.join_or_start(1, move || async move {
+            let _ = opened.await;
+            9
+        });
+        let (waiter, joined) = flights.join_or_start(1, || async { 0 });
+        assert!(joined);
+        // The starter polls once, then is dropped mid-flight.
+        let mut starter = Box::pin(starter);
+        assert!(futures::poll!(&mut starter).is_pending());
+        drop(starter);
+        gate.send(()).expect("the work still waits");
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter is answered, not left hanging");
+        assert_eq!(answer, 9);
+    }
+
     #[tokio::test]
     async fn a_flight_every_asker_left_is_dropped_and_started_again() {
         let flights: Arc<Flights<u8, usize>> = Flights::new();
