@@ -113,6 +113,49 @@ async fn start_reference(body: bytes::Bytes) -> (SocketAddr, Background) {
     (addr, runtime)
 }
 
+/// A bare reverse proxy in front of the fake: an axum handler that passes the query string on
+/// with reqwest and returns the body. What one proxy hop costs on this machine, as a floor for
+/// what the gateway adds on a cold request.
+async fn start_proxy(upstream: String) -> (String, Background) {
+    let runtime = background(2);
+    let url = runtime
+        .handle
+        .spawn(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let http = reqwest::Client::new();
+            let app = axum::Router::new().route(
+                "/proxy",
+                axum::routing::get(move |uri: axum::http::Uri| {
+                    let http = http.clone();
+                    let url = format!(
+                        "{upstream}/api/v4/contacts?{}",
+                        uri.query().unwrap_or_default()
+                    );
+                    async move {
+                        let body = http
+                            .get(url)
+                            .bearer_auth(ADMIN_TOKEN)
+                            .send()
+                            .await
+                            .expect("the fake answers")
+                            .bytes()
+                            .await
+                            .expect("a body");
+                        ([("content-type", "application/json")], body)
+                    }
+                }),
+            );
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            format!("http://{addr}/proxy")
+        })
+        .await
+        .expect("spawned");
+    (url, runtime)
+}
+
 async fn hot() {
     let upstream = start_fake(FakeOptions::default()).await;
     let gateway = GatewayProcess::start(&upstream.fake.base_url(), &BENCH_FLAGS).await;
@@ -202,16 +245,18 @@ async fn cold() {
     let cold_rounds = rounds("LOAD_COLD_ROUNDS", COLD_ROUNDS);
     println!(
         "\n## cold: every request a distinct search, upstream latency {latency:?}; \
-         {cold_rounds} alternating rounds of {COLD_SECONDS}s direct, {COLD_SECONDS}s through the gateway"
+         {cold_rounds} alternating rounds of {COLD_SECONDS}s direct, through a bare proxy and through the gateway"
     );
+    let (proxy_url, _proxy) = start_proxy(base.clone()).await;
     println!(
-        "| clients | direct p50 | gateway p50 | added at p50 (median of rounds) | added at p99 (median) | upstream calls / gateway requests |\n|---|---|---|---|---|---|"
+        "| clients | direct p50 | gateway p50 | added at p50 (median of rounds) | added at p99 (median) | a bare proxy hop adds at p50 (median) | upstream calls / gateway requests |\n|---|---|---|---|---|---|---|"
     );
     // Each search finds one contact by its e-mail; a counter keeps every search distinct.
     let searches = Arc::new(AtomicU64::new(0));
     for clients in [1, 8] {
         let (mut added_p50, mut added_p99, mut direct_p50, mut gateway_p50) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut proxy_added = Vec::new();
         let (mut requests, mut calls) = (0, 0);
         for _ in 0..cold_rounds {
             let direct = {
@@ -235,6 +280,21 @@ async fn cold() {
                 })
                 .await
             };
+            let proxied = {
+                let client = client.clone();
+                let proxy_url = proxy_url.clone();
+                load(clients, COLD_SECONDS, move |n| {
+                    let client = client.clone();
+                    let url = format!("{proxy_url}?page=1&limit=250&query=contact{}%40", n % 2400);
+                    async move {
+                        let response = client.get(url).send().await.expect("answers");
+                        response.bytes().await.expect("a body");
+                    }
+                })
+                .await
+            };
+            proxy_added
+                .push(proxied.percentile(0.5).as_secs_f64() - direct.percentile(0.5).as_secs_f64());
             upstream.fake.clear_requests();
             let through = {
                 let client = client.clone();
@@ -263,11 +323,12 @@ async fn cold() {
         }
         let ms = |v: f64| format!("{:.2} ms", v * 1000.0);
         println!(
-            "| {clients} | {} | {} | {} | {} | {calls} / {requests} |",
+            "| {clients} | {} | {} | {} | {} | {} | {calls} / {requests} |",
             ms(median(&mut direct_p50)),
             ms(median(&mut gateway_p50)),
             ms(median(&mut added_p50)),
             ms(median(&mut added_p99)),
+            ms(median(&mut proxy_added)),
         );
     }
 
