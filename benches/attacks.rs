@@ -20,16 +20,7 @@ const WEBHOOK: &str = "attack-webhook-secret";
 const ATTACKERS: usize = 8;
 
 fn main() {
-    let seconds: u64 = std::env::var("ATTACK_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(8);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    runtime.block_on(run(Duration::from_secs(seconds)));
+    common::runtime().block_on(run(common::seconds_from_env("ATTACK_SECONDS", 8)));
 }
 
 #[derive(Clone, Copy)]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use amocrm_gateway::fake_amocrm::{ADMIN_TOKEN, FakeOptions};
 
 mod common;
-use common::{Background, GatewayProcess, background, client, load, start_fake};
+use common::{Background, GatewayProcess, client, load, serve_in_background, start_fake};
 
 const HOT_SECONDS: u64 = 5;
 const COLD_SECONDS: u64 = 3;
@@ -52,12 +52,7 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let wants = |mode: &str| modes.is_empty() || modes.iter().any(|m| m == mode);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    runtime.block_on(async {
+    common::runtime().block_on(async {
         if wants("hot") {
             hot().await;
         }
@@ -90,70 +85,45 @@ async fn post_graphql(client: &reqwest::Client, url: &str, query: &str) -> bytes
 
 /// A minimal axum handler that returns `body` for every POST: the ceiling for the hot path.
 async fn start_reference(body: bytes::Bytes) -> (SocketAddr, Background) {
-    let runtime = background(2);
-    let addr = runtime
-        .handle
-        .spawn(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            let app = axum::Router::new().route(
-                "/graphql",
-                axum::routing::post(move || {
-                    let body = body.clone();
-                    async move { ([("content-type", "application/json")], body) }
-                }),
-            );
-            tokio::spawn(async move { axum::serve(listener, app).await });
-            addr
-        })
-        .await
-        .expect("spawned");
-    (addr, runtime)
+    serve_in_background(axum::Router::new().route(
+        "/graphql",
+        axum::routing::post(move || {
+            let body = body.clone();
+            async move { ([("content-type", "application/json")], body) }
+        }),
+    ))
+    .await
 }
 
 /// A bare reverse proxy in front of the fake: an axum handler that passes the query string on
 /// with reqwest and returns the body. What one proxy hop costs on this machine, as a floor for
 /// what the gateway adds on a cold request.
 async fn start_proxy(upstream: String) -> (String, Background) {
-    let runtime = background(2);
-    let url = runtime
-        .handle
-        .spawn(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            let http = reqwest::Client::new();
-            let app = axum::Router::new().route(
-                "/proxy",
-                axum::routing::get(move |uri: axum::http::Uri| {
-                    let http = http.clone();
-                    let url = format!(
-                        "{upstream}/api/v4/contacts?{}",
-                        uri.query().unwrap_or_default()
-                    );
-                    async move {
-                        let body = http
-                            .get(url)
-                            .bearer_auth(ADMIN_TOKEN)
-                            .send()
-                            .await
-                            .expect("the fake answers")
-                            .bytes()
-                            .await
-                            .expect("a body");
-                        ([("content-type", "application/json")], body)
-                    }
-                }),
+    let http = reqwest::Client::new();
+    let (addr, runtime) = serve_in_background(axum::Router::new().route(
+        "/proxy",
+        axum::routing::get(move |uri: axum::http::Uri| {
+            let http = http.clone();
+            let url = format!(
+                "{upstream}/api/v4/contacts?{}",
+                uri.query().unwrap_or_default()
             );
-            tokio::spawn(async move { axum::serve(listener, app).await });
-            format!("http://{addr}/proxy")
-        })
-        .await
-        .expect("spawned");
-    (url, runtime)
+            async move {
+                let body = http
+                    .get(url)
+                    .bearer_auth(ADMIN_TOKEN)
+                    .send()
+                    .await
+                    .expect("the fake answers")
+                    .bytes()
+                    .await
+                    .expect("a body");
+                ([("content-type", "application/json")], body)
+            }
+        }),
+    ))
+    .await;
+    (format!("http://{addr}/proxy"), runtime)
 }
 
 async fn hot() {

@@ -35,16 +35,7 @@ struct Tally {
 }
 
 fn main() {
-    let seconds: u64 = std::env::var("SOAK_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(60);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    runtime.block_on(soak(Duration::from_secs(seconds)));
+    common::runtime().block_on(soak(common::seconds_from_env("SOAK_SECONDS", 60)));
 }
 
 async fn soak(length: Duration) {

@@ -37,6 +37,44 @@ pub fn background(workers: usize) -> Background {
     }
 }
 
+/// The benchmark's own runtime: two workers, as the machine has two cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// Seconds from the environment variable `name`, or `default`.
+pub fn seconds_from_env(name: &str, default: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default),
+    )
+}
+
+/// Serves `app` on a free loopback port, on a runtime of its own (so that it is not scheduled
+/// behind the load generator).
+pub async fn serve_in_background(app: axum::Router) -> (std::net::SocketAddr, Background) {
+    let runtime = background(2);
+    let addr = runtime
+        .handle
+        .spawn(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            addr
+        })
+        .await
+        .expect("spawned");
+    (addr, runtime)
+}
+
 pub struct Upstream {
     pub fake: FakeAmoCrm,
     _runtime: Background,
