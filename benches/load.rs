@@ -66,9 +66,13 @@ fn main() {
 }
 
 async fn post_graphql(client: &reqwest::Client, url: &str, query: &str) -> bytes::Bytes {
+    post_body(client, url, &serde_json::json!({ "query": query })).await
+}
+
+async fn post_body(client: &reqwest::Client, url: &str, body: &serde_json::Value) -> bytes::Bytes {
     let body = client
         .post(url)
-        .json(&serde_json::json!({ "query": query }))
+        .json(body)
         .send()
         .await
         .expect("the gateway answers")
@@ -218,53 +222,35 @@ async fn cold() {
          {cold_rounds} alternating rounds of {COLD_SECONDS}s direct, through a bare proxy and through the gateway"
     );
     let (proxy_url, _proxy) = start_proxy(base.clone()).await;
+    // The hops measured beside the gateway, each as a floor of what forwarding costs here.
+    let mut hops = vec![("a bare proxy hop (in this process)", proxy_url)];
+    let _nginx = std::env::var("LOAD_NGINX").ok().map(|binary| {
+        let nginx = Nginx::start(&binary, &base);
+        hops.push(("an nginx hop (a process of its own)", nginx.url.clone()));
+        nginx
+    });
     println!(
-        "| clients | direct p50 | gateway p50 | added at p50 (median of rounds) | added at p99 (median) | a bare proxy hop adds at p50 (median) | upstream calls / gateway requests |\n|---|---|---|---|---|---|---|"
+        "| clients | direct p50 | gateway p50 | added at p50 (median of rounds) | added at p99 (median) |{} upstream calls / gateway requests |\n|---|---|---|---|---|{}---|",
+        hops.iter()
+            .map(|(name, _)| format!(" {name} adds at p50 (median) |"))
+            .collect::<String>(),
+        "---|".repeat(hops.len()),
     );
     // Each search finds one contact by its e-mail; a counter keeps every search distinct.
     let searches = Arc::new(AtomicU64::new(0));
     for clients in [1, 8] {
         let (mut added_p50, mut added_p99, mut direct_p50, mut gateway_p50) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut proxy_added = Vec::new();
+        let mut hop_added = vec![Vec::new(); hops.len()];
         let (mut requests, mut calls) = (0, 0);
         for _ in 0..cold_rounds {
-            let direct = {
-                let client = client.clone();
-                let base = base.clone();
-                load(clients, COLD_SECONDS, move |n| {
-                    let client = client.clone();
-                    let url = format!(
-                        "{base}/api/v4/contacts?page=1&limit=250&query=contact{}%40",
-                        n % 2400
-                    );
-                    async move {
-                        let response = client
-                            .get(url)
-                            .bearer_auth(ADMIN_TOKEN)
-                            .send()
-                            .await
-                            .expect("answers");
-                        response.bytes().await.expect("a body");
-                    }
-                })
-                .await
-            };
-            let proxied = {
-                let client = client.clone();
-                let proxy_url = proxy_url.clone();
-                load(clients, COLD_SECONDS, move |n| {
-                    let client = client.clone();
-                    let url = format!("{proxy_url}?page=1&limit=250&query=contact{}%40", n % 2400);
-                    async move {
-                        let response = client.get(url).send().await.expect("answers");
-                        response.bytes().await.expect("a body");
-                    }
-                })
-                .await
-            };
-            proxy_added
-                .push(proxied.percentile(0.5).as_secs_f64() - direct.percentile(0.5).as_secs_f64());
+            let direct = searches_at(&client, clients, format!("{base}/api/v4/contacts")).await;
+            for ((_, hop_url), added) in hops.iter().zip(&mut hop_added) {
+                let proxied = searches_at(&client, clients, hop_url.clone()).await;
+                added.push(
+                    proxied.percentile(0.5).as_secs_f64() - direct.percentile(0.5).as_secs_f64(),
+                );
+            }
             upstream.fake.clear_requests();
             let through = {
                 let client = client.clone();
@@ -274,9 +260,9 @@ async fn cold() {
                     let client = client.clone();
                     let url = url.clone();
                     let n = searches.fetch_add(1, Ordering::Relaxed);
-                    let query = cold_search(n);
+                    let search = cold_search(n);
                     async move {
-                        post_graphql(&client, &url, &query).await;
+                        post_body(&client, &url, &search).await;
                     }
                 })
                 .await
@@ -293,12 +279,15 @@ async fn cold() {
         }
         let ms = |v: f64| format!("{:.2} ms", v * 1000.0);
         println!(
-            "| {clients} | {} | {} | {} | {} | {} | {calls} / {requests} |",
+            "| {clients} | {} | {} | {} | {} |{} {calls} / {requests} |",
             ms(median(&mut direct_p50)),
             ms(median(&mut gateway_p50)),
             ms(median(&mut added_p50)),
             ms(median(&mut added_p99)),
-            ms(median(&mut proxy_added)),
+            hop_added
+                .iter_mut()
+                .map(|added| format!(" {} |", ms(median(added))))
+                .collect::<String>(),
         );
     }
 
@@ -322,9 +311,9 @@ async fn cold() {
             let client = client.clone();
             let url = url.clone();
             let n = searches.fetch_add(1, Ordering::Relaxed);
-            let query = cold_search(n);
+            let search = cold_search(n);
             async move {
-                post_graphql(&client, &url, &query).await;
+                post_body(&client, &url, &search).await;
             }
         })
         .await;
@@ -351,14 +340,47 @@ async fn cold() {
     );
 }
 
-/// The `n`-th distinct search of a run: the e-mail picks one contact, the date range makes the
-/// search distinct, so each is a cold miss.
-fn cold_search(n: u64) -> String {
-    format!(
-        "{{ contacts(first: 50, filter: {{ query: \"contact{}@\", updatedAt: {{ from: \"{}\" }} }}) {{ nodes {{ id name }} }} }}",
-        n % 2400,
+/// `clients` loops of distinct amoCRM searches sent straight to `url` (the fake or a hop in
+/// front of it), each checked for a 200.
+async fn searches_at(client: &reqwest::Client, clients: usize, url: String) -> common::Run {
+    let client = client.clone();
+    load(clients, COLD_SECONDS, move |n| {
+        let client = client.clone();
+        let url = format!("{url}?page=1&limit=250&query=contact{}%40", n % 2400);
+        async move {
+            let response = client
+                .get(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .expect("answers");
+            assert!(response.status().is_success(), "answers 200");
+            response.bytes().await.expect("a body");
+        }
+    })
+    .await
+}
+
+/// The `n`-th distinct search of a run, as a request body: the e-mail picks one contact, the
+/// date range makes the search distinct, so each is a cold miss. Each is a document of its own,
+/// or with `LOAD_COLD_VARIABLES=1` one document with the search in its variables, as apps send
+/// searches.
+fn cold_search(n: u64) -> serde_json::Value {
+    let (email, from) = (
+        format!("contact{}@", n % 2400),
         rfc3339(946_684_800 + n as i64),
-    )
+    );
+    if std::env::var_os("LOAD_COLD_VARIABLES").is_some_and(|v| v == "1") {
+        serde_json::json!({
+            "query": "query Search($query: String!, $from: DateTime!) { contacts(first: 50, \
+                filter: { query: $query, updatedAt: { from: $from } }) { nodes { id name } } }",
+            "variables": { "query": email, "from": from },
+        })
+    } else {
+        serde_json::json!({ "query": format!(
+            "{{ contacts(first: 50, filter: {{ query: \"{email}\", updatedAt: {{ from: \"{from}\" }} }}) {{ nodes {{ id name }} }} }}"
+        ) })
+    }
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -436,4 +458,74 @@ fn rfc3339(unix: i64) -> String {
     chrono::DateTime::from_timestamp(unix, 0)
         .expect("a date in range")
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// nginx as a reverse proxy in front of the fake, in a process of its own as the gateway is,
+/// with upstream keep-alive: the hop the issue's reference figure was measured with. Started
+/// when `LOAD_NGINX` names the binary; stopped on drop.
+struct Nginx {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    url: String,
+}
+
+impl Nginx {
+    fn start(binary: &str, upstream: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("load-nginx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory for nginx");
+        // A free port: nginx cannot report the one it was given for port 0.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let upstream = upstream.trim_start_matches("http://");
+        let d = dir.display();
+        let config = format!(
+            "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid;\n\
+             error_log stderr warn;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n\
+               access_log off;\n\
+               client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+               upstream fake {{ server {upstream}; keepalive 64; }}\n\
+               server {{\n\
+                 listen 127.0.0.1:{port};\n\
+                 location / {{ proxy_pass http://fake; proxy_http_version 1.1; \
+                   proxy_set_header Connection \"\"; proxy_buffering on; }}\n\
+               }}\n\
+             }}\n"
+        );
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, config).expect("nginx.conf written");
+        let child = std::process::Command::new(binary)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("nginx starts");
+        // Ready when it accepts; bounded, so a broken config fails the run instead of hanging.
+        let ready = (0..500).any(|_| {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() || {
+                std::thread::sleep(Duration::from_millis(10));
+                false
+            }
+        });
+        assert!(ready, "nginx did not start listening on {port}");
+        Nginx {
+            child,
+            dir,
+            url: format!("http://127.0.0.1:{port}/api/v4/contacts"),
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
