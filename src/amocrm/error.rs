@@ -89,6 +89,65 @@ pub enum AmoError {
         reason: super::breaker::OpenReason,
         retry_in: Duration,
     },
+
+    /// A write's 400 that names what amoCRM refused (`validation-errors`): nothing of the
+    /// request was applied. Reads never produce it; their 400s stay [`AmoError::BadRequest`].
+    #[error("amoCRM refused the data as invalid (400): {}", rejections_message(.0))]
+    Invalid(Vec<Rejection>),
+
+    /// A write whose answer was lost after it may have reached amoCRM (a timeout, a dropped
+    /// connection, a 5xx, an unreadable success): amoCRM has no idempotency keys, so sending it
+    /// again could apply it twice. Only reading the data back tells.
+    #[error(
+        "amoCRM's answer to a write was lost ({cause}): the write may or may not have been \
+         applied; read the data back before trying again"
+    )]
+    OutcomeUnknown { cause: Box<AmoError> },
+}
+
+/// One entry of amoCRM's `validation-errors`: the item it names (by the `request_id` sent with
+/// it, when amoCRM says) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub request_id: Option<String>,
+    pub problems: Vec<Problem>,
+}
+
+/// One problem amoCRM found in an item. `path` is a dot path into the item as sent, with
+/// 0-based indexes (`custom_fields_values.0.values.0.enum_code`), not field ids. `code` is
+/// usually an identifier such as `NotSupportedChoice`, but amoCRM has sent prose there too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub code: String,
+    pub path: String,
+    pub detail: Option<String>,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = if self.path.is_empty() {
+            "(the item)"
+        } else {
+            &self.path
+        };
+        write!(f, "{path}: {}", self.code)?;
+        match &self.detail {
+            Some(detail) => write!(f, " ({detail})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The first problem and how many more: a batch can hold hundreds, and the message is a line.
+fn rejections_message(rejections: &[Rejection]) -> String {
+    let mut problems = rejections.iter().flat_map(|r| &r.problems);
+    let Some(first) = problems.next() else {
+        return "no details given".to_owned();
+    };
+    match problems.count() {
+        0 => first.to_string(),
+        more => format!("{first}, and {more} more"),
+    }
 }
 
 impl AmoError {
@@ -115,7 +174,7 @@ impl AmoError {
 
     /// Whether this says the upstream is failing (as opposed to an answer about the caller).
     pub fn counts_against_upstream(&self) -> bool {
-        self.is_retryable() || matches!(self, Self::Decode(_))
+        self.is_retryable() || matches!(self, Self::Decode(_) | Self::OutcomeUnknown { .. })
     }
 
     /// Whether retrying later could succeed: the failure says something about the upstream or the

@@ -106,8 +106,10 @@ fn upstream_code(error: &AmoError) -> &'static str {
         AmoError::Server { .. }
         | AmoError::Timeout(_)
         | AmoError::Connect
-        | AmoError::Transport => "UPSTREAM_UNAVAILABLE",
+        | AmoError::Transport
+        | AmoError::OutcomeUnknown { .. } => "UPSTREAM_UNAVAILABLE",
         AmoError::BadRequest { .. }
+        | AmoError::Invalid(_)
         | AmoError::RequestTooLarge { .. }
         | AmoError::RequestTooLong { .. }
         | AmoError::UnknownEndpoint { .. }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use reqwest::{StatusCode, header};
 
-use crate::amocrm::{AmoError, ForbiddenReason};
+use crate::amocrm::{AmoError, ForbiddenReason, Problem, Rejection};
 
 /// The longest `Retry-After` taken as sent (a day); longer ones count as a day.
 const MAX_RETRY_AFTER_SECS: u64 = 24 * 60 * 60;
@@ -23,11 +23,13 @@ const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 const MAX_DETAIL_CHARS: usize = 300;
 
 /// The body of a 2xx answer (`None` for "no content"), or the error a failed answer means.
-/// `endpoint` is the route template that logs and errors name.
+/// `endpoint` is the route template that logs and errors name. `write` says the call sent
+/// data: only then does a 400 name items amoCRM refused (`validation-errors`).
 pub(super) async fn outcome(
     response: reqwest::Response,
     endpoint: &'static str,
     request_timeout: Duration,
+    write: bool,
 ) -> Result<Option<Vec<u8>>, AmoError> {
     let status = response.status();
     let is_json = response
@@ -56,9 +58,19 @@ pub(super) async fn outcome(
             // Any wait past the retry deadline means "not now"; capping it keeps every later
             // sum of instants and durations far from overflow, whatever the header says.
             .map(|secs| Duration::from_secs(secs.min(MAX_RETRY_AFTER_SECS)));
-        let body = read_capped(response, MAX_ERROR_BODY_BYTES)
-            .await
-            .unwrap_or_default();
+        // A batch's validation errors can name every item: read them like a page.
+        let cap = if write && status == StatusCode::BAD_REQUEST {
+            MAX_BODY_BYTES
+        } else {
+            MAX_ERROR_BODY_BYTES
+        };
+        let body = read_capped(response, cap).await.unwrap_or_default();
+        if write
+            && status == StatusCode::BAD_REQUEST
+            && let Some(rejections) = validation_errors(&body)
+        {
+            return Err(AmoError::Invalid(rejections));
+        }
         Err(classify_error(
             status,
             is_json,
@@ -136,10 +148,54 @@ async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<
 /// amoCRM's problem body. 403 and 429 often come as HTML from its front proxy instead, so the
 /// status decides the error and the body only adds detail when it is JSON.
 #[derive(serde::Deserialize, Default)]
-struct Problem {
+struct ProblemBody {
     title: Option<String>,
     detail: Option<String>,
     hint: Option<String>,
+}
+
+/// The `validation-errors` of a 400 body, when it has any: other 400s (a rights problem in
+/// disguise, say) carry only a `detail` and stay [`AmoError::BadRequest`]. Read tolerantly,
+/// since only the grouping by item is reliable: `request_id` may be missing or a number, a
+/// problem may lack any of its keys.
+pub(super) fn validation_errors(body: &[u8]) -> Option<Vec<Rejection>> {
+    let root: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let groups = root.get("validation-errors")?.as_array()?;
+    let rejections: Vec<Rejection> = groups
+        .iter()
+        .filter_map(serde_json::Value::as_object)
+        .map(|group| Rejection {
+            request_id: group.get("request_id").and_then(|id| match id {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            }),
+            problems: group
+                .get("errors")
+                .and_then(serde_json::Value::as_array)
+                .map(|errors| {
+                    errors
+                        .iter()
+                        .filter_map(serde_json::Value::as_object)
+                        .map(|error| {
+                            let text = |key| {
+                                error
+                                    .get(key)
+                                    .and_then(serde_json::Value::as_str)
+                                    .map(|s: &str| s.chars().take(MAX_DETAIL_CHARS).collect())
+                            };
+                            Problem {
+                                code: text("code").unwrap_or_default(),
+                                path: text("path").unwrap_or_default(),
+                                detail: text("detail"),
+                            }
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .collect();
+    (!rejections.is_empty()).then_some(rejections)
 }
 
 fn classify_error(
@@ -149,7 +205,7 @@ fn classify_error(
     retry_after: Option<Duration>,
     endpoint: &'static str,
 ) -> AmoError {
-    let problem: Option<Problem> = serde_json::from_slice(body).ok();
+    let problem: Option<ProblemBody> = serde_json::from_slice(body).ok();
     let detail = problem.as_ref().and_then(|p| {
         let text = p.hint.as_ref().or(p.detail.as_ref()).or(p.title.as_ref())?;
         Some(text.chars().take(MAX_DETAIL_CHARS).collect::<String>())
@@ -182,6 +238,96 @@ fn classify_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn problem(code: &str, path: &str, detail: Option<&str>) -> Problem {
+        Problem {
+            code: code.to_owned(),
+            path: path.to_owned(),
+            detail: detail.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn validation_errors_are_grouped_by_the_item_they_name() {
+        let body = br#"{"validation-errors":[{"request_id":"3","errors":[{"code":"NotSupportedChoice",
+            "path":"custom_fields_values.0.values.0.enum_code","detail":"The value you selected is not a valid choice."}]},
+            {"request_id":"0","errors":[{"code":"FieldNotExpected","path":"custom_fields_values.5.values.0.enum_code",
+            "detail":"This field was not expected."},{"code":"InvalidType","path":"price","detail":"This value should be of type int."}]}],
+            "title":"Bad Request","type":"https://httpstatus.es/400","status":400,"detail":"Request validation failed"}"#;
+        assert_eq!(
+            validation_errors(body),
+            Some(vec![
+                Rejection {
+                    request_id: Some("3".to_owned()),
+                    problems: vec![problem(
+                        "NotSupportedChoice",
+                        "custom_fields_values.0.values.0.enum_code",
+                        Some("The value you selected is not a valid choice.")
+                    )],
+                },
+                Rejection {
+                    request_id: Some("0".to_owned()),
+                    problems: vec![
+                        problem(
+                            "FieldNotExpected",
+                            "custom_fields_values.5.values.0.enum_code",
+                            Some("This field was not expected.")
+                        ),
+                        problem(
+                            "InvalidType",
+                            "price",
+                            Some("This value should be of type int.")
+                        ),
+                    ],
+                },
+            ])
+        );
+    }
+
+    #[test]
+    fn validation_errors_without_or_with_a_numeric_request_id_and_partial_problems() {
+        // Seen from Kommo: a group with no request_id at all.
+        let missing = br#"{"validation-errors":[{"errors":[{"code":"FieldMissing","path":"currency","detail":"This field is missing."}]}]}"#;
+        assert_eq!(
+            validation_errors(missing),
+            Some(vec![Rejection {
+                request_id: None,
+                problems: vec![problem(
+                    "FieldMissing",
+                    "currency",
+                    Some("This field is missing.")
+                )],
+            }])
+        );
+        let numeric = br#"{"validation-errors":[{"request_id":7,"errors":[{"code":"NotSupportedChoice","path":"code"},{"detail":"odd"}, 5]}, "junk"]}"#;
+        assert_eq!(
+            validation_errors(numeric),
+            Some(vec![Rejection {
+                request_id: Some("7".to_owned()),
+                problems: vec![
+                    problem("NotSupportedChoice", "code", None),
+                    problem("", "", Some("odd")),
+                ],
+            }])
+        );
+        let long = format!(
+            r#"{{"validation-errors":[{{"request_id":"0","errors":[{{"code":"x","path":"y","detail":"{}"}}]}}]}}"#,
+            "d".repeat(1000)
+        );
+        let parsed = validation_errors(long.as_bytes()).expect("parses");
+        assert_eq!(
+            parsed[0].problems[0].detail.as_deref().map(str::len),
+            Some(MAX_DETAIL_CHARS)
+        );
+    }
+
+    #[test]
+    fn a_400_without_validation_errors_is_not_a_rejection() {
+        let rights = r#"{"title":"Bad Request","type":"https://httpstatus.es/400","status":400,"detail":"Код ошибки 244."}"#;
+        assert_eq!(validation_errors(rights.as_bytes()), None);
+        assert_eq!(validation_errors(br#"{"validation-errors":[]}"#), None);
+        assert_eq!(validation_errors(b"<html>"), None);
+    }
 
     #[test]
     fn a_403_is_a_block_unless_it_carries_a_problem_body() {

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use reqwest::header;
+use bytes::Bytes;
+use reqwest::{Method, header};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{AccessToken, AmoClient, TokenKind, classify, trust};
@@ -34,11 +35,60 @@ pub(super) struct Answer {
     pub(super) upstream_time: i64,
 }
 
+/// One upstream call: what goes out, and which of its failures may be sent again.
+pub(super) struct Call<'a> {
+    pub(super) method: Method,
+    /// The route template that logs and metrics name, never a concrete id.
+    pub(super) endpoint: &'static str,
+    pub(super) path: &'a str,
+    pub(super) params: &'a [(String, String)],
+    /// A JSON body; cheap to clone for each attempt.
+    pub(super) body: Option<Bytes>,
+    pub(super) priority: Priority,
+    pub(super) retry: RetryPolicy,
+}
+
+/// Which failed attempts are tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RetryPolicy {
+    /// Reads: anything a retry can cure (429, 5xx, timeouts, connection errors).
+    Transient,
+    /// Writes, which amoCRM cannot deduplicate: only failures that surely never reached it (a
+    /// connection never made, a 429). After a timeout, a connection lost mid-call, a 5xx or
+    /// an unreadable success the write may have been applied, so the call ends in
+    /// [`AmoError::OutcomeUnknown`] instead.
+    SurelyNotApplied,
+}
+
+impl RetryPolicy {
+    pub(super) fn may_retry(self, error: &AmoError) -> bool {
+        match self {
+            RetryPolicy::Transient => error.is_retryable(),
+            RetryPolicy::SurelyNotApplied => {
+                matches!(error, AmoError::Connect | AmoError::RateLimited { .. })
+            }
+        }
+    }
+
+    /// The error a call ends with once it is not retried.
+    pub(super) fn settle(self, error: AmoError) -> AmoError {
+        match (self, error) {
+            (
+                RetryPolicy::SurelyNotApplied,
+                cause @ (AmoError::Timeout(_)
+                | AmoError::Transport
+                | AmoError::Server { .. }
+                | AmoError::Decode(_)),
+            ) => AmoError::OutcomeUnknown {
+                cause: Box::new(cause),
+            },
+            (_, error) => error,
+        }
+    }
+}
+
 impl AmoClient {
     /// Sends one GET and returns the body of a 2xx answer, or `None` for "no content".
-    /// One call, through the circuit breaker and the rate limiter, retried with backoff for
-    /// failures a retry can cure (429, 5xx, timeouts, connection errors; never another 4xx).
-    /// Every attempt passes the breaker and the limiter again.
     pub(super) async fn get(
         &self,
         token: &AccessToken,
@@ -47,6 +97,59 @@ impl AmoClient {
         path: &str,
         params: &[(String, String)],
     ) -> Result<Answer, AmoError> {
+        self.call(
+            token,
+            Call {
+                method: Method::GET,
+                endpoint,
+                path,
+                params,
+                body: None,
+                priority,
+                retry: RetryPolicy::Transient,
+            },
+        )
+        .await
+    }
+
+    /// Sends a JSON body (POST or PATCH) at the foreground priority, under the write retry
+    /// policy.
+    pub(super) async fn write(
+        &self,
+        token: &AccessToken,
+        method: Method,
+        endpoint: &'static str,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Answer, AmoError> {
+        self.call(
+            token,
+            Call {
+                method,
+                endpoint,
+                path,
+                params: &[],
+                body: Some(body),
+                priority: Priority::Foreground,
+                retry: RetryPolicy::SurelyNotApplied,
+            },
+        )
+        .await
+    }
+
+    /// One call, through the circuit breaker and the rate limiter, retried with backoff for
+    /// the failures its [`RetryPolicy`] allows (never a 4xx other than 429). Every attempt
+    /// passes the breaker and the limiter again.
+    async fn call(&self, token: &AccessToken, call: Call<'_>) -> Result<Answer, AmoError> {
+        let Call {
+            ref method,
+            endpoint,
+            path,
+            params,
+            ref body,
+            priority,
+            retry,
+        } = call;
         let deadline = tokio::time::Instant::now() + RETRY_DEADLINE;
         let url = self.url(path, params)?;
         let mut attempt = 1;
@@ -113,11 +216,11 @@ impl AmoClient {
             // while this call waited in the queue.
             let ticket = self.breaker.admit()?;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let outcome =
-                match tokio::time::timeout(left, self.get_once(&bearer, endpoint, &url)).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Err(AmoError::Timeout(RETRY_DEADLINE)),
-                };
+            let once = self.send_once(&bearer, method, endpoint, &url, body.clone());
+            let outcome = match tokio::time::timeout(left, once).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(AmoError::Timeout(RETRY_DEADLINE)),
+            };
             drop(permit);
             drop(probation);
             self.breaker.record(ticket, outcome.as_ref().map(|_| ()));
@@ -134,14 +237,15 @@ impl AmoClient {
                 (&outcome, generation, &token.kind)
                 && !refreshed_after_401
             {
-                tracing::info!(endpoint, "amoCRM answered 401: refreshing the access token");
+                tracing::info!(%method, endpoint, "amoCRM answered 401: refreshing the access token");
                 source.refresh_after_401(generation).await?;
                 refreshed_after_401 = true;
                 continue;
             }
             let error = match outcome {
-                Err(error) if error.is_retryable() && attempt < MAX_ATTEMPTS => error,
-                other => return other,
+                Err(error) if retry.may_retry(&error) && attempt < MAX_ATTEMPTS => error,
+                Err(error) => return Err(retry.settle(error)),
+                ok => return ok,
             };
             let wait = match &error {
                 AmoError::RateLimited {
@@ -151,9 +255,9 @@ impl AmoClient {
             };
             // Compared as durations: an instant plus whatever amoCRM asked for could overflow.
             if wait > deadline.saturating_duration_since(tokio::time::Instant::now()) {
-                return Err(error);
+                return Err(retry.settle(error));
             }
-            tracing::info!(%error, attempt, ?wait, endpoint, "retrying an amoCRM call");
+            tracing::info!(%error, attempt, ?wait, %method, endpoint, "retrying an amoCRM call");
             tokio::time::sleep(wait).await;
             attempt += 1;
         }
@@ -231,26 +335,32 @@ impl AmoClient {
     }
 
     /// `endpoint` is the route template that logs and metrics name.
-    async fn get_once(
+    async fn send_once(
         &self,
         token: &SecretString,
+        method: &Method,
         endpoint: &'static str,
         url: &url::Url,
+        body: Option<Bytes>,
     ) -> Result<Answer, AmoError> {
         let started = std::time::Instant::now();
-        let response = self
+        let write = body.is_some();
+        let mut request = self
             .http
-            .get(url.clone())
+            .request(method.clone(), url.clone())
             .bearer_auth(token.expose_secret())
-            .header(header::ACCEPT, "application/hal+json, application/json")
-            .send()
-            .await
-            .map_err(|e| {
-                let error = classify::transport_error(&e, self.request_timeout);
-                self.metrics
-                    .upstream_request(endpoint, error.transport_label(), started.elapsed());
-                error
-            })?;
+            .header(header::ACCEPT, "application/hal+json, application/json");
+        if let Some(body) = body {
+            request = request
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        let response = request.send().await.map_err(|e| {
+            let error = classify::transport_error(&e, self.request_timeout);
+            self.metrics
+                .upstream_request(endpoint, error.transport_label(), started.elapsed());
+            error
+        })?;
 
         let status = response.status();
         let upstream_time = classify::upstream_time(response.headers(), started);
@@ -259,13 +369,14 @@ impl AmoClient {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let outcome = classify::outcome(response, endpoint, self.request_timeout).await;
+        let outcome = classify::outcome(response, endpoint, self.request_timeout, write).await;
 
         self.metrics
             .upstream_request(endpoint, status.as_str(), started.elapsed());
         let elapsed_ms = started.elapsed().as_millis();
         match &outcome {
             Ok(_) => tracing::debug!(
+                %method,
                 endpoint,
                 status = status.as_u16(),
                 elapsed_ms,
@@ -273,6 +384,7 @@ impl AmoClient {
                 "amoCRM call"
             ),
             Err(error) => tracing::warn!(
+                %method,
                 endpoint,
                 status = status.as_u16(),
                 elapsed_ms,

@@ -1,5 +1,6 @@
 //! The HTTP client for amoCRM: its configuration, the caller's token, and the calls the gateway
-//! makes (contacts, linked entities, users), each decoded from what amoCRM answers.
+//! makes (contacts, linked entities, users), each decoded from what amoCRM answers. The write
+//! calls (contacts created and changed, links, field definitions) are `writes.rs`'s.
 //!
 //! How a call goes out (breaker, rate limit, retries) is `execute.rs`'s; what an answer means
 //! (statuses, 204s, problem bodies, timeouts) is `classify.rs`'s.
@@ -7,6 +8,7 @@
 mod classify;
 mod execute;
 mod trust;
+mod writes;
 
 use std::collections::HashSet;
 use std::sync::Arc;
