@@ -8,10 +8,10 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use amocrm_gateway::fake_amocrm::{ADMIN_TOKEN, FakeOptions};
-use common::{GatewayProcess, client, load, start_fake};
+use amocrm_gateway::fake_amocrm::FakeOptions;
+use common::{GatewayProcess, RedisProcess, client, load, start_fake};
 
 /// Distinct pages the clients ask for, in random order.
 const PAGES: u64 = 40;
@@ -139,52 +139,5 @@ async fn run(setup: Setup, seconds: u64) -> Row {
 }
 
 async fn ask(http: &reqwest::Client, url: &str, query: &str) {
-    let body: serde_json::Value = http
-        .post(url)
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&serde_json::json!({ "query": query }))
-        .send()
-        .await
-        .expect("the gateway answers")
-        .json()
-        .await
-        .expect("JSON");
-    assert!(body.get("errors").is_none(), "{body}");
-}
-
-struct RedisProcess {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl RedisProcess {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server starts (scripts/test installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server never listened");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        RedisProcess { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for RedisProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    common::graphql(http, url, query, serde_json::json!({})).await;
 }

@@ -23,6 +23,11 @@ impl Scope {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    #[cfg(test)]
+    pub fn for_tests(name: &str) -> Self {
+        Scope(name.into())
+    }
 }
 
 /// The token to call amoCRM with, and the scope its answers are cached under.

@@ -66,10 +66,12 @@ impl Gateway {
         let auth = auth_mode(&settings, &upstream_url, redis.as_ref(), &metrics)?;
         let client = amocrm_client(&settings, upstream_url, &auth, redis.as_ref(), &metrics)?;
         let caches = caches(&settings, client.clone(), redis.as_ref(), &metrics);
+        let writes =
+            crate::graphql::WriteServices::new(client.clone(), caches.clone(), redis.clone());
         let persisted = persisted_queries(&settings, redis)?;
         let background = caches.follow_other_replicas();
         let components = Components {
-            schema: crate::graphql::schema(settings.operation_limits),
+            schema: crate::graphql::schema(settings.operation_limits, Some(writes)),
             persisted,
             auth: Arc::new(auth),
             upstream: client,

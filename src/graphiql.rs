@@ -1,5 +1,6 @@
 //! The GraphiQL playground at `/graphiql`: an example query (contacts with their leads, paged
-//! with variables), the schema docs, and the `Authorization` header the caller needs.
+//! with variables) and, in a second tab, an example mutation; the schema docs, and the
+//! `Authorization` header the caller needs.
 //!
 //! Its assets come from the official npm packages (GraphiQL, React, ReactDOM), pinned, committed
 //! in `assets/graphiql/` (`scripts/update-graphiql.sh` fetches them and checks the registry's
@@ -36,6 +37,28 @@ query Contacts($first: Int = 10, $after: String) {
 }
 "#;
 
+/// The second tab: a write, and how to make it safe to retry.
+pub const EXAMPLE_MUTATION: &str = r#"# Creates a contact. The answer holds it as amoCRM now has it, and every cached list
+# already shows it. Send the same idempotencyKey again (after a timeout, say) and you get
+# the same contact back instead of a second one.
+mutation CreateContact($name: String!, $phone: String!, $key: String) {
+  createContacts(
+    input: [{
+      name: $name
+      customFields: [{ fieldCode: "PHONE", values: [{ value: $phone, enumCode: "WORK" }] }]
+    }]
+    idempotencyKey: $key
+  ) {
+    contacts {
+      id
+      name
+      createdAt
+      customFieldsValues { fieldCode values { value enumCode } }
+    }
+  }
+}
+"#;
+
 pub fn asset(name: &str) -> Option<&'static Asset> {
     ASSETS.iter().find(|asset| asset.name == name)
 }
@@ -49,6 +72,8 @@ pub fn page(authorization: Option<&str>) -> String {
         "endpoint": "/graphql",
         "query": EXAMPLE_QUERY,
         "variables": "{ \"first\": 10 }",
+        "mutation": EXAMPLE_MUTATION,
+        "mutationVariables": "{ \"name\": \"Анна Смирнова\", \"phone\": \"+7 900 123-45-67\", \"key\": \"example-1\" }",
         "headers": headers,
     });
     // `</` must not close the script element the config is embedded in.

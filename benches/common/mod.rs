@@ -198,3 +198,62 @@ where
         elapsed: started.elapsed(),
     }
 }
+
+/// A Redis server of the benchmark's own, on a free port; stopped on drop.
+pub struct RedisProcess {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl RedisProcess {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts (scripts/test installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server never listened");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        RedisProcess { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A GraphQL request with the fake's admin token; the answer, checked for errors.
+pub async fn graphql(
+    http: &reqwest::Client,
+    url: &str,
+    query: &str,
+    variables: serde_json::Value,
+) -> serde_json::Value {
+    let body: serde_json::Value = http
+        .post(url)
+        .bearer_auth(amocrm_gateway::fake_amocrm::ADMIN_TOKEN)
+        .json(&serde_json::json!({ "query": query, "variables": variables }))
+        .send()
+        .await
+        .expect("the gateway answers")
+        .json()
+        .await
+        .expect("JSON");
+    assert!(body.get("errors").is_none(), "{body}");
+    body
+}

@@ -199,6 +199,21 @@ impl ContactList {
         }
     }
 
+    /// Whether updating a contact can neither move it into or out of this list nor change its
+    /// place in it: no search, filters only on what a write cannot change (ids, creation), and
+    /// amoCRM's default order or the id's.
+    pub fn stable_under_update(&self) -> bool {
+        let f = &self.filter;
+        self.search.is_none()
+            && f.names.is_empty()
+            && f.responsible_user_ids.is_empty()
+            && f.updated_by.is_empty()
+            && f.updated_at.is_none()
+            && f.closest_task_at.is_none()
+            && f.custom_fields.is_empty()
+            && self.order.is_none_or(|order| order.field == OrderField::Id)
+    }
+
     /// How many bytes the list's parameters take in a URL query, percent-encoded.
     pub fn encoded_len(&self) -> usize {
         encoded_len(&self.to_params())

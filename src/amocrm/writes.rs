@@ -239,6 +239,13 @@ pub(super) trait BatchItem {
     fn to_wire(&self, request_id: usize) -> Value;
 }
 
+impl ContactDraft {
+    /// The draft as it is sent, without its place in a batch: what an idempotency key binds.
+    pub fn as_sent(&self) -> Value {
+        self.to_wire(0)
+    }
+}
+
 impl BatchItem for ContactDraft {
     fn to_wire(&self, request_id: usize) -> Value {
         to_value(&DraftItem {

@@ -16,10 +16,13 @@
 //! trip would cost the hot path more than it saves.
 
 pub mod entities;
+pub mod fields;
 mod flight;
+pub mod idempotency;
 mod invalidation;
 pub mod pages;
 pub mod responses;
+mod writes;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,9 +31,12 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 pub use entities::{Answer, Cached, EntityCache, EntityKey};
+pub use fields::FieldDefinitions;
+pub use idempotency::{Idempotency, IdempotencyError};
 pub use invalidation::Invalidation;
 pub use pages::{Freshness, PageCache, PageDep};
 pub use responses::{ResponseCache, ResponseKey, StoredResponse};
+pub use writes::Written;
 
 use crate::amocrm::AmoClient;
 use crate::background::Background;
@@ -134,12 +140,22 @@ impl CacheReport {
     }
 }
 
+/// The longest a write's answer waits for every replica to confirm its invalidation; past it,
+/// the write answers anyway (a replica that slow is likely cut off, and then drops everything
+/// when its subscription returns).
+const CONFIRMATION_WAIT: Duration = Duration::from_millis(500);
+
 /// All of the gateway's caches, sharing one memory budget.
 #[derive(Clone)]
 pub struct Caches {
+    /// For reading written contacts back: the one call whose answer is never taken from a
+    /// cache.
+    client: AmoClient,
     pub pages: PageCache,
     pub entities: EntityCache,
     pub responses: ResponseCache,
+    /// The account's contact field definitions, per scope.
+    pub fields: FieldDefinitions,
     metrics: Metrics,
     shared: Option<Shared>,
     pending: Arc<Mutex<Pending>>,
@@ -191,6 +207,7 @@ impl Caches {
             .as_ref()
             .map(|config| Tier::new(config.redis.clone(), metrics.clone()));
         Caches {
+            client: client.clone(),
             pages: PageCache::new(
                 client.clone(),
                 freshness,
@@ -200,12 +217,13 @@ impl Caches {
                     .zip(shared.as_ref().map(|config| config.lease_wait)),
             ),
             entities: EntityCache::new(
-                client,
+                client.clone(),
                 freshness,
                 share(ENTITY_CACHE_SHARE_PERCENT),
                 metrics.clone(),
                 tier.clone(),
             ),
+            fields: FieldDefinitions::new(client.clone()),
             responses: ResponseCache::new(
                 share(RESPONSE_CACHE_SHARE_PERCENT),
                 freshness.ttl,
@@ -245,7 +263,7 @@ impl Caches {
                             pending.last_applied = Some(tokio::time::Instant::now());
                             std::mem::take(&mut pending.invalidations)
                         };
-                        caches.apply(Invalidation::coalesce(batch)).await;
+                        caches.apply(Invalidation::coalesce(batch), None).await;
                         let _ = done.send(true);
                     });
                     applied
@@ -256,10 +274,21 @@ impl Caches {
         let _ = applied.wait_for(|applied| *applied).await;
     }
 
+    /// Applies `invalidations` at once, outside the batching window, and returns once they
+    /// have been applied here, in Redis and in the broadcast: a write's answer must not wait
+    /// for a window, nor come before its invalidation.
+    pub async fn invalidate_now(&self, invalidations: Vec<Invalidation>) {
+        self.apply(
+            Invalidation::coalesce(invalidations),
+            Some(CONFIRMATION_WAIT),
+        )
+        .await;
+    }
+
     /// Applies what changed everywhere: in Redis first (once the generations moved, no replica
     /// reads the old values back into its moka), then here, then on the other replicas; one
     /// Redis round trip for the generations and one message for the whole batch.
-    async fn apply(&self, invalidations: Vec<Invalidation>) {
+    async fn apply(&self, invalidations: Vec<Invalidation>, confirmed_within: Option<Duration>) {
         self.metrics.invalidations_applied(invalidations.len());
         let Some(shared) = &self.shared else {
             self.invalidate_here(&invalidations).await;
@@ -279,7 +308,16 @@ impl Caches {
         // the tier meanwhile.
         let suspension = (!bumped).then(|| shared.tier.suspend());
         self.invalidate_here(&invalidations).await;
-        let published = bumped && shared.broadcast.publish(&invalidations).await;
+        let published = bumped
+            && match confirmed_within {
+                Some(within) => {
+                    shared
+                        .broadcast
+                        .publish_confirmed(&invalidations, within)
+                        .await
+                }
+                None => shared.broadcast.publish(&invalidations).await,
+            };
         if published {
             return;
         }
@@ -309,14 +347,20 @@ impl Caches {
         let caches = self.clone();
         let task = tokio::spawn(async move {
             while let Some(heard) = heard.recv().await {
-                let (invalidations, kind) = match heard {
-                    Heard::Message(Broadcasted::One(invalidation)) => {
-                        (vec![invalidation], "message")
-                    }
-                    Heard::Message(Broadcasted::Batch(invalidations)) => (invalidations, "message"),
-                    Heard::Gap => (vec![Invalidation::All], "gap"),
+                let (message, confirm, kind) = match heard {
+                    Heard::Message(message) => (Some(message), None, "message"),
+                    Heard::Confirm(message, confirm) => (Some(message), Some(confirm), "message"),
+                    Heard::Gap => (None, None, "gap"),
+                };
+                let invalidations = match message {
+                    Some(Broadcasted::One(invalidation)) => vec![invalidation],
+                    Some(Broadcasted::Batch(invalidations)) => invalidations,
+                    None => vec![Invalidation::All],
                 };
                 caches.invalidate_here(&invalidations).await;
+                if let Some(confirm) = confirm {
+                    confirm.send().await;
+                }
                 caches.metrics.broadcast_applied(kind);
             }
         });
@@ -336,6 +380,7 @@ impl Caches {
                 Invalidation::All => {
                     self.pages.invalidate_all();
                     self.entities.invalidate_all();
+                    self.fields.invalidate_all();
                 }
                 Invalidation::Contact(_) => self.pages.invalidate_all(),
                 Invalidation::Relation(relation) => self.pages.invalidate_embedding(relation),

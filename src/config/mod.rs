@@ -197,6 +197,11 @@ pub struct ServeConfig {
     #[arg(long, env = "GATEWAY_DISABLE_INTROSPECTION")]
     pub disable_introspection: bool,
 
+    /// Refuse every mutation with FORBIDDEN before any upstream call: a gateway for
+    /// dashboards that must never write to the account.
+    #[arg(long, env = "GATEWAY_READ_ONLY")]
+    pub read_only: bool,
+
     /// A key clients must send as `Authorization: Bearer <key>` when the gateway uses its own
     /// amoCRM token (repeat, or comma-separate in the variable). Never forwarded to amoCRM.
     #[arg(long = "client-key", env = "GATEWAY_CLIENT_KEY", value_delimiter = ',', hide_env_values = true, value_parser = parse_secret)]

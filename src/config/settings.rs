@@ -201,6 +201,7 @@ impl ServeConfig {
                 max_upstream_calls: self.max_upstream_calls,
                 page_size,
                 introspection: !self.disable_introspection,
+                read_only: self.read_only,
             },
             max_body_bytes: usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
             max_document_bytes: usize::try_from(self.max_document_bytes).unwrap_or(usize::MAX),

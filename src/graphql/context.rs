@@ -20,6 +20,8 @@ use crate::cache::{Answer, CacheReport, EntityCache, PageCache};
 pub struct RequestContext {
     upstream: Result<Upstream, AuthError>,
     report: Arc<CacheReport>,
+    /// The request's `Idempotency-Key` header, for creates.
+    idempotency_key: Option<String>,
 }
 
 impl RequestContext {
@@ -58,7 +60,20 @@ impl RequestContext {
             page_size,
             report: report.clone(),
         });
-        RequestContext { upstream, report }
+        RequestContext {
+            upstream,
+            report,
+            idempotency_key: None,
+        }
+    }
+
+    pub fn with_idempotency_key(mut self, key: Option<String>) -> Self {
+        self.idempotency_key = key;
+        self
+    }
+
+    pub fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
     }
 
     /// How this request's data was obtained, for the response headers; keep it to read after
@@ -93,6 +108,10 @@ impl Upstream {
     /// The size of the upstream pages that windows are cut from.
     pub fn page_size(&self) -> PageSize {
         self.page_size
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
     /// Page `page` (1-based) of `list`, with `relations` embedded.

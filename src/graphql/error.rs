@@ -8,8 +8,8 @@ use std::sync::Arc;
 use async_graphql::parser::types::VariableDefinition;
 use async_graphql::{ErrorExtensions, PathSegment, Positioned, Response, ServerError};
 
-use crate::amocrm::AmoError;
 use crate::amocrm::breaker::OpenReason;
+use crate::amocrm::{AmoError, Problem};
 use crate::auth::AuthError;
 
 pub const BAD_USER_INPUT: &str = "BAD_USER_INPUT";
@@ -60,6 +60,36 @@ pub enum ApiError {
     )]
     OverBudget { needed: u64, left: u64 },
 
+    /// amoCRM refused a written item; `argument` is the item's (`input[3]`), and each problem's
+    /// path is amoCRM's, into what was sent for it.
+    #[error("amoCRM refused {argument}: {}", describe(problems))]
+    Rejected {
+        argument: String,
+        problems: Vec<Problem>,
+    },
+
+    /// An item of a write that was not sent, because an earlier batch's outcome is unknown.
+    #[error(
+        "not sent: an earlier batch of this write may or may not have reached amoCRM; retry with          the same idempotency key to send it"
+    )]
+    NotSent,
+
+    /// The write went through, but reading the written contacts back failed.
+    #[error("the write was applied, but reading the written contacts back failed: {0}")]
+    ReadBack(Arc<AmoError>),
+
+    /// A write may or may not have reached amoCRM (kept under an idempotency key as text).
+    #[error("{0}")]
+    OutcomeUnknown(String),
+
+    /// An error kept under an idempotency key, told again.
+    #[error("{message}")]
+    Kept {
+        code: &'static str,
+        message: String,
+        argument: Option<String>,
+    },
+
     /// A bug: the schema was executed without the state it needs.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -73,8 +103,42 @@ impl ApiError {
         }
     }
 
+    pub fn rejected(argument: &str, problems: &[Problem]) -> Self {
+        ApiError::Rejected {
+            argument: argument.to_owned(),
+            problems: problems.to_vec(),
+        }
+    }
+
+    /// The client's argument an error is about: for an upstream refusal, the first problem's
+    /// path into the item, in the client's terms.
+    fn argument(&self) -> Option<String> {
+        match self {
+            ApiError::BadInput { argument, .. } => Some(argument.clone()),
+            ApiError::Kept { argument, .. } => argument.clone(),
+            ApiError::Rejected { argument, problems } => {
+                let path = problems
+                    .first()
+                    .map(|p| super::mutation::client_path(&p.path))
+                    .unwrap_or_default();
+                Some(match (argument.is_empty(), path.is_empty()) {
+                    (_, true) => argument.clone(),
+                    (true, false) => path,
+                    (false, false) if path.starts_with('[') => format!("{argument}{path}"),
+                    (false, false) => format!("{argument}.{path}"),
+                })
+            }
+            _ => None,
+        }
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
+            ApiError::Rejected { .. } => BAD_USER_INPUT,
+            ApiError::OutcomeUnknown(_) => "UPSTREAM_OUTCOME_UNKNOWN",
+            ApiError::Kept { code, .. } => code,
+            ApiError::NotSent => "UPSTREAM_UNAVAILABLE",
+            ApiError::ReadBack(e) => upstream_code(e),
             ApiError::BadInput { .. } => BAD_USER_INPUT,
             ApiError::Unauthenticated(_) => UNAUTHENTICATED,
             ApiError::Upstream(e) => upstream_code(e),
@@ -86,6 +150,96 @@ impl ApiError {
             ApiError::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
     }
+}
+
+/// An item's error as an idempotency key keeps it: plain data, its argument relative to the
+/// item (`customFields[0].values[1].enumCode`), since the item's place in a retried input is
+/// the same but the request is not.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Kept {
+    code: String,
+    message: String,
+    within: Option<String>,
+}
+
+impl Kept {
+    /// Keeps `error`, an item's error whose argument is `""` or starts with the item's.
+    pub fn of(error: &ApiError) -> Self {
+        Kept {
+            code: error.code().to_owned(),
+            message: error.to_string(),
+            within: error.argument().filter(|a| !a.is_empty()),
+        }
+    }
+
+    /// The error again, for the item at `argument`.
+    pub fn at(&self, argument: &str) -> ApiError {
+        let argument = match &self.within {
+            Some(within) if within.starts_with('[') => format!("{argument}{within}"),
+            Some(within) => format!("{argument}.{within}"),
+            None => argument.to_owned(),
+        };
+        ApiError::Kept {
+            code: static_code(&self.code),
+            message: self
+                .message
+                .replace("amoCRM refused :", &format!("amoCRM refused {argument}:")),
+            argument: Some(argument),
+        }
+    }
+}
+
+/// The `'static` form of a code that was kept as text.
+fn static_code(code: &str) -> &'static str {
+    const KNOWN: [&str; 16] = [
+        BAD_USER_INPUT,
+        UNAUTHENTICATED,
+        BAD_REQUEST,
+        "PAYMENT_REQUIRED",
+        "FORBIDDEN",
+        "NOT_FOUND",
+        "RATE_LIMITED",
+        "UPSTREAM_UNAVAILABLE",
+        "UPSTREAM_ERROR",
+        "UPSTREAM_OUTCOME_UNKNOWN",
+        "QUERY_TOO_COMPLEX",
+        "QUERY_TOO_DEEP",
+        "TOO_MANY_ALIASES",
+        "INTROSPECTION_DISABLED",
+        "PERSISTED_QUERY_NOT_FOUND",
+        "PERSISTED_QUERY_REQUIRED",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == code)
+        .unwrap_or("INTERNAL_SERVER_ERROR")
+}
+
+/// amoCRM's problems with an item, in one line.
+fn describe(problems: &[Problem]) -> String {
+    if problems.is_empty() {
+        return "it did not say why".to_owned();
+    }
+    problems
+        .iter()
+        .map(|p| {
+            let detail = p
+                .detail
+                .as_deref()
+                .filter(|d| !d.is_empty())
+                .unwrap_or("refused");
+            if p.path.is_empty() {
+                format!("{detail} ({})", p.code)
+            } else {
+                format!(
+                    "{}: {detail} ({})",
+                    super::mutation::client_path(&p.path),
+                    p.code
+                )
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn upstream_code(error: &AmoError) -> &'static str {
@@ -106,10 +260,11 @@ fn upstream_code(error: &AmoError) -> &'static str {
         AmoError::Server { .. }
         | AmoError::Timeout(_)
         | AmoError::Connect
-        | AmoError::Transport
-        | AmoError::OutcomeUnknown { .. } => "UPSTREAM_UNAVAILABLE",
+        | AmoError::Transport => "UPSTREAM_UNAVAILABLE",
+        AmoError::OutcomeUnknown { .. } => "UPSTREAM_OUTCOME_UNKNOWN",
+        // amoCRM refused what the client asked to write.
+        AmoError::Invalid(_) => BAD_USER_INPUT,
         AmoError::BadRequest { .. }
-        | AmoError::Invalid(_)
         | AmoError::RequestTooLarge { .. }
         | AmoError::RequestTooLong { .. }
         | AmoError::UnknownEndpoint { .. }
@@ -122,8 +277,13 @@ impl ErrorExtensions for ApiError {
     fn extend(&self) -> async_graphql::Error {
         async_graphql::Error::new(self.to_string()).extend_with(|_, ext| {
             ext.set("code", self.code());
-            if let ApiError::BadInput { argument, .. } = self {
-                ext.set("argument", argument.as_str());
+            if let Some(argument) = self.argument() {
+                ext.set("argument", argument);
+            }
+            if let ApiError::Rejected { problems, .. } = self
+                && let Some(problem) = problems.first()
+            {
+                ext.set("upstreamCode", problem.code.as_str());
             }
         })
     }

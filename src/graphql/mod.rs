@@ -1,7 +1,9 @@
 //! The client boundary: the GraphQL schema. It turns arguments and selections into typed
 //! upstream requests and never builds a URL.
 //!
-//! - [`query`]: the Query root, `contacts` and `contact`.
+//! - [`query`]: the Query root, `contacts`, `contact` and `contactCustomFields`.
+//! - [`mutation`]: the Mutation root: contact writes, read-your-writes, idempotency keys.
+//! - [`custom_fields`]: the account's field definitions as GraphQL objects.
 //! - [`contact`]: objects over the upstream models, and the connection types.
 //! - [`connection`]: cursor and window arithmetic.
 //! - [`selection`]: the operation plan (which relations, which ids), made before execution,
@@ -18,10 +20,12 @@
 mod connection;
 mod contact;
 mod context;
+mod custom_fields;
 mod documents;
 mod error;
 mod field_errors;
 mod input;
+mod mutation;
 mod overlap;
 mod price;
 mod query;
@@ -36,7 +40,7 @@ use async_graphql::extensions::{
     NextValidation, ResolveInfo,
 };
 use async_graphql::parser::types::ExecutableDocument;
-use async_graphql::{EmptyMutation, EmptySubscription, Request, Response, Schema, ServerResult};
+use async_graphql::{EmptySubscription, Request, Response, Schema, ServerResult};
 use async_graphql::{QueryPathSegment, ServerError, ValidationResult, Value};
 use documents::Parsed;
 use price::Price;
@@ -46,10 +50,11 @@ use crate::amocrm::PageSize;
 
 pub use context::RequestContext;
 pub use error::{BAD_REQUEST, BAD_USER_INPUT, UNAUTHENTICATED, refusal};
+pub use mutation::{CreateOutcome, MAX_WRITES_PER_OPERATION, MutationRoot, WriteServices};
 pub use query::QueryRoot;
 pub use selection::{OperationPlan, is_mutation};
 
-pub type GatewaySchema = Schema<QueryRoot, EmptyMutation, EmptySubscription>;
+pub type GatewaySchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
 
 /// How much one operation may ask for. The cost of a field is 1, and a `contacts` window
 /// multiplies the cost of its contacts by `first`.
@@ -66,6 +71,8 @@ pub struct Limits {
     /// The size of the upstream pages that windows are priced in.
     pub page_size: PageSize,
     pub introspection: bool,
+    /// `--read-only`: every mutation is refused with `FORBIDDEN` before it runs.
+    pub read_only: bool,
 }
 
 /// One `contacts(first: 250)` with every field of the schema (custom field values of linked
@@ -97,14 +104,20 @@ impl Default for Limits {
             max_upstream_calls: DEFAULT_MAX_UPSTREAM_CALLS,
             page_size: PageSize::MAX,
             introspection: true,
+            read_only: false,
         }
     }
 }
 
 /// The schema. Independent of HTTP: per-request state arrives as request data
-/// ([`RequestContext`]).
-pub fn schema(limits: Limits) -> GatewaySchema {
-    let builder = Schema::build(QueryRoot, EmptyMutation, EmptySubscription)
+/// ([`RequestContext`]), and what writes and field definitions need as `services` (without
+/// them those fields fail with an internal error: for printing the SDL).
+pub fn schema(limits: Limits, services: Option<WriteServices>) -> GatewaySchema {
+    let mut builder = Schema::build(QueryRoot, MutationRoot, EmptySubscription);
+    if let Some(services) = services {
+        builder = builder.data(services);
+    }
+    let builder = builder
         .extension(PlanningExtension {
             limits,
             documents: documents::Documents::new(),
@@ -122,7 +135,7 @@ pub fn schema(limits: Limits) -> GatewaySchema {
 
 /// The SDL that `schema.graphql` holds and `print-schema` prints.
 pub fn sdl() -> String {
-    schema(Limits::default()).sdl()
+    schema(Limits::default(), None).sdl()
 }
 
 /// Prepares every request: fills in variable defaults, plans the operation's upstream needs
@@ -215,6 +228,9 @@ impl Extension for PlanningExtension {
             return Err(error::variable_not_provided(definition));
         }
         if let Some(operation) = selection::find_operation(document, operation_name.as_deref()) {
+            if operation.ty == async_graphql::parser::types::OperationType::Mutation {
+                self.check_writes(document, operation, &variables)?;
+            }
             variables::coerce(&operation.variable_definitions, &variables)?;
             overlap::conflict(document, operation)?;
         }
@@ -283,6 +299,33 @@ impl PlanningExtension {
             ),
         };
         Err(error::refusal(code, message))
+    }
+
+    /// Refuses a mutation on a `--read-only` gateway, and one that would write more contacts
+    /// than [`MAX_WRITES_PER_OPERATION`], before anything is written.
+    fn check_writes(
+        &self,
+        document: &ExecutableDocument,
+        operation: &async_graphql::parser::types::OperationDefinition,
+        variables: &async_graphql::Variables,
+    ) -> Result<(), ServerError> {
+        if self.limits.read_only {
+            return Err(error::refusal(
+                "FORBIDDEN",
+                "this gateway is read-only (--read-only): mutations are refused".to_owned(),
+            ));
+        }
+        let writes = mutation::count_writes(document, operation, variables);
+        if writes > MAX_WRITES_PER_OPERATION {
+            return Err(error::refusal(
+                "QUERY_TOO_COMPLEX",
+                format!(
+                    "the operation writes {writes} contacts or links; at most \
+                     {MAX_WRITES_PER_OPERATION} are allowed per operation"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Refuses an operation that may cost more upstream calls than `--max-upstream-calls`,

@@ -12,6 +12,8 @@ use super::input::{self, ContactFilterInput, ContactOrderInput};
 use std::sync::Arc;
 
 use super::context::Upstream;
+use super::custom_fields::CustomFieldDefinition;
+use super::mutation::WriteServices;
 use super::selection::{Arrival, ContactNeeds, Details, OperationPlan};
 use crate::amocrm::{ContactId, ContactsPage, Relation};
 
@@ -47,6 +49,13 @@ impl QueryRoot {
     /// fields of an operation are loaded together in one upstream call.
     async fn contact(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Contact>> {
         contact(ctx, id).await.map_err(|e| e.extend())
+    }
+
+    /// The custom fields of the account's contacts, with the choices of list fields: what a
+    /// form needs, and what mutation input is checked against. Kept per token for ten
+    /// minutes, then refreshed behind the answer.
+    async fn contact_custom_fields(&self, ctx: &Context<'_>) -> Result<Vec<CustomFieldDefinition>> {
+        custom_fields(ctx).await.map_err(|e| e.extend())
     }
 }
 
@@ -128,6 +137,15 @@ async fn contacts(
         end_cursor: edges.last().map(|e| e.cursor.clone()),
     };
     Ok(ContactConnection { edges, page_info })
+}
+
+async fn custom_fields(ctx: &Context<'_>) -> Result<Vec<CustomFieldDefinition>, ApiError> {
+    let credentials = request(ctx)?.upstream()?.credentials();
+    let services = ctx.data_opt::<WriteServices>().ok_or(ApiError::Internal(
+        "the schema was built without its services",
+    ))?;
+    let definitions = services.caches.fields.get(credentials).await?;
+    Ok(CustomFieldDefinition::all(definitions))
 }
 
 async fn contact(ctx: &Context<'_>, id: ID) -> Result<Option<Contact>, ApiError> {

@@ -45,6 +45,18 @@ pub struct Details {
 }
 
 impl Details {
+    /// Every detail: for contacts returned where no plan looked at the selection (mutation
+    /// payloads), whose linked details then load as they are asked for.
+    pub fn all() -> Self {
+        Details {
+            leads: true,
+            customers: true,
+            companies: true,
+            catalog_elements: true,
+            responsible_user: true,
+        }
+    }
+
     /// Whether anything must be loaded at all.
     pub fn any(self) -> bool {
         self.leads

@@ -260,8 +260,9 @@ async fn answer(
     {
         return rejected(state, rejection, media);
     }
+    let mutation = graphql::is_mutation(&mut request);
     // GET must be safe: a link or a prefetch must never change anything.
-    if method == Method::GET && graphql::is_mutation(&mut request) {
+    if method == Method::GET && mutation {
         return rejected(state, Rejection::MutationOverGet, media);
     }
     if arrival.registers
@@ -279,6 +280,12 @@ async fn answer(
         components.caches.pages.clone(),
         components.caches.entities.clone(),
         components.page_size,
+    )
+    .with_idempotency_key(
+        headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
     );
     let report: Arc<CacheReport> = context.report_handle();
     let executed = components.schema.execute(request.data(context)).await;
@@ -309,7 +316,9 @@ async fn answer(
     // Stored responses are weighed by length: their allocation must be no larger.
     body.shrink_to_fit();
     let body = Bytes::from(body);
+    // A write's answer is never replayed: the same bytes again are another write.
     if ok
+        && !mutation
         && report.status() != CacheStatus::Stale
         && let Some(key) = arrival.key
     {
@@ -323,7 +332,7 @@ async fn answer(
     set_headers(
         &mut response,
         media,
-        ok,
+        ok && !mutation,
         report.status(),
         report.fresh_for(),
     );

@@ -39,6 +39,41 @@ impl PageEntry {
         }
     }
 
+    /// The same page with the contacts in `fresh` replaced where it holds them, as a new
+    /// version: responses built from the old one no longer match it.
+    pub(super) fn with_contacts_replaced(
+        &self,
+        fresh: &std::collections::HashMap<crate::amocrm::ContactId, &Arc<crate::amocrm::Contact>>,
+    ) -> Self {
+        let contacts: Vec<_> = self
+            .page
+            .contacts
+            .iter()
+            .map(|c| {
+                fresh
+                    .get(&c.id)
+                    .map_or_else(|| c.clone(), |f| Arc::clone(f))
+            })
+            .collect();
+        let mut page = ContactsPage {
+            contacts,
+            has_next_link: self.page.has_next_link,
+            heap_bytes: 0,
+            // Any value but the old one's, and never one a download could repeat by chance.
+            content_hash: rand::random(),
+            upstream_time: self.page.upstream_time,
+        };
+        page.recount_heap();
+        PageEntry {
+            page: Arc::new(page),
+            relations: self.relations,
+            downloaded_at: self.downloaded_at,
+            validated_at: self.validated_at,
+            retry_after: None,
+            from_shared_tier: false,
+        }
+    }
+
     pub(super) fn version(&self) -> u64 {
         self.page.content_hash
     }

@@ -20,6 +20,7 @@ mod entry;
 mod refresh;
 mod shared;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -32,8 +33,8 @@ use self::shared::{PageRecord, SharedPages};
 use super::flight::Flights;
 use super::{CacheReport, CacheStatus, Dep};
 use crate::amocrm::{
-    AmoClient, AmoError, ContactList, ContactsPage, ContactsQuery, PageSize, Priority, Relation,
-    Relations,
+    AmoClient, AmoError, Contact, ContactId, ContactList, ContactsPage, ContactsQuery, PageSize,
+    Priority, Relation, Relations,
 };
 use crate::auth::{Credentials, Scope};
 use crate::metrics::{CacheName, Lookup, Metrics};
@@ -95,6 +96,12 @@ impl PageDep {
 }
 
 type FlightResult = Result<Arc<PageEntry>, Arc<AmoError>>;
+
+/// A cached page with written contacts replaced, waiting to be stored again.
+pub struct Patched {
+    key: PageKey,
+    entry: Arc<PageEntry>,
+}
 
 /// Upstream pages, fetched at most once per validity window however many ask. Cheap to clone.
 #[derive(Clone)]
@@ -299,6 +306,38 @@ impl PageCache {
     pub fn invalidate_all(&self) {
         self.inner.epoch.fetch_add(1, Ordering::SeqCst);
         self.inner.entries.invalidate_all();
+    }
+
+    /// The scope's cached pages that hold one of `fresh` and whose list an update cannot move
+    /// it into, out of or within (see [`ContactList::stable_under_update`]), each with the
+    /// contact replaced: taken before a write's invalidation, [`PageCache::restore`]d after it,
+    /// so the writer's next read of them costs no upstream call and shows the write.
+    pub fn patched(&self, scope: &Scope, fresh: &[Arc<Contact>]) -> Vec<Patched> {
+        let by_id: HashMap<ContactId, &Arc<Contact>> = fresh.iter().map(|c| (c.id, c)).collect();
+        self.inner
+            .entries
+            .iter()
+            .filter(|(key, _)| key.scope == *scope && key.list.stable_under_update())
+            .filter_map(|(key, entry)| {
+                let holds = entry
+                    .page
+                    .contacts
+                    .iter()
+                    .any(|c| by_id.contains_key(&c.id));
+                holds.then(|| Patched {
+                    key: (*key).clone(),
+                    entry: Arc::new(entry.with_contacts_replaced(&by_id)),
+                })
+            })
+            .collect()
+    }
+
+    /// Stores pages [`PageCache::patched`] before an invalidation, as of now.
+    pub async fn restore(&self, patched: Vec<Patched>) {
+        let epoch = self.inner.epoch.load(Ordering::SeqCst);
+        for Patched { key, entry } in patched {
+            self.inner.store(epoch, key, entry).await;
+        }
     }
 
     /// Drops the pages that embed `relation`.

@@ -1,0 +1,115 @@
+//! Read your writes: what a write through the gateway does to the caches before its answer
+//! goes out. amoCRM answers writes with ids only, so the written contacts are read back once,
+//! by id, through the rate limiter; then
+//! - the writer's pages that hold them, in lists the write cannot reorder, are kept with the
+//!   fresh contacts in place (its next read of them costs nothing and shows the write);
+//! - every other contact page, in every scope and on every replica (through Redis), is
+//!   dropped, as a contact webhook drops them: a search, a filter or an `updated_at` order may
+//!   now include, exclude or move the contact;
+//! - links also drop what is cached about the linked entity.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use super::{Caches, Invalidation};
+use crate::amocrm::{
+    AmoError, Contact, ContactFilter, ContactId, ContactList, ContactsQuery, Direction, EntityKind,
+    MAX_FILTER_IDS, Order, OrderField, PageSize, Priority, Relation, Relations, TimeRange,
+};
+use crate::auth::Credentials;
+
+/// The contacts of a write as amoCRM now has them, by id; a written id missing here is one the
+/// writer's token can no longer see (it handed the contact to another user, say).
+pub type Written = HashMap<ContactId, Arc<Contact>>;
+
+impl Caches {
+    /// Reads `ids` back with every relation, bypassing every cache, in as few calls as the id
+    /// filter allows.
+    pub async fn read_back(
+        &self,
+        credentials: &Credentials,
+        ids: &BTreeSet<ContactId>,
+    ) -> Result<Written, Arc<AmoError>> {
+        let ids: Vec<ContactId> = ids.iter().copied().collect();
+        let mut written = Written::new();
+        for chunk in ids.chunks(MAX_FILTER_IDS) {
+            let query = ContactsQuery {
+                list: ContactList::by_ids(chunk.iter().copied()),
+                page: 1,
+                limit: PageSize::MAX,
+                relations: Relation::ALL.into_iter().collect(),
+            };
+            let page = self
+                .client
+                .contacts(&credentials.token, &query, Priority::Foreground)
+                .await
+                .map_err(Arc::new)?;
+            written.extend(page.contacts.into_iter().map(|c| (c.id, c)));
+        }
+        Ok(written)
+    }
+
+    /// The newest contacts created at or after `since` (Unix seconds), up to one full page,
+    /// read past every cache: where a create whose answer never came looks for what it made.
+    pub async fn created_since(
+        &self,
+        credentials: &Credentials,
+        since: i64,
+    ) -> Result<Vec<Arc<Contact>>, Arc<AmoError>> {
+        let query = ContactsQuery {
+            list: ContactList {
+                filter: ContactFilter {
+                    created_at: TimeRange::new(Some(since), None),
+                    ..ContactFilter::default()
+                },
+                order: Some(Order {
+                    field: OrderField::Id,
+                    direction: Direction::Desc,
+                }),
+                search: None,
+            },
+            page: 1,
+            limit: PageSize::MAX,
+            relations: Relations::default(),
+        };
+        let page = self
+            .client
+            .contacts(&credentials.token, &query, Priority::Foreground)
+            .await
+            .map_err(Arc::new)?;
+        Ok(page.contacts)
+    }
+
+    /// After contacts were created: every contact list may now hold them.
+    pub async fn after_create(&self, ids: impl IntoIterator<Item = ContactId>) {
+        self.invalidate_now(ids.into_iter().map(Invalidation::Contact).collect())
+            .await;
+    }
+
+    /// After contacts were updated or linked, with `written` read back by the writer. A
+    /// contact's invalidation drops every contact page (those that embed its relations too).
+    pub async fn after_update(
+        &self,
+        credentials: &Credentials,
+        ids: impl IntoIterator<Item = ContactId>,
+        written: &Written,
+    ) {
+        let fresh: Vec<Arc<Contact>> = written.values().cloned().collect();
+        let patched = self.pages.patched(&credentials.scope, &fresh);
+        self.invalidate_now(ids.into_iter().map(Invalidation::Contact).collect())
+            .await;
+        self.pages.restore(patched).await;
+    }
+
+    /// After links changed: the linked entities' own cached copies (their contact lists, their
+    /// counts) are stale too.
+    pub async fn after_link(&self, entities: &[(EntityKind, u64)]) {
+        self.invalidate_now(
+            entities
+                .iter()
+                .map(|&(kind, id)| Invalidation::Entity(kind, id))
+                .collect(),
+        )
+        .await;
+    }
+}

@@ -1,0 +1,239 @@
+//! `createContacts`: the one write amoCRM cannot take twice safely, since a retried POST
+//! creates a second contact. With an idempotency key, the outcome of each item is kept (see
+//! `cache::idempotency`); an item whose POST went out but whose answer never came is looked
+//! for among the contacts created since, before it is sent again.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+
+use async_graphql::Context;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::input::ContactCreateInput;
+use super::{
+    CreateContactsPayload, WriteServices, payload_contacts, report, valid_items, write_error,
+    writer,
+};
+use crate::amocrm::{AmoError, ContactDraft, ContactId, WriteError};
+use crate::auth::Credentials;
+use crate::cache::idempotency::MAX_KEY_BYTES;
+use crate::graphql::error::{ApiError, Kept};
+
+/// How far back, before the first attempt, a contact created by it may be dated: amoCRM's
+/// clock and ours differ.
+const CLOCK_SLACK_SECONDS: i64 = 120;
+
+/// What became of each valid item of a create, kept under its idempotency key (in Redis too,
+/// so it is plain data).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreateOutcome {
+    /// When the first attempt started, in Unix seconds.
+    started: i64,
+    items: Vec<Item>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Item {
+    Created(u64),
+    /// amoCRM refused it (or it failed before reaching amoCRM): final.
+    Failed(Kept),
+    /// Sent, with no answer: it may exist. The message says what happened.
+    Unknown(String),
+    /// Not sent, because an earlier batch's outcome was unknown.
+    NotSent,
+}
+
+impl CreateOutcome {
+    fn settled(&self) -> bool {
+        self.items
+            .iter()
+            .all(|item| matches!(item, Item::Created(_) | Item::Failed(_)))
+    }
+}
+
+pub async fn create_contacts(
+    ctx: &Context<'_>,
+    input: Vec<ContactCreateInput>,
+    idempotency_key: Option<String>,
+) -> Result<CreateContactsPayload, ApiError> {
+    let (credentials, services) = writer(ctx)?;
+    let key = match (idempotency_key, super::idempotency_header(ctx)) {
+        (Some(argument), Some(header)) if argument != header => {
+            return Err(ApiError::bad_input(
+                "idempotencyKey",
+                "differs from the Idempotency-Key header; send one of them",
+            ));
+        }
+        (Some(key), _) => Some(key),
+        (None, header) => header.map(str::to_owned),
+    };
+    if let Some(key) = &key
+        && (key.is_empty() || key.len() > MAX_KEY_BYTES)
+    {
+        return Err(ApiError::bad_input(
+            "idempotencyKey",
+            format!("must be 1 to {MAX_KEY_BYTES} bytes"),
+        ));
+    }
+    let (drafts, arguments) = valid_items(ctx, services, credentials, &input).await?;
+    if drafts.is_empty() {
+        return Ok(CreateContactsPayload {
+            contacts: Vec::new(),
+        });
+    }
+    let outcome = match &key {
+        None => write(services.clone(), credentials.clone(), drafts, None).await,
+        Some(key) => {
+            let digest = digest(&input_digest_source(&drafts));
+            let (services, credentials) = (services.clone(), credentials.clone());
+            services
+                .idempotency
+                .clone()
+                .run(
+                    &credentials.scope.clone(),
+                    key,
+                    digest,
+                    CreateOutcome::settled,
+                    move |kept| write(services, credentials, drafts, kept),
+                )
+                .await
+                .map_err(|e| ApiError::bad_input("idempotencyKey", e.to_string()))?
+        }
+    };
+    let mut created = Vec::new();
+    for (item, argument) in outcome.items.into_iter().zip(arguments) {
+        match item {
+            Item::Created(id) => created.push(ContactId::new(id)),
+            Item::Failed(kept) => report(ctx, &kept.at(&argument)),
+            Item::Unknown(message) => report(ctx, &ApiError::OutcomeUnknown(message)),
+            Item::NotSent => report(ctx, &ApiError::NotSent),
+        }
+    }
+    if created.is_empty() {
+        return Ok(CreateContactsPayload {
+            contacts: Vec::new(),
+        });
+    }
+    let ids: BTreeSet<ContactId> = created.iter().copied().collect();
+    let written = match services.caches.read_back(credentials, &ids).await {
+        Ok(written) => written,
+        Err(error) => {
+            report(ctx, &ApiError::ReadBack(error));
+            Default::default()
+        }
+    };
+    Ok(CreateContactsPayload {
+        contacts: payload_contacts(created, &written),
+    })
+}
+
+/// Sends the drafts that still need it: all of them the first time; after an unsettled
+/// outcome, those not sent, and those whose answer never came and that amoCRM does not hold.
+async fn write(
+    services: WriteServices,
+    credentials: Credentials,
+    drafts: Vec<ContactDraft>,
+    kept: Option<CreateOutcome>,
+) -> CreateOutcome {
+    let mut outcome = kept.unwrap_or_else(|| CreateOutcome {
+        started: chrono::Utc::now().timestamp(),
+        items: vec![Item::NotSent; drafts.len()],
+    });
+    let unknown: Vec<usize> = (0..drafts.len())
+        .filter(|&i| matches!(outcome.items[i], Item::Unknown(_)))
+        .collect();
+    if !unknown.is_empty() {
+        match find_created(&services, &credentials, outcome.started, &drafts, &unknown).await {
+            Ok(found) => {
+                for (i, id) in found {
+                    outcome.items[i] = match id {
+                        Some(id) => Item::Created(id),
+                        None => Item::NotSent,
+                    };
+                }
+            }
+            // Still unknown: sending again could make a second contact.
+            Err(error) => {
+                tracing::warn!(%error, "could not look for contacts of an unanswered create");
+                return outcome;
+            }
+        }
+    }
+    let pending: Vec<usize> = (0..drafts.len())
+        .filter(|&i| matches!(outcome.items[i], Item::NotSent))
+        .collect();
+    if pending.is_empty() {
+        return outcome;
+    }
+    let batch: Vec<ContactDraft> = pending.iter().map(|&i| drafts[i].clone()).collect();
+    let results = services
+        .client
+        .create_contacts(&credentials.token, &batch)
+        .await;
+    let mut ids = Vec::new();
+    for (&i, result) in pending.iter().zip(results) {
+        outcome.items[i] = match result {
+            Ok(id) => {
+                ids.push(ContactId::new(id));
+                Item::Created(id)
+            }
+            Err(WriteError::Failed(error)) if matches!(*error, AmoError::OutcomeUnknown { .. }) => {
+                Item::Unknown(error.to_string())
+            }
+            Err(WriteError::NotSent) => Item::NotSent,
+            Err(error) => Item::Failed(Kept::of(&write_error(String::new(), error))),
+        };
+    }
+    if !ids.is_empty() || outcome.items.iter().any(|i| matches!(i, Item::Unknown(_))) {
+        // Every list may now hold new contacts, the unanswered ones included.
+        services.caches.after_create(ids).await;
+    }
+    outcome
+}
+
+/// For each unanswered draft in `unknown`, the id of a contact created since the first
+/// attempt that matches it (each contact matched once), or `None` when amoCRM holds none.
+async fn find_created(
+    services: &WriteServices,
+    credentials: &Credentials,
+    started: i64,
+    drafts: &[ContactDraft],
+    unknown: &[usize],
+) -> Result<Vec<(usize, Option<u64>)>, Arc<AmoError>> {
+    let candidates = services
+        .caches
+        .created_since(credentials, started - CLOCK_SLACK_SECONDS)
+        .await?;
+    let mut taken = HashSet::new();
+    Ok(unknown
+        .iter()
+        .map(|&i| {
+            let draft = &drafts[i];
+            let found = candidates.iter().find(|c| {
+                !taken.contains(&c.id)
+                    && draft.name.as_ref().is_none_or(|n| *n == c.name)
+                    && draft.first_name.as_ref().is_none_or(|n| *n == c.first_name)
+                    && draft.last_name.as_ref().is_none_or(|n| *n == c.last_name)
+                    && draft
+                        .responsible_user_id
+                        .is_none_or(|u| u == c.responsible_user_id)
+            });
+            let found = found.map(|c| {
+                taken.insert(c.id);
+                c.id.get()
+            });
+            (i, found)
+        })
+        .collect())
+}
+
+/// What the idempotency key is bound to: the drafts as they would be sent.
+fn input_digest_source(drafts: &[ContactDraft]) -> Vec<u8> {
+    let sent: Vec<serde_json::Value> = drafts.iter().map(ContactDraft::as_sent).collect();
+    serde_json::to_vec(&sent).unwrap_or_default()
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
