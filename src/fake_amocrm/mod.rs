@@ -448,8 +448,14 @@ fn router(state: Arc<FakeState>) -> Router {
             "/api/v4/contacts/custom_fields",
             get(fields::list_custom_fields),
         )
-        .route("/api/v4/contacts/link", post(links::bulk_link))
-        .route("/api/v4/contacts/unlink", post(links::bulk_unlink))
+        .route(
+            "/api/v4/contacts/link",
+            post(links::bulk_link).get(contacts::link_segment),
+        )
+        .route(
+            "/api/v4/contacts/unlink",
+            post(links::bulk_unlink).get(contacts::unlink_segment),
+        )
         .route("/api/v4/contacts/{id}/link", post(links::link))
         .route("/api/v4/contacts/{id}/unlink", post(links::unlink))
         .route("/api/v4/leads", get(entities::leads))
