@@ -1,16 +1,18 @@
 //! The fake's front door, which every amoCRM endpoint passes through before it answers: it
 //! records the request, applies the rate limit and the latency, hands out queued failures, and
-//! turns the bearer token into a [`Viewer`] (or the 401/402 amoCRM gives instead).
+//! turns the bearer token into a [`Viewer`] (or the 401/402 amoCRM gives instead). Writes also
+//! leave here, through [`answer_write`], which can hold an answer back after the write applied.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
+use serde_json::Value;
 
 use super::{
     ADMIN_TOKEN, Failure, FakeContact, FakeState, MANAGER_TOKEN, MANAGER_USER_ID, RecordedRequest,
-    UNPAID_TOKEN, lock, problem,
+    UNPAID_TOKEN, USERS, lock, problem,
 };
 
 pub(crate) enum Viewer {
@@ -36,6 +38,14 @@ impl Viewer {
         }
     }
 
+    /// The user a write is made as: `created_by`/`updated_by` of what it changes.
+    pub(super) fn user_id(&self) -> u64 {
+        match self {
+            Viewer::Admin => USERS[0].0,
+            Viewer::Manager => MANAGER_USER_ID,
+        }
+    }
+
     pub(super) fn sees(&self, contact: &FakeContact) -> bool {
         match self {
             Viewer::Admin => true,
@@ -51,6 +61,48 @@ pub(crate) async fn admit(
     path: String,
     raw_query: Option<&str>,
     headers: &HeaderMap,
+) -> Result<(Viewer, Vec<(String, String)>), Response> {
+    admit_as(state, "GET", path, raw_query, headers, None).await
+}
+
+/// [`admit`] for a write: records its method and body, and returns the body as JSON (`None`
+/// when it is not JSON).
+pub(crate) async fn admit_write(
+    state: &FakeState,
+    method: &str,
+    path: String,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Viewer, Option<Value>), Response> {
+    let json = serde_json::from_slice::<Value>(body).ok();
+    let recorded = json
+        .clone()
+        .unwrap_or_else(|| Value::String(String::from_utf8_lossy(body).into_owned()));
+    let (viewer, _) = admit_as(state, method, path, None, headers, Some(recorded)).await?;
+    Ok((viewer, json))
+}
+
+/// Gives a write's answer, or, when [`super::FakeAmoCrm::time_out_next_write`] asked for it,
+/// keeps the caller waiting with the write already applied: the outcome a client cannot know.
+pub(crate) async fn answer_write(state: &FakeState, answer: Response) -> Response {
+    if state.time_out_next_write.swap(false, Ordering::SeqCst) {
+        let mut closing = state.closing.subscribe();
+        // Released when the fake stops, so that a graceful shutdown does not wait on it.
+        let _ = tokio::time::timeout(HELD_AT_MOST, closing.wait_for(|closed| *closed)).await;
+    }
+    answer
+}
+
+/// Longer than any client waits.
+const HELD_AT_MOST: Duration = Duration::from_secs(600);
+
+async fn admit_as(
+    state: &FakeState,
+    method: &str,
+    path: String,
+    raw_query: Option<&str>,
+    headers: &HeaderMap,
+    body: Option<Value>,
 ) -> Result<(Viewer, Vec<(String, String)>), Response> {
     let query: Vec<(String, String)> = raw_query
         .map(|q| {
@@ -76,12 +128,13 @@ pub(crate) async fn admit(
             recent >= limit as usize
         });
         requests.push(RecordedRequest {
-            method: "GET".to_owned(),
+            method: method.to_owned(),
             path,
             query: query.clone(),
             token: token.clone(),
             at,
             rate_limited: limited,
+            body,
         });
         limited
     };

@@ -98,6 +98,25 @@ pub(super) async fn contact_by_id(
     }
 }
 
+/// `GET /api/v4/contacts/link`: the segment has a write route of its own now, and is read as
+/// the (invalid) contact id it was before, so that reads answer as they did.
+pub(super) async fn link_segment(
+    state: State<Arc<FakeState>>,
+    raw: RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    contact_by_id(state, Path("link".to_owned()), raw, headers).await
+}
+
+/// `GET /api/v4/contacts/unlink`, as [`link_segment`].
+pub(super) async fn unlink_segment(
+    state: State<Arc<FakeState>>,
+    raw: RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    contact_by_id(state, Path("unlink".to_owned()), raw, headers).await
+}
+
 fn with_set(query: &[(String, String)]) -> HashSet<String> {
     query
         .iter()

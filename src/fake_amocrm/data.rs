@@ -13,6 +13,12 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value, json};
 
+use super::fields::{
+    ADDRESS_FIELD_ID, BIRTHDAY_FIELD_ID, BUDGET_FIELD_ID, CONTRACT_FIELD_ID, EMAIL_FIELD_ID,
+    LAST_VISIT_FIELD_ID, LEGAL_ENTITY_FIELD_ID, MODEL_FIELD_ID, PHONE_FIELD_ID, POSITION_FIELD_ID,
+    SOURCE_FIELD_ID, UTM_SOURCE_FIELD_ID, VIP_FIELD_ID,
+};
+
 /// The account all fake contacts belong to.
 pub const ACCOUNT_ID: u64 = 28_805_383;
 
@@ -77,22 +83,43 @@ const TAGS: [(u64, &str); 6] = [
     (105, "cold lead"),
     (106, "🔥"),
 ];
+
+/// The account's tags: the dataset's, then those writes created by name.
+#[derive(Debug)]
+pub(super) struct TagRegistry(Vec<(u64, String)>);
+
+impl Default for TagRegistry {
+    fn default() -> Self {
+        TagRegistry(
+            TAGS.iter()
+                .map(|(id, name)| (*id, (*name).to_owned()))
+                .collect(),
+        )
+    }
+}
+
+impl TagRegistry {
+    pub(super) fn by_id(&self, id: u64) -> Option<(u64, String)> {
+        self.0.iter().find(|(tag, _)| *tag == id).cloned()
+    }
+
+    pub(super) fn by_name(&self, name: &str) -> Option<(u64, String)> {
+        self.0.iter().find(|(_, tag)| tag == name).cloned()
+    }
+
+    /// The tag called `name`, created if the account has none: amoCRM creates tags on write.
+    pub(super) fn named(&mut self, name: &str) -> (u64, String) {
+        if let Some(tag) = self.by_name(name) {
+            return tag;
+        }
+        let id = self.0.iter().map(|(id, _)| *id).max().unwrap_or(0) + 1;
+        self.0.push((id, name.to_owned()));
+        (id, name.to_owned())
+    }
+}
+
 const POSITIONS: [&str; 5] = ["Директор", "Менеджер", "CTO", "Бухгалтер", "Закупщик"];
 const SOURCES: [(u64, &str); 3] = [(3001, "Сайт"), (3002, "Реклама"), (3003, "Звонок")];
-
-pub const PHONE_FIELD_ID: u64 = 300_001;
-pub const EMAIL_FIELD_ID: u64 = 300_002;
-pub const POSITION_FIELD_ID: u64 = 300_003;
-pub const BUDGET_FIELD_ID: u64 = 300_004;
-pub const SOURCE_FIELD_ID: u64 = 300_005;
-pub const VIP_FIELD_ID: u64 = 300_006;
-pub const BIRTHDAY_FIELD_ID: u64 = 300_007;
-pub const LEGAL_ENTITY_FIELD_ID: u64 = 300_008;
-pub const ADDRESS_FIELD_ID: u64 = 300_009;
-pub const MODEL_FIELD_ID: u64 = 300_010;
-pub const CONTRACT_FIELD_ID: u64 = 300_011;
-pub const LAST_VISIT_FIELD_ID: u64 = 300_012;
-pub const UTM_SOURCE_FIELD_ID: u64 = 300_013;
 
 /// The catalogs elements are linked from: goods, and services. The services catalog was
 /// created later, and its element ids are beyond 2^31.
@@ -119,7 +146,7 @@ pub struct FakeContact {
     pub is_deleted: Option<bool>,
     /// `None`: `"custom_fields_values": null`; `Some(empty)` never occurs, amoCRM sends null.
     pub custom_fields: Option<Vec<FakeField>>,
-    pub tags: Vec<(u64, &'static str)>,
+    pub tags: Vec<(u64, String)>,
     pub company_id: Option<u64>,
     pub lead_ids: Vec<u64>,
     pub customer_ids: Vec<u64>,
@@ -155,7 +182,7 @@ pub struct FakeFieldValue {
 
 impl FakeFieldValue {
     /// Just a `value`, as text, numeric, date and object fields have.
-    fn plain(value: Value) -> Self {
+    pub(super) fn plain(value: Value) -> Self {
         FakeFieldValue {
             value,
             enum_id: None,
@@ -242,7 +269,9 @@ pub fn generate(count: usize) -> Vec<FakeContact> {
                     let mut tags: Vec<_> = (0..rng.below(4)).map(|_| rng.pick(&TAGS)).collect();
                     tags.sort_unstable();
                     tags.dedup();
-                    tags
+                    tags.into_iter()
+                        .map(|(id, name)| (id, name.to_owned()))
+                        .collect()
                 },
                 company_id: rng.chance(50).then(|| 9_000_000 + i % 300),
                 lead_ids: (0..rng.below(4)).map(|k| 20_000_000 + i * 3 + k).collect(),
@@ -500,6 +529,36 @@ fn custom_fields(rng: &mut Rng, i: u64) -> Vec<FakeField> {
 }
 
 impl FakeContact {
+    /// A contact created through the API: nothing linked, no fields or tags yet, searchable
+    /// once its writer calls [`FakeContact::reindex`].
+    pub(super) fn created(id: u64, responsible_user_id: u64, author: u64, now: i64) -> Self {
+        FakeContact {
+            id,
+            name: String::new(),
+            first_name: None,
+            last_name: None,
+            responsible_user_id,
+            group_id: if responsible_user_id.is_multiple_of(2) {
+                0
+            } else {
+                1_201
+            },
+            created_by: author,
+            updated_by: author,
+            created_at: now,
+            updated_at: now,
+            closest_task_at: None,
+            is_deleted: Some(false),
+            custom_fields: None,
+            tags: Vec::new(),
+            company_id: None,
+            lead_ids: Vec::new(),
+            customer_ids: Vec::new(),
+            catalog_elements: Vec::new(),
+            search_text: String::new(),
+        }
+    }
+
     /// Whether amoCRM's `query` finds this contact: a substring of its names or field values.
     pub fn matches_search(&self, needle_lowercase: &str) -> bool {
         self.search_text.contains(needle_lowercase)

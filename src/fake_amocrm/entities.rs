@@ -22,7 +22,7 @@ use super::{FakeState, Viewer, admit, hal, problem};
 pub const DELETED_LEAD_EVERY: u64 = 41;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     Lead,
     Customer,
     Company,
@@ -53,7 +53,7 @@ impl LinkedIds {
         ids
     }
 
-    fn exists(&self, kind: Kind, id: u64, catalog_id: Option<u64>) -> bool {
+    pub(super) fn exists(&self, kind: Kind, id: u64, catalog_id: Option<u64>) -> bool {
         match kind {
             Kind::Lead => self.leads.contains(&id),
             Kind::Customer => self.customers.contains(&id),

@@ -1,26 +1,41 @@
 //! A faithful fake of the amoCRM endpoints the gateway uses, served over real HTTP.
 //!
 //! Used by `--demo`, by `amocrm-gateway fake-amocrm`, and by the tests, which assert on what it
-//! recorded (every request: path, parameters, token). It follows the shared API reference: the
-//! parameters and filters of `GET /api/v4/contacts`, 204 for "nothing", problem+json errors,
-//! `_links.next` on every full page (even when nothing follows, as amoCRM does), and a `limit`
-//! over 250 falling back to 50.
+//! recorded (every request: method, path, parameters, token, and a write's body). It follows the
+//! shared API reference: the parameters and filters of `GET /api/v4/contacts`, 204 for
+//! "nothing", problem+json errors, `_links.next` on every full page (even when nothing follows,
+//! as amoCRM does), and a `limit` over 250 falling back to 50.
 //!
-//! It also serves the batch endpoints for linked entities (`/api/v4/leads`, `/customers`,
-//! `/companies`, `/catalogs/{id}/elements`), one catalog element by id
-//! (`/catalogs/{id}/elements/{id}`) and `/api/v4/users`. Its contacts come in the shapes real
-//! accounts send, not only those the documentation's tables list (see `data`).
+//! Reads:
+//! - `GET /api/v4/contacts` and `GET /api/v4/contacts/{id}`;
+//! - `GET /api/v4/contacts/custom_fields`: the field definitions ([`CONTACT_FIELDS`]), paged;
+//! - the batch endpoints for linked entities (`/api/v4/leads`, `/customers`, `/companies`,
+//!   `/catalogs/{id}/elements`), one catalog element by id (`/catalogs/{id}/elements/{id}`) and
+//!   `/api/v4/users`.
+//!
+//! Writes, answered as amoCRM answers them (ids only; 400 `validation-errors` problems naming
+//! each bad item by `request_id` and a dot path; one bad item refuses the whole request):
+//! - `POST /api/v4/contacts` (an array) creates contacts;
+//! - `PATCH /api/v4/contacts` (an array, each with `id`) and `PATCH /api/v4/contacts/{id}` (one
+//!   object) change only the keys sent;
+//! - `POST /api/v4/contacts/{id}/link` and `/unlink`, and the bulk `POST /api/v4/contacts/link`
+//!   and `/unlink` (with `entity_id` per item); unlink answers 204 without a body.
+//!
+//! Its contacts come in the shapes real accounts send, not only those the documentation's
+//! tables list (see `data`), and what a write stores reads back in the same shapes.
 //!
 //! Tokens (fixed, documented in the README):
 //! - [`ADMIN_TOKEN`] sees every contact;
-//! - [`MANAGER_TOKEN`] is a non-admin who sees only contacts of user [`MANAGER_USER_ID`], and
-//!   gets 403 from `/api/v4/users`;
+//! - [`MANAGER_TOKEN`] is a non-admin who sees (and may change) only contacts of user
+//!   [`MANAGER_USER_ID`], and gets 403 from `/api/v4/users`;
 //! - [`UNPAID_TOKEN`] belongs to an unpaid account and gets 402;
 //! - anything else gets 401.
 //!
 //! Its parts: `admission` is the front door every endpoint passes (recording, rate limit,
-//! latency, queued failures, tokens); `contacts` and `entities` answer their endpoints; `oauth`
-//! issues tokens; `data` holds the dataset. This file is what the tests and the binary see: the
+//! latency, queued failures, tokens) and the way out of every write (answers held back);
+//! `contacts` and `entities` answer reads; `writes` creates and changes contacts, `links` links
+//! them, both refusing through `validation`; `fields` defines the custom fields; `oauth` issues
+//! tokens; `data` holds the dataset. This file is what the tests and the binary see: the
 //! options, the running server with its controls, the route table and the shapes of answers.
 #![allow(
     clippy::result_large_err,
@@ -31,7 +46,11 @@ mod admission;
 mod contacts;
 mod data;
 mod entities;
+mod fields;
+mod links;
 mod oauth;
+mod validation;
+mod writes;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,18 +60,26 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 pub(crate) use admission::{Viewer, admit};
 pub use data::{
-    ACCOUNT_ID, BUDGET_FIELD_ID, EMAIL_FIELD_ID, FakeContact, GOODS_CATALOG_ID, PHONE_FIELD_ID,
-    SERVICES_CATALOG_ID, SOURCE_FIELD_ID, USERS,
+    ACCOUNT_ID, FakeCatalogLink, FakeContact, FakeField, FakeFieldValue, GOODS_CATALOG_ID,
+    SERVICES_CATALOG_ID, USERS,
 };
 pub use entities::DELETED_LEAD_EVERY;
+pub use fields::{
+    ADDRESS_ENUMS, ADDRESS_FIELD_ID, BIRTHDAY_FIELD_ID, BUDGET_FIELD_ID, CONTACT_FIELDS,
+    CONTRACT_DATE_FIELD_ID, CONTRACT_FIELD_ID, EMAIL_ENUMS, EMAIL_FIELD_ID, FieldDefinition,
+    FieldEnum, LAST_VISIT_FIELD_ID, LEGAL_ENTITY_FIELD_ID, MODEL_FIELD_ID, PHONE_ENUMS,
+    PHONE_FIELD_ID, POSITION_FIELD_ID, SOURCE_ENUMS, SOURCE_FIELD_ID, UTM_SOURCE_FIELD_ID,
+    VIP_FIELD_ID, contact_field, contact_field_by_code,
+};
 pub use oauth::{OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, OAUTH_REDIRECT_URI, OAUTH_REFRESH_TOKEN};
+pub use validation::MAX_WRITE_BATCH;
 
 pub const ADMIN_TOKEN: &str = "demo-admin-token";
 pub const MANAGER_TOKEN: &str = "demo-manager-token";
@@ -96,6 +123,8 @@ pub struct RecordedRequest {
     pub at: std::time::Instant,
     /// Whether the fake's rate limit refused it with 429.
     pub rate_limited: bool,
+    /// A write's body as JSON (a string when it was not JSON); `None` for reads.
+    pub body: Option<Value>,
 }
 
 impl RecordedRequest {
@@ -185,6 +214,12 @@ pub(crate) struct FakeState {
     failures: Mutex<Vec<Failure>>,
     base_url: String,
     oauth: Mutex<oauth::OAuthState>,
+    /// Tags writes may name; those created by name join it.
+    tags: Mutex<data::TagRegistry>,
+    /// Set by [`FakeAmoCrm::time_out_next_write`]; taken by the next write that applies.
+    time_out_next_write: AtomicBool,
+    /// Becomes true when the fake stops, releasing answers held back.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// A running fake. Stops when dropped.
@@ -294,6 +329,14 @@ impl FakeAmoCrm {
             .count()
     }
 
+    /// The next write (create, update, link or unlink) that passes validation is applied, and
+    /// then its answer never comes: the caller's timeout decides, not knowing whether it
+    /// happened. Refused writes and [`FakeAmoCrm::fail_next`] failures apply nothing and
+    /// answer as usual, leaving this for the next one.
+    pub fn time_out_next_write(&self) {
+        self.state.time_out_next_write.store(true, Ordering::SeqCst);
+    }
+
     /// Forgets failures queued by [`FakeAmoCrm::fail_next`] that were not used.
     pub fn clear_failures(&self) {
         lock(&self.state.failures).clear();
@@ -317,14 +360,8 @@ impl FakeAmoCrm {
 
     /// Renames a contact as a user would: `updated_at` becomes now.
     pub fn rename_contact(&self, id: u64, name: &str) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        let mut contacts = self
-            .state
-            .contacts
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let now = unix_now();
+        let mut contacts = self.state.write_contacts();
         if let Some(contact) = contacts.iter_mut().find(|c| c.id == id) {
             contact.name = name.to_owned();
             contact.updated_at = now;
@@ -335,6 +372,7 @@ impl FakeAmoCrm {
 
 impl Drop for FakeAmoCrm {
     fn drop(&mut self) {
+        self.state.closing.send_replace(true);
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
@@ -366,6 +404,9 @@ impl FakeState {
             failures: Mutex::new(Vec::new()),
             base_url: format!("http://{addr}"),
             oauth: Mutex::new(oauth::OAuthState::default()),
+            tags: Mutex::new(data::TagRegistry::default()),
+            time_out_next_write: AtomicBool::new(false),
+            closing: tokio::sync::watch::Sender::new(false),
         }
     }
 }
@@ -374,6 +415,17 @@ impl FakeState {
     fn read_contacts(&self) -> std::sync::RwLockReadGuard<'_, Vec<FakeContact>> {
         self.contacts.read().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn write_contacts(&self) -> std::sync::RwLockWriteGuard<'_, Vec<FakeContact>> {
+        self.contacts.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Now in Unix seconds, the resolution of amoCRM's timestamps.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -382,8 +434,30 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn router(state: Arc<FakeState>) -> Router {
     Router::new()
-        .route("/api/v4/contacts", get(contacts::list_contacts))
-        .route("/api/v4/contacts/{id}", get(contacts::contact_by_id))
+        .route(
+            "/api/v4/contacts",
+            get(contacts::list_contacts)
+                .post(writes::create_contacts)
+                .patch(writes::update_contacts),
+        )
+        .route(
+            "/api/v4/contacts/{id}",
+            get(contacts::contact_by_id).patch(writes::update_contact),
+        )
+        .route(
+            "/api/v4/contacts/custom_fields",
+            get(fields::list_custom_fields),
+        )
+        .route(
+            "/api/v4/contacts/link",
+            post(links::bulk_link).get(contacts::link_segment),
+        )
+        .route(
+            "/api/v4/contacts/unlink",
+            post(links::bulk_unlink).get(contacts::unlink_segment),
+        )
+        .route("/api/v4/contacts/{id}/link", post(links::link))
+        .route("/api/v4/contacts/{id}/unlink", post(links::unlink))
         .route("/api/v4/leads", get(entities::leads))
         .route("/api/v4/customers", get(entities::customers))
         .route("/api/v4/companies", get(entities::companies))
@@ -396,7 +470,7 @@ fn router(state: Arc<FakeState>) -> Router {
             get(entities::catalog_element),
         )
         .route("/api/v4/users", get(entities::users))
-        .route(oauth::TOKEN_PATH, axum::routing::post(oauth::access_token))
+        .route(oauth::TOKEN_PATH, post(oauth::access_token))
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "Not Found", "unknown endpoint") })
         .with_state(state)
 }

@@ -68,6 +68,8 @@ pub(crate) async fn access_token(
         token: None,
         at: Instant::now(),
         rate_limited: false,
+        // Left out: it carries the client secret and the refresh token.
+        body: None,
     });
     let body = body.map(|Json(b)| b).unwrap_or_default();
     let field = |name: &str| body.get(name).and_then(Value::as_str).unwrap_or_default();

@@ -11,6 +11,7 @@ mod connections;
 mod contacts;
 mod errors;
 mod examples;
+mod fake_writes;
 mod freshness;
 mod http;
 mod invalidation;
