@@ -88,6 +88,8 @@ pub enum ApiError {
         code: &'static str,
         message: String,
         argument: Option<String>,
+        /// amoCRM's own code, for an item amoCRM refused.
+        upstream_code: Option<String>,
     },
 
     /// A bug: the schema was executed without the state it needs.
@@ -132,6 +134,15 @@ impl ApiError {
         }
     }
 
+    /// amoCRM's code for a refused item.
+    fn upstream_code(&self) -> Option<&str> {
+        match self {
+            ApiError::Rejected { problems, .. } => problems.first().map(|p| p.code.as_str()),
+            ApiError::Kept { upstream_code, .. } => upstream_code.as_deref(),
+            _ => None,
+        }
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Rejected { .. } => BAD_USER_INPUT,
@@ -160,6 +171,7 @@ pub struct Kept {
     code: String,
     message: String,
     within: Option<String>,
+    upstream_code: Option<String>,
 }
 
 impl Kept {
@@ -169,6 +181,7 @@ impl Kept {
             code: error.code().to_owned(),
             message: error.to_string(),
             within: error.argument().filter(|a| !a.is_empty()),
+            upstream_code: error.upstream_code().map(str::to_owned),
         }
     }
 
@@ -185,6 +198,7 @@ impl Kept {
                 .message
                 .replace("amoCRM refused :", &format!("amoCRM refused {argument}:")),
             argument: Some(argument),
+            upstream_code: self.upstream_code.clone(),
         }
     }
 }
@@ -280,10 +294,8 @@ impl ErrorExtensions for ApiError {
             if let Some(argument) = self.argument() {
                 ext.set("argument", argument);
             }
-            if let ApiError::Rejected { problems, .. } = self
-                && let Some(problem) = problems.first()
-            {
-                ext.set("upstreamCode", problem.code.as_str());
+            if let Some(code) = self.upstream_code() {
+                ext.set("upstreamCode", code);
             }
         })
     }

@@ -18,6 +18,7 @@ mod invalidation;
 mod layers;
 mod memory;
 mod metrics;
+mod mutations;
 mod oauth;
 mod over_http;
 mod paging;

@@ -595,6 +595,104 @@ pub fn client_path(upstream: &str) -> String {
 mod tests {
     use super::*;
 
+    fn definition(id: u64, field_type: &str, enums: &[(u64, &str)]) -> FieldDefinition {
+        FieldDefinition {
+            id,
+            name: format!("field {id}"),
+            code: None,
+            field_type: field_type.to_owned(),
+            sort: None,
+            enums: enums
+                .iter()
+                .map(|&(id, value)| crate::amocrm::FieldEnum {
+                    id,
+                    value: value.to_owned(),
+                    sort: 0,
+                })
+                .collect(),
+        }
+    }
+
+    fn value(json: serde_json::Value) -> CustomFieldValueInput {
+        CustomFieldValueInput {
+            value: Some(Json(json)),
+            enum_id: None,
+            enum_code: None,
+        }
+    }
+
+    #[test]
+    fn values_are_checked_and_converted_for_their_field_type() {
+        let date = definition(1, "date", &[]);
+        let sent = value(serde_json::json!("2024-05-01T12:00:00+03:00"))
+            .validate("v", &date)
+            .expect("a date");
+        assert_eq!(
+            sent.value,
+            Some(serde_json::json!(1_714_554_000)),
+            "Unix seconds"
+        );
+        let refused = value(serde_json::json!("01.05.2024")).validate("v", &date);
+        assert!(
+            matches!(refused, Err(ApiError::BadInput { argument, .. }) if argument == "v.value")
+        );
+
+        let flag = definition(2, "checkbox", &[]);
+        assert!(value(serde_json::json!(true)).validate("v", &flag).is_ok());
+        assert!(
+            value(serde_json::json!("yes"))
+                .validate("v", &flag)
+                .is_err()
+        );
+
+        let number = definition(3, "numeric", &[]);
+        assert!(
+            value(serde_json::json!(12.5))
+                .validate("v", &number)
+                .is_ok()
+        );
+        assert!(
+            value(serde_json::json!(" 12 "))
+                .validate("v", &number)
+                .is_ok()
+        );
+        assert!(
+            value(serde_json::json!("twelve"))
+                .validate("v", &number)
+                .is_err()
+        );
+
+        let select = definition(4, "select", &[(41, "Сайт")]);
+        let by_text = value(serde_json::json!("Сайт")).validate("v", &select);
+        assert!(by_text.is_ok());
+        assert!(
+            value(serde_json::json!("Радио"))
+                .validate("v", &select)
+                .is_err()
+        );
+        let by_code = CustomFieldValueInput {
+            value: None,
+            enum_id: None,
+            enum_code: Some("Сайт".to_owned()),
+        }
+        .validate("v", &select);
+        assert!(
+            matches!(by_code, Err(ApiError::BadInput { argument, .. }) if argument == "v.enumCode"),
+            "a select's options have no codes"
+        );
+
+        let phone = definition(5, "multitext", &[(51, "WORK")]);
+        let work = CustomFieldValueInput {
+            value: Some(Json(serde_json::json!("+7 900"))),
+            enum_id: None,
+            enum_code: Some("WORK".to_owned()),
+        };
+        assert!(work.validate("v", &phone).is_ok());
+        let text = definition(6, "text", &[]);
+        let control = value(serde_json::json!("a\u{7}b")).validate("v", &text);
+        assert!(control.is_err(), "control characters are refused");
+    }
+
     #[test]
     fn upstream_paths_read_in_the_clients_terms() {
         assert_eq!(
