@@ -32,6 +32,10 @@ const MAX_WAITERS: usize = 10_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Priority {
     Foreground,
+    /// The second half of work amoCRM has already done: a write's read-back. First in its
+    /// caller's lane, so that a burst of writes answers whole writes rather than applying
+    /// many and reading back none in time; other callers' turns are kept.
+    Completion,
     Background,
 }
 
@@ -122,13 +126,24 @@ impl Limiter {
             }
             let (grant, granted) = oneshot::channel::<u64>();
             match priority {
-                Priority::Foreground => match state.lanes.iter_mut().find(|l| l.caller == caller) {
-                    Some(lane) => lane.waiters.push_back(grant),
-                    None => state.lanes.push_back(Lane {
-                        caller,
-                        waiters: VecDeque::from([grant]),
-                    }),
-                },
+                Priority::Foreground | Priority::Completion => {
+                    let lane = match state.lanes.iter().position(|l| l.caller == caller) {
+                        Some(at) => &mut state.lanes[at],
+                        None => {
+                            state.lanes.push_back(Lane {
+                                caller,
+                                waiters: VecDeque::new(),
+                            });
+                            let last = state.lanes.len() - 1;
+                            &mut state.lanes[last]
+                        }
+                    };
+                    if priority == Priority::Completion {
+                        lane.waiters.push_front(grant);
+                    } else {
+                        lane.waiters.push_back(grant);
+                    }
+                }
                 Priority::Background => state.background.push_back(grant),
             }
             state.waiting += 1;
@@ -149,13 +164,18 @@ impl Limiter {
     fn estimated_wait(&self, state: &State, caller: u64, priority: Priority) -> Duration {
         let foreground = || state.lanes.iter().map(|l| l.waiters.len()).sum::<usize>();
         let ahead = match priority {
-            Priority::Foreground => {
-                let mine = state
-                    .lanes
-                    .iter()
-                    .find(|l| l.caller == caller)
-                    .map_or(0, |l| l.waiters.len())
-                    + 1;
+            Priority::Foreground | Priority::Completion => {
+                let mine = match priority {
+                    Priority::Completion => 1,
+                    _ => {
+                        state
+                            .lanes
+                            .iter()
+                            .find(|l| l.caller == caller)
+                            .map_or(0, |l| l.waiters.len())
+                            + 1
+                    }
+                };
                 let others: usize = state
                     .lanes
                     .iter()
@@ -342,6 +362,41 @@ mod tests {
             .rposition(|(_, c)| *c == 2)
             .expect("caller 2 ran");
         assert!(last_of_2 < started.len() - 1, "round-robin: {started:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_back_goes_before_its_callers_queued_calls_but_not_before_others() {
+        let limiter = Limiter::new(Some(1), Duration::from_secs(60)).expect("a limit");
+        let busy = limiter
+            .acquire(1, Priority::Foreground, Duration::MAX)
+            .await
+            .expect("a free slot");
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for (caller, priority, name) in [
+            (1, Priority::Foreground, "1: write"),
+            (2, Priority::Foreground, "2: read"),
+            (1, Priority::Completion, "1: read-back"),
+        ] {
+            let (limiter, order) = (limiter.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let permit = limiter
+                    .acquire(caller, priority, Duration::MAX)
+                    .await
+                    .expect("granted");
+                order.lock().expect("lock").push(name);
+                drop(permit);
+            }));
+            tokio::task::yield_now().await;
+        }
+        drop(busy);
+        for task in tasks {
+            task.await.expect("task");
+        }
+        assert_eq!(
+            *order.lock().expect("lock"),
+            ["1: read-back", "2: read", "1: write"]
+        );
     }
 
     #[tokio::test(start_paused = true)]

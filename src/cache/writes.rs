@@ -41,7 +41,7 @@ impl Caches {
             };
             let page = self
                 .client
-                .contacts(&credentials.token, &query, Priority::Foreground)
+                .contacts(&credentials.token, &query, Priority::Completion)
                 .await
                 .map_err(Arc::new)?;
             written.extend(page.contacts.into_iter().map(|c| (c.id, c)));

@@ -623,3 +623,46 @@ async fn the_idempotency_key_header_works_like_the_argument() {
     );
     assert_eq!(writes(&app).len(), 1);
 }
+
+#[tokio::test]
+async fn a_burst_of_writes_keeps_to_the_upstream_rate_limit() {
+    let app = TestApp::spawn_with(
+        &["--upstream-queue-timeout", "2s"],
+        FakeOptions {
+            rate_limit: Some(7),
+            latency: Duration::from_millis(20),
+            ..FakeOptions::default()
+        },
+    )
+    .await;
+    let ids = app.fake.visible_ids(ADMIN_TOKEN);
+    let replies = futures::future::join_all((0..40).map(|i| {
+        app.query_with(
+            Some(ADMIN_TOKEN),
+            UPDATE,
+            json!({ "input": [{ "id": ids[i].to_string(), "name": format!("Всплеск {i}") }] }),
+        )
+    }))
+    .await;
+    let mut answered = 0;
+    for reply in &replies {
+        match reply.codes().as_slice() {
+            [] => answered += 1,
+            codes => assert!(
+                codes.iter().all(|c| c == "RATE_LIMITED"),
+                "neither answered nor RATE_LIMITED: {}",
+                reply.body
+            ),
+        }
+    }
+    // Read-backs go first in the caller's lane: the writes that went out are answered whole,
+    // about one for every two slots of the queue timeout.
+    assert!(answered >= 5, "answered {answered}");
+    let requests = app.fake.requests();
+    assert!(
+        requests.iter().all(|r| !r.rate_limited),
+        "amoCRM never said 429"
+    );
+    let busiest = app.fake.busiest_second();
+    assert!(busiest <= 7, "{busiest} calls in one second");
+}
