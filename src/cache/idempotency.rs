@@ -46,14 +46,37 @@ pub enum IdempotencyError {
         "this idempotency key was first used with a different input; use a new key for a new write"
     )]
     OtherInput,
+    #[error(
+        "a write under this idempotency key is still under way on another replica; retry with the same key"
+    )]
+    InProgress,
+    #[error(
+        "the replicas' shared store (Redis) cannot be reached to hold this idempotency key, and \
+         writing without it could write twice; retry with the same key"
+    )]
+    Unshared,
     #[error("the write under this idempotency key failed inside the gateway")]
     Failed,
 }
 
 struct Slot<T> {
-    /// SHA-256 of the canonical input the key was first used with.
-    input: [u8; 32],
+    /// SHA-256 of the input the key's write was made with, once this replica made or learned
+    /// one: a request with another input that reached this replica first must not bind it.
+    input: std::sync::Mutex<Option<[u8; 32]>>,
     outcome: Arc<tokio::sync::Mutex<Option<T>>>,
+}
+
+impl<T> Slot<T> {
+    /// Whether `input` may use the key here (binding it, if nothing has yet).
+    fn admits(&self, input: [u8; 32]) -> bool {
+        let mut bound = self.input.lock().unwrap_or_else(|e| e.into_inner());
+        *bound.get_or_insert(input) == input
+    }
+
+    fn is_bound_to_other(&self, input: [u8; 32]) -> bool {
+        let bound = self.input.lock().unwrap_or_else(|e| e.into_inner());
+        bound.is_some_and(|bound| bound != input)
+    }
 }
 
 pub struct Idempotency<T> {
@@ -108,15 +131,19 @@ impl<T: Clone + Send + Sync + Serialize + DeserializeOwned + 'static> Idempotenc
             .slots
             .get_with((scope.clone(), key.to_owned()), async move {
                 Arc::new(Slot {
-                    input,
+                    input: std::sync::Mutex::new(None),
                     outcome: Arc::default(),
                 })
             })
             .await;
-        if slot.input != input {
+        if slot.is_bound_to_other(input) {
             return Err(IdempotencyError::OtherInput);
         }
         let mut outcome = slot.outcome.clone().lock_owned().await;
+        // Checked again under the lock: the write before this one bound the key.
+        if slot.is_bound_to_other(input) {
+            return Err(IdempotencyError::OtherInput);
+        }
         if let Some(kept) = outcome.as_ref()
             && settled(kept)
         {
@@ -131,20 +158,32 @@ impl<T: Clone + Send + Sync + Serialize + DeserializeOwned + 'static> Idempotenc
         if let Some(shared) = &shared {
             match shared.claim(&settled).await? {
                 Claimed::Settled(found) => {
+                    slot.admits(input);
                     *outcome = Some(found.clone());
                     return Ok(found);
                 }
                 Claimed::Lease(token, found) => {
                     kept = found.or(kept);
-                    lease = token;
+                    lease = Some(token);
                 }
             }
         }
+        if !slot.admits(input) {
+            return Err(IdempotencyError::OtherInput);
+        }
         // The write finishes and is recorded even if this request is dropped meanwhile; the
-        // lock, held by the task, keeps the key's other requests waiting until then.
+        // lock, held by the task, keeps the key's other requests waiting until then, and the
+        // lease is renewed for as long as the write takes.
         tokio::spawn(async move {
+            let renewing = shared
+                .as_ref()
+                .zip(lease.as_ref())
+                .map(|(shared, token)| shared.renew_while_held(token.clone()));
             let made = write(kept).await;
             *outcome = Some(made.clone());
+            if let Some(renewing) = renewing {
+                renewing.abort();
+            }
             if let Some(shared) = shared {
                 shared.record(&made, lease).await;
             }
@@ -170,9 +209,8 @@ struct Shared {
 enum Claimed<T> {
     /// Another write under the key settled it.
     Settled(T),
-    /// This replica writes now, with the lease's token (`None` when Redis is away, and the key
-    /// holds on this replica alone), from what is recorded so far.
-    Lease(Option<String>, Option<T>),
+    /// This replica writes now, under the lease with this token, from what is recorded so far.
+    Lease(String, Option<T>),
 }
 
 impl Shared {
@@ -187,7 +225,8 @@ impl Shared {
         }
     }
 
-    /// Waits until the key is settled elsewhere or this replica holds its lease.
+    /// Waits until the key is settled elsewhere or this replica holds its lease. Fails closed:
+    /// without Redis's word, writing could write twice.
     async fn claim<T: DeserializeOwned>(
         &self,
         settled: &impl Fn(&T) -> bool,
@@ -195,9 +234,8 @@ impl Shared {
         let deadline = tokio::time::Instant::now() + LEASE;
         let token = format!("{}:{:016x}", self.redis.replica(), rand::random::<u64>());
         loop {
-            let found = self.read::<T>().await;
-            let recorded = match found {
-                None => return Ok(Claimed::Lease(None, None)),
+            let recorded = match self.read::<T>().await {
+                None => return Err(IdempotencyError::Unshared),
                 Some(Some(record)) if record.input != self.input => {
                     return Err(IdempotencyError::OtherInput);
                 }
@@ -220,10 +258,14 @@ impl Shared {
                 })
                 .await;
             match won {
-                None => return Ok(Claimed::Lease(None, recorded)),
+                None => return Err(IdempotencyError::Unshared),
                 Some(Some(_)) => {
                     // Read again under the lease: the previous holder may have just recorded.
                     return match self.read::<T>().await {
+                        None => {
+                            self.release(&token);
+                            Err(IdempotencyError::Unshared)
+                        }
                         Some(Some(record)) if record.input != self.input => {
                             self.release(&token);
                             Err(IdempotencyError::OtherInput)
@@ -233,19 +275,47 @@ impl Shared {
                             Ok(Claimed::Settled(record.outcome))
                         }
                         Some(record) => Ok(Claimed::Lease(
-                            Some(token),
+                            token,
                             record.map(|r| r.outcome).or(recorded),
                         )),
-                        None => Ok(Claimed::Lease(Some(token), recorded)),
                     };
                 }
                 Some(None) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(WAIT_POLL).await;
                 }
-                // The holder neither recorded nor let go within a lease: it is gone.
-                Some(None) => return Ok(Claimed::Lease(None, recorded)),
+                // Its holder renews the lease while it writes: it is still under way.
+                Some(None) => return Err(IdempotencyError::InProgress),
             }
         }
+    }
+
+    /// Keeps the lease alive while this replica writes: a write waiting for the rate limit
+    /// may outlast one lease, and another replica must not take the key meanwhile.
+    fn renew_while_held(&self, token: String) -> tokio::task::JoinHandle<()> {
+        const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+                               return redis.call('PEXPIRE', KEYS[1], ARGV[2]) \
+                             end \
+                             return 0";
+        let (redis, lease) = (self.redis.clone(), self.lease.clone());
+        tokio::spawn(async move {
+            let script = redis::Script::new(RENEW);
+            loop {
+                tokio::time::sleep(LEASE / 3).await;
+                redis
+                    .run_always(Operation::Lease, |mut conn| {
+                        let (script, lease, token) = (script.clone(), lease.clone(), token.clone());
+                        async move {
+                            script
+                                .key(&lease)
+                                .arg(&token)
+                                .arg(LEASE.as_millis() as u64)
+                                .invoke_async::<i64>(&mut conn)
+                                .await
+                        }
+                    })
+                    .await;
+            }
+        })
     }
 
     /// The record: `None` when Redis is away, `Some(None)` when there is none.
@@ -262,26 +332,34 @@ impl Shared {
         Some(bytes.and_then(|b| serde_json::from_slice(&b).ok()))
     }
 
+    /// Records the outcome for the other replicas. The lease is let go only once the record is
+    /// in: otherwise it expires on its own, and until then the others wait rather than write.
     async fn record<T: Serialize>(&self, outcome: &T, lease: Option<String>) {
         let record = Record {
             input: self.input.clone(),
             outcome,
         };
-        if let Ok(bytes) = serde_json::to_vec(&record) {
-            let key = self.record.clone();
-            self.redis
-                .run_always(Operation::Write, |mut conn| {
-                    let mut set = redis::cmd("SET");
-                    set.arg(&key)
-                        .arg(&bytes)
-                        .arg("PX")
-                        .arg(KEEP.as_millis() as u64);
-                    async move { set.query_async::<()>(&mut conn).await }
-                })
-                .await;
-        }
-        if let Some(token) = lease {
-            self.release(&token);
+        let Ok(bytes) = serde_json::to_vec(&record) else {
+            return;
+        };
+        let key = self.record.clone();
+        let recorded = self
+            .redis
+            .run_always(Operation::Write, |mut conn| {
+                let mut set = redis::cmd("SET");
+                set.arg(&key)
+                    .arg(&bytes)
+                    .arg("PX")
+                    .arg(KEEP.as_millis() as u64);
+                async move { set.query_async::<()>(&mut conn).await }
+            })
+            .await;
+        match (recorded, lease) {
+            (Some(()), Some(token)) => self.release(&token),
+            (None, _) => tracing::warn!(
+                "could not record an idempotency key's outcome in Redis; its lease expires instead"
+            ),
+            _ => {}
         }
     }
 

@@ -50,12 +50,13 @@ impl Caches {
     }
 
     /// The newest contacts created at or after `since` (Unix seconds), up to one full page,
-    /// read past every cache: where a create whose answer never came looks for what it made.
+    /// read past every cache, and whether that page holds all of them: where a create whose
+    /// answer never came looks for what it made.
     pub async fn created_since(
         &self,
         credentials: &Credentials,
         since: i64,
-    ) -> Result<Vec<Arc<Contact>>, Arc<AmoError>> {
+    ) -> Result<(Vec<Arc<Contact>>, bool), Arc<AmoError>> {
         let query = ContactsQuery {
             list: ContactList {
                 filter: ContactFilter {
@@ -77,28 +78,45 @@ impl Caches {
             .contacts(&credentials.token, &query, Priority::Foreground)
             .await
             .map_err(Arc::new)?;
-        Ok(page.contacts)
+        let complete = !page.has_next_link && page.contacts.len() < PageSize::MAX.get();
+        Ok((page.contacts, complete))
     }
 
-    /// After contacts were created: every contact list may now hold them.
-    pub async fn after_create(&self, ids: impl IntoIterator<Item = ContactId>) {
-        self.invalidate_now(ids.into_iter().map(Invalidation::Contact).collect())
-            .await;
+    /// The page cache's invalidation count, noted before a read-back (see
+    /// [`Caches::after_update`]).
+    pub fn epoch(&self) -> u64 {
+        self.pages.epoch()
     }
 
-    /// After contacts were updated or linked, with `written` read back by the writer. A
-    /// contact's invalidation drops every contact page (those that embed its relations too).
+    /// After contacts were created: every contact list may now hold them. `lost`: a create's
+    /// answer never came, so some unknown contact may exist too.
+    pub async fn after_create(&self, ids: Vec<ContactId>, lost: bool) {
+        let mut invalidations: Vec<Invalidation> =
+            ids.into_iter().map(Invalidation::Contact).collect();
+        if lost {
+            // Id 0 names no contact: what it drops is what any contact's change drops.
+            invalidations.push(Invalidation::Contact(ContactId::new(0)));
+        }
+        if !invalidations.is_empty() {
+            self.invalidate_now(invalidations).await;
+        }
+    }
+
+    /// After contacts were updated or linked, with `written` read back by the writer after
+    /// `epoch` ([`Caches::epoch`]); `written` may lack some of `ids` (an unanswered write, or a
+    /// contact the writer can no longer see). A contact's invalidation drops every contact page
+    /// (those that embed its relations too).
     pub async fn after_update(
         &self,
         credentials: &Credentials,
-        ids: impl IntoIterator<Item = ContactId>,
+        ids: &[ContactId],
         written: &Written,
+        epoch: u64,
     ) {
-        let fresh: Vec<Arc<Contact>> = written.values().cloned().collect();
-        let patched = self.pages.patched(&credentials.scope, &fresh);
-        self.invalidate_now(ids.into_iter().map(Invalidation::Contact).collect())
+        let patched = self.pages.patched(&credentials.scope, ids, written);
+        self.invalidate_now(ids.iter().copied().map(Invalidation::Contact).collect())
             .await;
-        self.pages.restore(patched).await;
+        self.pages.restore(patched, epoch).await;
     }
 
     /// After links changed: the linked entities' own cached copies (their contact lists, their

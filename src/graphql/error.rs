@@ -70,9 +70,14 @@ pub enum ApiError {
 
     /// An item of a write that was not sent, because an earlier batch's outcome is unknown.
     #[error(
-        "not sent: an earlier batch of this write may or may not have reached amoCRM; retry with          the same idempotency key to send it"
+        "not sent: an earlier batch of this write may or may not have reached amoCRM; retry \
+         (with the same idempotency key, for creates) to send it"
     )]
     NotSent,
+
+    /// An idempotency key could not be held across replicas (Redis is away).
+    #[error("{0}")]
+    Unshared(String),
 
     /// The write went through, but reading the written contacts back failed.
     #[error("the write was applied, but reading the written contacts back failed: {0}")]
@@ -148,7 +153,7 @@ impl ApiError {
             ApiError::Rejected { .. } => BAD_USER_INPUT,
             ApiError::OutcomeUnknown(_) => "UPSTREAM_OUTCOME_UNKNOWN",
             ApiError::Kept { code, .. } => code,
-            ApiError::NotSent => "UPSTREAM_UNAVAILABLE",
+            ApiError::NotSent | ApiError::Unshared(_) => "UPSTREAM_UNAVAILABLE",
             ApiError::ReadBack(e) => upstream_code(e),
             ApiError::BadInput { .. } => BAD_USER_INPUT,
             ApiError::Unauthenticated(_) => UNAUTHENTICATED,

@@ -181,13 +181,38 @@ async fn a_mutation_at_one_replica_is_seen_at_the_other() {
 #[tokio::test]
 async fn a_create_retried_with_its_key_after_a_lost_answer_makes_one_contact() {
     let app = TestApp::spawn_with(&["--upstream-timeout", "1s"], FakeOptions::default()).await;
+    let newest =
+        "{ contacts(first: 5, order: { field: ID, direction: DESC }) { nodes { id name } } }";
+    app.query(Some(ADMIN_TOKEN), newest).await.data();
     let input = json!({ "input": [{ "name": "Единственный Экземпляр" }], "key": "form-17" });
     app.fake.time_out_next_write();
     let lost = app
         .query_with(Some(ADMIN_TOKEN), CREATE, input.clone())
         .await;
     assert_eq!(lost.codes(), ["UPSTREAM_OUTCOME_UNKNOWN"], "{}", lost.body);
+    assert_eq!(lost.first_error()["extensions"]["argument"], "input[0]");
     assert_eq!(lost.body["data"]["createContacts"]["contacts"], json!([]));
+    // The contact may exist: no list is served from before the create.
+    let listed = app.query(Some(ADMIN_TOKEN), newest).await;
+    assert_ne!(listed.header("x-cache"), "HIT");
+    assert_eq!(
+        listed.data()["contacts"]["nodes"][0]["name"],
+        "Единственный Экземпляр"
+    );
+
+    // Too soon: amoCRM may still be working on it, so the gateway neither looks nor sends.
+    let early = app
+        .query_with(Some(ADMIN_TOKEN), CREATE, input.clone())
+        .await;
+    assert_eq!(
+        early.codes(),
+        ["UPSTREAM_OUTCOME_UNKNOWN"],
+        "{}",
+        early.body
+    );
+    assert_eq!(writes(&app).len(), 1);
+    // Past the settling time the retry finds the contact instead of creating another.
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
     let retried = app
         .query_with(Some(ADMIN_TOKEN), CREATE, input.clone())
         .await;
@@ -203,6 +228,27 @@ async fn a_create_retried_with_its_key_after_a_lost_answer_makes_one_contact() {
         .count();
     assert_eq!(named, 1, "one contact upstream");
     assert_eq!(writes(&app).len(), 1, "the retry was not sent again");
+}
+
+#[tokio::test]
+async fn a_create_refused_before_reaching_amocrm_is_sent_again_under_its_key() {
+    use amocrm_gateway::fake_amocrm::Failure;
+    let app = TestApp::spawn().await;
+    let input = json!({ "input": [{ "name": "Со Второго Раза" }], "key": "form-18" });
+    // A 429 asking for an hour: not retried within the request, and surely not applied.
+    app.fake
+        .fail_next([Failure::html(429).with_retry_after("3600")]);
+    let refused = app
+        .query_with(Some(ADMIN_TOKEN), CREATE, input.clone())
+        .await;
+    assert_eq!(refused.codes(), ["RATE_LIMITED"], "{}", refused.body);
+    assert_eq!(refused.first_error()["extensions"]["argument"], "input[0]");
+    let retried = app.query_with(Some(ADMIN_TOKEN), CREATE, input).await;
+    assert_eq!(
+        retried.data()["createContacts"]["contacts"][0]["name"],
+        "Со Второго Раза"
+    );
+    assert_eq!(writes(&app).len(), 2, "refused once, then sent again");
 }
 
 #[tokio::test]

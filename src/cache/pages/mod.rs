@@ -308,35 +308,59 @@ impl PageCache {
         self.inner.entries.invalidate_all();
     }
 
-    /// The scope's cached pages that hold one of `fresh` and whose list an update cannot move
-    /// it into, out of or within (see [`ContactList::stable_under_update`]), each with the
-    /// contact replaced: taken before a write's invalidation, [`PageCache::restore`]d after it,
-    /// so the writer's next read of them costs no upstream call and shows the write.
-    pub fn patched(&self, scope: &Scope, fresh: &[Arc<Contact>]) -> Vec<Patched> {
-        let by_id: HashMap<ContactId, &Arc<Contact>> = fresh.iter().map(|c| (c.id, c)).collect();
+    /// The invalidation count: a write notes it before reading its contacts back, so that its
+    /// patched pages are not stored over a change that came in meanwhile.
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::SeqCst)
+    }
+
+    /// The scope's cached pages that hold written contacts and whose list an update cannot move
+    /// them into, out of or within (see [`ContactList::stable_under_update`]), each with the
+    /// contacts replaced by `fresh`: taken before a write's invalidation, [`PageCache::restore`]d
+    /// after it, so the writer's next read of them costs no upstream call and shows the write.
+    /// A page holding a written contact the read-back did not return (the writer may no longer
+    /// see it) is left to be downloaded again.
+    pub fn patched(
+        &self,
+        scope: &Scope,
+        written: &[ContactId],
+        fresh: &HashMap<ContactId, Arc<Contact>>,
+    ) -> Vec<Patched> {
+        let fresh: HashMap<ContactId, &Arc<Contact>> = fresh.iter().map(|(k, v)| (*k, v)).collect();
+        let gone: Vec<ContactId> = written
+            .iter()
+            .filter(|id| !fresh.contains_key(id))
+            .copied()
+            .collect();
         self.inner
             .entries
             .iter()
             .filter(|(key, _)| key.scope == *scope && key.list.stable_under_update())
             .filter_map(|(key, entry)| {
-                let holds = entry
-                    .page
-                    .contacts
-                    .iter()
-                    .any(|c| by_id.contains_key(&c.id));
-                holds.then(|| Patched {
+                let holds = |ids: &dyn Fn(&ContactId) -> bool| {
+                    entry.page.contacts.iter().any(|c| ids(&c.id))
+                };
+                if !holds(&|id| fresh.contains_key(id)) || holds(&|id| gone.contains(id)) {
+                    return None;
+                }
+                Some(Patched {
                     key: (*key).clone(),
-                    entry: Arc::new(entry.with_contacts_replaced(&by_id)),
+                    entry: Arc::new(entry.with_contacts_replaced(&fresh)),
                 })
             })
             .collect()
     }
 
-    /// Stores pages [`PageCache::patched`] before an invalidation, as of now.
-    pub async fn restore(&self, patched: Vec<Patched>) {
-        let epoch = self.inner.epoch.load(Ordering::SeqCst);
+    /// Stores pages [`PageCache::patched`] before a write's own invalidation, provided that was
+    /// the only one since `epoch` (noted before the read-back): after any other, the read-back
+    /// may predate a newer change, and the pages are downloaded again instead.
+    pub async fn restore(&self, patched: Vec<Patched>, epoch: u64) {
+        let expected = epoch + 1;
+        if self.epoch() != expected {
+            return;
+        }
         for Patched { key, entry } in patched {
-            self.inner.store(epoch, key, entry).await;
+            self.inner.store(expected, key, entry).await;
         }
     }
 

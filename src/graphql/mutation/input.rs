@@ -55,8 +55,8 @@ pub struct CustomFieldInput {
 }
 
 /// One value. `value` is a string for text fields, a number for numeric ones, a boolean for
-/// checkboxes and a `DateTime` string for dates; list fields take `enumId` or `enumCode` (for
-/// phones and e-mails, `value` with an `enumCode` such as `WORK`).
+/// checkboxes and a `DateTime` string for dates; list fields take `enumId` (or an option's text
+/// as `value`); phones and e-mails take `value` with an `enumCode` such as `WORK`.
 #[derive(Debug, Clone, InputObject)]
 pub struct CustomFieldValueInput {
     pub value: Option<Json<serde_json::Value>>,
@@ -494,7 +494,7 @@ impl CustomFieldValueInput {
             }
             (Kind::Choice, _) => {
                 return Err(wrong(format!(
-                    "field {} ({field_type}) takes `enumId`, `enumCode` or a choice's text",
+                    "field {} ({field_type}) takes `enumId`, or an option's text as `value`",
                     definition.id
                 )));
             }

@@ -229,31 +229,53 @@ async fn update_contacts(
         .update_contacts(&credentials.token, &changes)
         .await;
     let mut updated = Vec::new();
-    for (outcome, argument) in outcomes.into_iter().zip(arguments) {
+    // Contacts whose change may or may not have been applied: cached copies go all the same.
+    let mut maybe = Vec::new();
+    for ((outcome, argument), change) in outcomes.into_iter().zip(arguments).zip(&changes) {
         match outcome {
             Ok(contact) => updated.push(ContactId::new(contact.id)),
-            Err(error) => report(ctx, &write_error(argument, error)),
+            Err(error) => {
+                if matches!(&error, WriteError::Failed(e) if matches!(**e, AmoError::OutcomeUnknown { .. }))
+                {
+                    maybe.push(ContactId::new(change.id));
+                }
+                report(ctx, &item_error(error, &argument));
+            }
         }
     }
-    if updated.is_empty() {
+    if updated.is_empty() && maybe.is_empty() {
         return Ok(UpdateContactsPayload {
             contacts: Vec::new(),
         });
     }
-    let ids: BTreeSet<ContactId> = updated.iter().copied().collect();
-    let written = services.caches.read_back(credentials, &ids).await;
-    // The write happened whatever the read: the caches must forget the old contacts.
-    let written = written.unwrap_or_else(|error| {
-        report(ctx, &ApiError::ReadBack(error));
+    let epoch = services.caches.epoch();
+    let written = if updated.is_empty() {
         Default::default()
-    });
+    } else {
+        let ids: BTreeSet<ContactId> = updated.iter().copied().collect();
+        // The write happened whatever the read: the caches must forget the old contacts.
+        services
+            .caches
+            .read_back(credentials, &ids)
+            .await
+            .unwrap_or_else(|error| {
+                report(ctx, &ApiError::ReadBack(error));
+                Default::default()
+            })
+    };
+    let touched: Vec<ContactId> = updated.iter().chain(&maybe).copied().collect();
     services
         .caches
-        .after_update(credentials, ids.iter().copied(), &written)
+        .after_update(credentials, &touched, &written, epoch)
         .await;
     Ok(UpdateContactsPayload {
         contacts: payload_contacts(updated, &written),
     })
+}
+
+/// A written item's error, naming the item (`input[3]`, or a path into it).
+fn item_error(error: WriteError, argument: &str) -> ApiError {
+    crate::graphql::error::Kept::of(&write_error(String::new(), error)).at(argument)
 }
 
 #[derive(Clone, Copy)]
@@ -292,6 +314,30 @@ async fn link(
                 .await
         }
     };
+    let contact = ContactId::new(id);
+    let entities: Vec<(EntityKind, u64)> = targets
+        .iter()
+        .filter_map(|t| {
+            let kind = match t.kind {
+                LinkKind::Leads => EntityKind::Lead,
+                LinkKind::Companies => EntityKind::Company,
+                LinkKind::Customers => EntityKind::Customer,
+                LinkKind::CatalogElements => EntityKind::CatalogElement {
+                    catalog_id: t.catalog_id?,
+                },
+            };
+            Some((kind, t.id))
+        })
+        .collect();
+    if let Err(AmoError::OutcomeUnknown { .. }) = &linked {
+        // It may have been applied: nothing cached about either side may be trusted.
+        let epoch = services.caches.epoch();
+        services
+            .caches
+            .after_update(credentials, &[contact], &Default::default(), epoch)
+            .await;
+        services.caches.after_link(&entities).await;
+    }
     linked.map_err(|error| match error {
         AmoError::Invalid(rejections) => {
             // amoCRM names the refused link by its place in what was sent, as the client's.
@@ -309,7 +355,7 @@ async fn link(
         }
         error => ApiError::Upstream(Arc::new(error)),
     })?;
-    let contact = ContactId::new(id);
+    let epoch = services.caches.epoch();
     let written = services
         .caches
         .read_back(credentials, &BTreeSet::from([contact]))
@@ -320,22 +366,8 @@ async fn link(
     });
     services
         .caches
-        .after_update(credentials, [contact], &written)
+        .after_update(credentials, &[contact], &written, epoch)
         .await;
-    let entities: Vec<(EntityKind, u64)> = targets
-        .iter()
-        .filter_map(|t| {
-            let kind = match t.kind {
-                LinkKind::Leads => EntityKind::Lead,
-                LinkKind::Companies => EntityKind::Company,
-                LinkKind::Customers => EntityKind::Customer,
-                LinkKind::CatalogElements => EntityKind::CatalogElement {
-                    catalog_id: t.catalog_id?,
-                },
-            };
-            Some((kind, t.id))
-        })
-        .collect();
     services.caches.after_link(&entities).await;
     Ok(LinkContactPayload {
         contact: payload_contacts([contact], &written).pop(),
@@ -362,7 +394,7 @@ fn count_in(
     // Fragments on the root nest no deeper than this in any document that passed the
     // expansion check; a bound all the same.
     if depth > 32 {
-        return 0;
+        return usize::MAX;
     }
     selections
         .items
