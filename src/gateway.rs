@@ -66,16 +66,23 @@ impl Gateway {
         let auth = auth_mode(&settings, &upstream_url, redis.as_ref(), &metrics)?;
         let client = amocrm_client(&settings, upstream_url, &auth, redis.as_ref(), &metrics)?;
         let caches = caches(&settings, client.clone(), redis.as_ref(), &metrics);
-        let writes =
-            crate::graphql::WriteServices::new(client.clone(), caches.clone(), redis.clone());
+        let live = live_hub(&settings, &caches, redis.as_ref(), &metrics);
+        let services = crate::graphql::Services::new(
+            client.clone(),
+            caches.clone(),
+            redis.clone(),
+            live.clone(),
+        );
         let persisted = persisted_queries(&settings, redis)?;
-        let background = caches.follow_other_replicas();
+        let mut background = caches.follow_other_replicas();
+        background.merge(live.follow_other_replicas());
         let components = Components {
-            schema: crate::graphql::schema(settings.operation_limits, Some(writes)),
+            schema: crate::graphql::schema(settings.operation_limits, Some(services)),
             persisted,
             auth: Arc::new(auth),
             upstream: client,
             caches,
+            live,
             page_size: settings.limits.page_size,
             metrics,
             webhook_secret: settings.webhook_secret.clone(),
@@ -120,6 +127,23 @@ impl Gateway {
         drop(self.background);
         served
     }
+}
+
+/// The live hub: its limits, and its channel to the other replicas.
+fn live_hub(
+    settings: &Settings,
+    caches: &Caches,
+    redis: Option<&Redis>,
+    metrics: &Metrics,
+) -> crate::live::Hub {
+    let limits = crate::live::LiveLimits {
+        total: crate::live::MAX_SUBSCRIPTIONS,
+        per_scope: crate::live::MAX_SUBSCRIPTIONS_PER_SCOPE,
+        poll_interval: settings.live_poll_interval,
+        upstream_rps: settings.limits.rate_limit.unwrap_or(0),
+    };
+    let broadcast = redis.map(|redis| crate::shared::Broadcast::on(redis.clone(), "v1:live"));
+    crate::live::Hub::new(caches.clone(), limits, broadcast, metrics.clone())
 }
 
 fn connect_redis(settings: &Settings, metrics: &Metrics) -> Result<Option<Redis>, StartupError> {

@@ -17,6 +17,8 @@
 //!   concern (GraphQL, webhooks, admin, health and metrics, the playground). Thin handlers.
 //! - [`graphql`]: the client boundary (schema, selections, paging, error codes). Builds no URLs.
 //! - [`persisted`]: automatic persisted queries (documents by their SHA-256).
+//! - [`live`]: live updates for subscriptions: changes from webhooks, mutations and the change
+//!   feed, read once per subscribed scope and handed to its subscribers.
 //! - [`cache`]: moka caches between the boundaries: upstream pages (stale-while-revalidate,
 //!   probes, stale-if-error, relation reuse) and whole responses; coalesces concurrent misses;
 //!   turns webhooks and purges into invalidations, coalesced into one batch per 100 ms.
@@ -65,6 +67,7 @@ pub mod gateway;
 pub mod graphiql;
 pub mod graphql;
 pub mod http;
+pub mod live;
 pub mod metrics;
 pub mod persisted;
 pub mod shared;

@@ -281,6 +281,27 @@ impl Metrics {
         .increment(1);
     }
 
+    /// Subscriptions open on this replica.
+    pub fn live_subscriptions(&self, active: usize) {
+        self.gauge("gateway_live_subscriptions", Vec::new())
+            .set(active as f64);
+    }
+
+    /// Events handed to subscribers (one per subscriber reached).
+    pub fn live_events_delivered(&self, count: usize) {
+        self.counter("gateway_live_events_delivered_total", Vec::new())
+            .increment(u64::try_from(count).unwrap_or(u64::MAX));
+    }
+
+    /// A change-feed call to amoCRM; `outcome` is `ok` or `error`.
+    pub fn live_feed_call(&self, outcome: &'static str) {
+        self.counter(
+            "gateway_live_feed_calls_total",
+            vec![Label::new("outcome", outcome)],
+        )
+        .increment(1);
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         // Histograms keep raw samples until upkeep folds them into buckets.

@@ -143,6 +143,11 @@ pub struct TimeRange {
 }
 
 impl TimeRange {
+    /// Whether `at` (Unix seconds) lies in the range.
+    pub fn contains(&self, at: i64) -> bool {
+        self.from.is_none_or(|from| at >= from) && self.to.is_none_or(|to| at <= to)
+    }
+
     /// `None` when the range is empty of bounds or inverted; the caller names the rule broken.
     pub fn new(from: Option<i64>, to: Option<i64>) -> Option<Self> {
         match (from, to) {

@@ -82,6 +82,37 @@ impl Caches {
         Ok((page.contacts, complete))
     }
 
+    /// Contacts changed at or after `since` (Unix seconds), oldest change first, one page of
+    /// them, read past every cache as background work: the change feed's one call.
+    pub async fn changed_since(
+        &self,
+        credentials: &Credentials,
+        since: i64,
+    ) -> Result<Vec<Arc<Contact>>, Arc<AmoError>> {
+        let query = ContactsQuery {
+            list: ContactList {
+                filter: ContactFilter {
+                    updated_at: TimeRange::new(Some(since), None),
+                    ..ContactFilter::default()
+                },
+                order: Some(Order {
+                    field: OrderField::UpdatedAt,
+                    direction: Direction::Asc,
+                }),
+                search: None,
+            },
+            page: 1,
+            limit: PageSize::MAX,
+            relations: Relation::ALL.into_iter().collect(),
+        };
+        let page = self
+            .client
+            .contacts(&credentials.token, &query, Priority::Background)
+            .await
+            .map_err(Arc::new)?;
+        Ok(page.contacts)
+    }
+
     /// The page cache's invalidation count, noted before a read-back (see
     /// [`Caches::after_update`]).
     pub fn epoch(&self) -> u64 {

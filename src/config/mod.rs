@@ -197,6 +197,11 @@ pub struct ServeConfig {
     #[arg(long, env = "GATEWAY_DISABLE_INTROSPECTION")]
     pub disable_introspection: bool,
 
+    /// How often the change feed asks amoCRM what changed, for each token with subscribers; it
+    /// stretches so that all feeds together take at most a tenth of --upstream-rps.
+    #[arg(long, env = "GATEWAY_LIVE_POLL_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub live_poll_interval: Duration,
+
     /// Refuse every mutation with FORBIDDEN before any upstream call: a gateway for
     /// dashboards that must never write to the account.
     #[arg(long, env = "GATEWAY_READ_ONLY")]

@@ -146,6 +146,7 @@ pub struct Settings {
     pub persisted_only: bool,
     pub drain_delay: Duration,
     pub shutdown_timeout: Duration,
+    pub live_poll_interval: Duration,
 }
 
 impl ServeConfig {
@@ -214,6 +215,7 @@ impl ServeConfig {
             persisted_only: self.persisted_only,
             drain_delay: self.drain_delay,
             shutdown_timeout: self.shutdown_timeout,
+            live_poll_interval: self.live_poll_interval,
         })
     }
 

@@ -33,7 +33,7 @@ impl RequestContext {
     ) -> Self {
         let report = Arc::new(CacheReport::default());
         let upstream = credentials.map(|credentials| Upstream {
-            contacts_by_id: DataLoader::with_cache(
+            contacts_by_id: Arc::new(DataLoader::with_cache(
                 ContactsById {
                     credentials: credentials.clone(),
                     pages: pages.clone(),
@@ -41,8 +41,8 @@ impl RequestContext {
                 },
                 tokio::spawn,
                 HashMapCache::default(),
-            ),
-            linked: DataLoader::with_cache(
+            )),
+            linked: Arc::new(DataLoader::with_cache(
                 LinkedEntities {
                     credentials: credentials.clone(),
                     entities: entities.clone(),
@@ -50,7 +50,7 @@ impl RequestContext {
                 },
                 tokio::spawn,
                 HashMapCache::default(),
-            ),
+            )),
             users: tokio::sync::OnceCell::new(),
             over_budget: std::sync::OnceLock::new(),
             over_budget_reported: std::sync::atomic::AtomicBool::new(false),
@@ -64,6 +64,22 @@ impl RequestContext {
             upstream,
             report,
             idempotency_key: None,
+        }
+    }
+
+    /// What a subscription calls before each event: the loaders' caches hold what one event's
+    /// answer read, and the next event must read linked entities afresh.
+    pub fn clear_on_event(&self) -> impl Fn() + Send + Sync + 'static + use<> {
+        let loaders = self
+            .upstream
+            .as_ref()
+            .ok()
+            .map(|u| (u.contacts_by_id.clone(), u.linked.clone()));
+        move || {
+            if let Some((by_id, linked)) = &loaders {
+                by_id.clear::<ByIdKey>();
+                linked.clear::<LinkedKey>();
+            }
         }
     }
 
@@ -94,10 +110,10 @@ pub struct Upstream {
     entities: EntityCache,
     page_size: PageSize,
     report: Arc<CacheReport>,
-    contacts_by_id: DataLoader<ContactsById, HashMapCache>,
+    contacts_by_id: Arc<DataLoader<ContactsById, HashMapCache>>,
     /// Linked entities, memoized for this request (failures included, so that one failed
     /// batch is not retried by every field that wanted it).
-    linked: DataLoader<LinkedEntities, HashMapCache>,
+    linked: Arc<DataLoader<LinkedEntities, HashMapCache>>,
     users: tokio::sync::OnceCell<Answer>,
     /// Set when the linked entities' real batches exceeded what the price left them.
     over_budget: std::sync::OnceLock<ApiError>,

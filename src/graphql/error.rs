@@ -97,6 +97,17 @@ pub enum ApiError {
         upstream_code: Option<String>,
     },
 
+    /// A subscriber fell too far behind its events.
+    #[error(
+        "this subscription fell {0} events behind and was ended, rather than let the gateway \
+         hold events for it without bound; subscribe again (and read faster)"
+    )]
+    Lagged(u64),
+
+    /// A subscription beyond the gateway's limits.
+    #[error(transparent)]
+    Live(crate::live::LiveError),
+
     /// A bug: the schema was executed without the state it needs.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -154,6 +165,8 @@ impl ApiError {
             ApiError::OutcomeUnknown(_) => "UPSTREAM_OUTCOME_UNKNOWN",
             ApiError::Kept { code, .. } => code,
             ApiError::NotSent | ApiError::Unshared(_) => "UPSTREAM_UNAVAILABLE",
+            ApiError::Lagged(_) => "SUBSCRIBER_TOO_SLOW",
+            ApiError::Live(_) => "TOO_MANY_SUBSCRIPTIONS",
             ApiError::ReadBack(e) => upstream_code(e),
             ApiError::BadInput { .. } => BAD_USER_INPUT,
             ApiError::Unauthenticated(_) => UNAUTHENTICATED,

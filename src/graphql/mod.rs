@@ -3,6 +3,7 @@
 //!
 //! - [`query`]: the Query root, `contacts`, `contact` and `contactCustomFields`.
 //! - [`mutation`]: the Mutation root: contact writes, read-your-writes, idempotency keys.
+//! - [`subscription`]: the Subscription root: `contactChanged`, from the live hub.
 //! - [`custom_fields`]: the account's field definitions as GraphQL objects.
 //! - [`contact`]: objects over the upstream models, and the connection types.
 //! - [`connection`]: cursor and window arithmetic.
@@ -31,6 +32,7 @@ mod price;
 mod query;
 mod scalars;
 mod selection;
+mod subscription;
 mod variables;
 
 use std::sync::Arc;
@@ -40,8 +42,8 @@ use async_graphql::extensions::{
     NextValidation, ResolveInfo,
 };
 use async_graphql::parser::types::ExecutableDocument;
-use async_graphql::{EmptySubscription, Request, Response, Schema, ServerResult};
 use async_graphql::{QueryPathSegment, ServerError, ValidationResult, Value};
+use async_graphql::{Request, Response, Schema, ServerResult};
 use documents::Parsed;
 use price::Price;
 use selection::Unbounded;
@@ -50,11 +52,12 @@ use crate::amocrm::PageSize;
 
 pub use context::RequestContext;
 pub use error::{BAD_REQUEST, BAD_USER_INPUT, UNAUTHENTICATED, refusal};
-pub use mutation::{CreateOutcome, MAX_WRITES_PER_OPERATION, MutationRoot, WriteServices};
+pub use mutation::{CreateOutcome, MAX_WRITES_PER_OPERATION, MutationRoot, Services};
 pub use query::QueryRoot;
 pub use selection::{OperationPlan, is_mutation};
+pub use subscription::SubscriptionRoot;
 
-pub type GatewaySchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+pub type GatewaySchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
 /// How much one operation may ask for. The cost of a field is 1, and a `contacts` window
 /// multiplies the cost of its contacts by `first`.
@@ -112,8 +115,8 @@ impl Default for Limits {
 /// The schema. Independent of HTTP: per-request state arrives as request data
 /// ([`RequestContext`]), and what writes and field definitions need as `services` (without
 /// them those fields fail with an internal error: for printing the SDL).
-pub fn schema(limits: Limits, services: Option<WriteServices>) -> GatewaySchema {
-    let mut builder = Schema::build(QueryRoot, MutationRoot, EmptySubscription);
+pub fn schema(limits: Limits, services: Option<Services>) -> GatewaySchema {
+    let mut builder = Schema::build(QueryRoot, MutationRoot, SubscriptionRoot);
     if let Some(services) = services {
         builder = builder.data(services);
     }

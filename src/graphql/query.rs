@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use super::context::Upstream;
 use super::custom_fields::CustomFieldDefinition;
-use super::mutation::WriteServices;
+use super::mutation::Services;
 use super::selection::{Arrival, ContactNeeds, Details, OperationPlan};
 use crate::amocrm::{ContactId, ContactsPage, Relation};
 
@@ -141,7 +141,7 @@ async fn contacts(
 
 async fn custom_fields(ctx: &Context<'_>) -> Result<Vec<CustomFieldDefinition>, ApiError> {
     let credentials = request(ctx)?.upstream()?.credentials();
-    let services = ctx.data_opt::<WriteServices>().ok_or(ApiError::Internal(
+    let services = ctx.data_opt::<Services>().ok_or(ApiError::Internal(
         "the schema was built without its services",
     ))?;
     let definitions = services.caches.fields.get(credentials).await?;

@@ -14,6 +14,7 @@ mod admin;
 mod encoding;
 mod graphql;
 mod health;
+mod live;
 mod negotiation;
 mod playground;
 mod request;
@@ -25,11 +26,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::MatchedPath;
-use axum::http::{HeaderName, Method, Request, header};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts, MatchedPath, State};
+use axum::http::{HeaderMap, HeaderName, Method, Request, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -58,6 +61,8 @@ pub struct Components {
     /// The amoCRM client, for what it knows of forwarded tokens (which it has accepted).
     pub upstream: AmoClient,
     pub caches: Caches,
+    /// Subscribers, told of what webhooks say changed.
+    pub live: crate::live::Hub,
     pub page_size: PageSize,
     pub metrics: Metrics,
     pub webhook_secret: Option<Secret>,
@@ -78,6 +83,8 @@ struct Shared {
     draining: Arc<AtomicBool>,
     /// `--max-document-bytes`: checked before a document reaches the parser.
     max_document_bytes: usize,
+    /// Turns true when the gateway stops serving: open subscriptions end then.
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::ops::Deref for AppState {
@@ -91,6 +98,8 @@ impl std::ops::Deref for AppState {
 /// How the server holds its connections, and winds down on shutdown (see [`serve`]).
 pub struct Drain {
     draining: Arc<AtomicBool>,
+    /// Ends the open subscriptions (upgraded connections are not the server's to wait for).
+    closing: tokio::sync::watch::Sender<bool>,
     delay: Duration,
     timeout: Duration,
     connections: ConnectionLimits,
@@ -118,8 +127,10 @@ pub fn router(components: Components, settings: &Settings) -> (Router, Drain) {
         AuthMode::ServerToken(_, ClientKeys::Anyone) => None,
     };
     let draining = Arc::new(AtomicBool::new(false));
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
     let drain = Drain {
         draining: draining.clone(),
+        closing: closing_tx,
         delay: settings.drain_delay,
         timeout: settings.shutdown_timeout,
         connections: ConnectionLimits {
@@ -131,10 +142,11 @@ pub fn router(components: Components, settings: &Settings) -> (Router, Drain) {
         graphiql: crate::graphiql::page(header_hint).into(),
         draining,
         max_document_bytes: settings.max_document_bytes,
+        closing,
         components,
     }));
     let mut router = Router::new()
-        .route("/graphql", get(graphql::get).post(graphql::post))
+        .route("/graphql", get(get_graphql).post(post_graphql))
         .merge(playground::routes())
         .merge(health::routes());
     // These routes exist only when their secret is configured.
@@ -190,6 +202,29 @@ pub fn router(components: Components, settings: &Settings) -> (Router, Drain) {
     (router, drain)
 }
 
+/// `GET /graphql`: a query, or a WebSocket for subscriptions.
+async fn get_graphql(
+    State(state): State<AppState>,
+    request: Request<axum::body::Body>,
+) -> Response {
+    let (mut parts, _) = request.into_parts();
+    if live::is_upgrade(&parts.headers) {
+        return match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+            Ok(upgrade) => live::websocket(state, parts.headers, upgrade),
+            Err(rejection) => rejection.into_response(),
+        };
+    }
+    graphql::get(State(state), parts.headers, parts.uri).await
+}
+
+/// `POST /graphql`: an operation, answered as JSON or (for `text/event-stream`) as events.
+async fn post_graphql(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if live::wants_event_stream(&headers) {
+        return live::event_stream(state, headers, body).await;
+    }
+    graphql::post(State(state), headers, body).await
+}
+
 /// Serves until `shutdown` resolves; then drains: `/healthz` answers 503 at once while
 /// requests are still served for the drain delay (load balancers notice and stop sending),
 /// then the listener closes and in-flight requests get the shutdown timeout to finish.
@@ -212,6 +247,7 @@ pub async fn serve(
     drain.draining.store(true, Ordering::SeqCst);
     tokio::time::sleep(drain.delay).await;
     let _ = stop.send(());
+    let _ = drain.closing.send(true);
     match tokio::time::timeout(drain.timeout, server).await {
         Ok(ended) => ended.unwrap_or_else(|e| Err(std::io::Error::other(e))),
         Err(_) => {
@@ -231,7 +267,8 @@ async fn accept(
     stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max));
-    let graceful = GracefulShutdown::new();
+    // Told to open connections when the server stops: each finishes its request and closes.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
@@ -268,21 +305,35 @@ async fn accept(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
-        let connection = http.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(router.clone()),
-        );
-        let connection = graceful.watch(connection);
+        // With upgrades: a subscription's WebSocket leaves hyper for its own task.
+        let connection = http
+            .serve_connection(
+                TokioIo::new(stream),
+                TowerToHyperService::new(router.clone()),
+            )
+            .with_upgrades();
+        let mut stopping = stopping.clone();
         tokio::spawn(async move {
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = async { let _ = stopping.wait_for(|stopping| *stopping).await; } => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
             // Timeouts and resets end connections all the time: worth a debug line only.
-            if let Err(e) = connection.await {
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(permit);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    let _ = stopping_tx.send(true);
+    // Every connection has returned its permit once it has finished.
+    let all = u32::try_from(limits.max).unwrap_or(u32::MAX);
+    let _ = permits.acquire_many(all).await;
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use super::AppState;
 use crate::amocrm::webhook;
 use crate::cache::Invalidation;
+use crate::live;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new().route("/webhooks/amocrm/{secret}", post(amocrm_webhook))
@@ -39,5 +40,6 @@ async fn amocrm_webhook(
         .caches
         .invalidate(Invalidation::for_events(&events))
         .await;
+    components.live.changed(live::changes(&events)).await;
     (StatusCode::OK, "ok").into_response()
 }

@@ -94,8 +94,13 @@ pub struct Broadcast {
 
 impl Broadcast {
     pub fn new(redis: Redis) -> Self {
+        Self::on(redis, "v1:invalidations")
+    }
+
+    /// A broadcast on a channel of its own (under the configured prefix).
+    pub fn on(redis: Redis, channel: &str) -> Self {
         Broadcast {
-            channel: redis.key(format_args!("v1:invalidations")),
+            channel: redis.key(format_args!("{channel}")),
             redis,
         }
     }

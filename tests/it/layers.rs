@@ -5,10 +5,17 @@
 use std::path::{Path, PathBuf};
 
 /// Each lower layer, and the top-level modules it must never name.
-const FORBIDDEN: [(&str, &[&str]); 4] = [
-    ("amocrm", &["http", "gateway", "config", "graphql", "cache"]),
-    ("shared", &["http", "gateway", "config", "graphql", "cache"]),
-    ("cache", &["http", "gateway", "config", "graphql"]),
+const FORBIDDEN: [(&str, &[&str]); 5] = [
+    (
+        "amocrm",
+        &["http", "gateway", "config", "graphql", "cache", "live"],
+    ),
+    (
+        "shared",
+        &["http", "gateway", "config", "graphql", "cache", "live"],
+    ),
+    ("cache", &["http", "gateway", "config", "graphql", "live"]),
+    ("live", &["http", "gateway", "config", "graphql"]),
     ("graphql", &["http", "gateway", "config"]),
 ];
 

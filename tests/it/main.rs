@@ -16,6 +16,8 @@ mod freshness;
 mod http;
 mod invalidation;
 mod layers;
+mod live;
+mod live_client;
 mod memory;
 mod metrics;
 mod mutations;

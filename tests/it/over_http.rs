@@ -116,7 +116,7 @@ async fn request_errors_have_no_data_entry_and_are_400_only_as_graphql_response_
             json!({ "extensions": { "persistedQuery": { "version": 1, "sha256Hash": "0".repeat(64) } } }),
         ),
         (
-            "a subscription, which the schema does not have",
+            "a subscription, which plain JSON cannot carry",
             json!({ "query": "subscription { __typename }" }),
         ),
     ];
@@ -193,7 +193,7 @@ async fn an_error_reported_twice_appears_once() {
     let reply = post_json(
         &app,
         None,
-        json!({ "query": "subscription { __typename }" }),
+        json!({ "query": "subscription { contactChanged { id } }" }),
     )
     .await;
     let messages: Vec<&str> = reply.body["errors"]
@@ -204,7 +204,7 @@ async fn an_error_reported_twice_appears_once() {
         .collect();
     assert_eq!(
         messages,
-        vec!["Schema is not configured for subscriptions."],
+        vec!["Subscriptions are not supported on this transport."],
         "{}",
         reply.body
     );

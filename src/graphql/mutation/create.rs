@@ -12,14 +12,15 @@ use sha2::{Digest, Sha256};
 
 use super::input::ContactCreateInput;
 use super::{
-    CreateContactsPayload, WriteServices, payload_contacts, report, valid_items, write_error,
-    writer,
+    CreateContactsPayload, Services, live_changes, payload_contacts, report, valid_items,
+    write_error, writer,
 };
 use crate::amocrm::{AmoError, ContactDraft, ContactId, WriteError};
 use crate::auth::Credentials;
 use crate::cache::IdempotencyError;
 use crate::cache::idempotency::MAX_KEY_BYTES;
 use crate::graphql::error::{ApiError, Kept};
+use crate::live::ChangeKind;
 
 /// How far back, before the first attempt, a contact created by it may be dated: amoCRM's
 /// clock and ours differ.
@@ -172,7 +173,7 @@ pub async fn create_contacts(
 /// outcome, those not sent or refused before reaching amoCRM, and those whose answer never came
 /// once amoCRM has had time to finish them, if it holds no contact made of them.
 async fn write(
-    services: WriteServices,
+    services: Services,
     credentials: Credentials,
     drafts: Vec<ContactDraft>,
     kept: Option<CreateOutcome>,
@@ -244,7 +245,11 @@ async fn write(
     }
     if !ids.is_empty() || lost {
         // Every list may now hold new contacts, the unanswered ones included.
-        services.caches.after_create(ids, lost).await;
+        services.caches.after_create(ids.clone(), lost).await;
+        services
+            .live
+            .changed(live_changes(&ids, ChangeKind::Created))
+            .await;
     }
     outcome
 }
@@ -262,7 +267,7 @@ enum Found {
 /// For each unanswered draft in `unknown`, the one contact created since the first attempt
 /// that matches it (each contact matched once), if amoCRM holds exactly one.
 async fn find_created(
-    services: &WriteServices,
+    services: &Services,
     credentials: &Credentials,
     started: i64,
     drafts: &[ContactDraft],

@@ -29,6 +29,7 @@ use super::selection::Details;
 use crate::amocrm::{AmoClient, AmoError, ContactId, EntityKind, LinkKind, WriteError};
 use crate::auth::Credentials;
 use crate::cache::{Caches, Idempotency};
+use crate::live::{Change, ChangeKind};
 
 pub use create::CreateOutcome;
 pub use input::client_path;
@@ -38,22 +39,30 @@ pub use input::{ContactCreateInput, ContactLinkInput, ContactUpdateInput};
 /// write batches, a few seconds of its rate limit.
 pub const MAX_WRITES_PER_OPERATION: usize = 250;
 
-/// What writes need beyond a request's own context, shared by every request: given to the
-/// schema once.
+/// What writes and subscriptions need beyond a request's own context, shared by every request:
+/// given to the schema once.
 #[derive(Clone)]
-pub struct WriteServices {
+pub struct Services {
     pub client: AmoClient,
     pub caches: Caches,
     pub idempotency: Idempotency<CreateOutcome>,
+    /// Where writes tell subscribers what changed.
+    pub live: crate::live::Hub,
 }
 
-impl WriteServices {
+impl Services {
     /// `redis` keeps idempotency keys across replicas.
-    pub fn new(client: AmoClient, caches: Caches, redis: Option<crate::shared::Redis>) -> Self {
-        WriteServices {
+    pub fn new(
+        client: AmoClient,
+        caches: Caches,
+        redis: Option<crate::shared::Redis>,
+        live: crate::live::Hub,
+    ) -> Self {
+        Services {
             client,
             caches,
             idempotency: Idempotency::new(redis),
+            live,
         }
     }
 }
@@ -132,11 +141,11 @@ impl MutationRoot {
 }
 
 /// The caller's credentials and the write services, or why there are none.
-fn writer<'a>(ctx: &Context<'a>) -> Result<(&'a Credentials, &'a WriteServices), ApiError> {
+fn writer<'a>(ctx: &Context<'a>) -> Result<(&'a Credentials, &'a Services), ApiError> {
     let request = ctx
         .data_opt::<RequestContext>()
         .ok_or(ApiError::Internal("the request carries no RequestContext"))?;
-    let services = ctx.data_opt::<WriteServices>().ok_or(ApiError::Internal(
+    let services = ctx.data_opt::<Services>().ok_or(ApiError::Internal(
         "the schema was built without write services",
     ))?;
     Ok((request.upstream()?.credentials(), services))
@@ -168,7 +177,7 @@ fn report(ctx: &Context<'_>, error: &ApiError) {
 /// as its own error.
 async fn valid_items<I: input::ItemInput>(
     ctx: &Context<'_>,
-    services: &WriteServices,
+    services: &Services,
     credentials: &Credentials,
     input: &[I],
 ) -> Result<(Vec<I::Checked>, Vec<String>), ApiError> {
@@ -268,9 +277,18 @@ async fn update_contacts(
         .caches
         .after_update(credentials, &touched, &written, epoch)
         .await;
+    services
+        .live
+        .changed(live_changes(&updated, ChangeKind::Updated))
+        .await;
     Ok(UpdateContactsPayload {
         contacts: payload_contacts(updated, &written),
     })
+}
+
+/// What subscribers are told of written contacts.
+fn live_changes(ids: &[ContactId], kind: ChangeKind) -> Vec<Change> {
+    ids.iter().map(|&id| Change { id, kind }).collect()
 }
 
 /// A written item's error, naming the item (`input[3]`, or a path into it).
@@ -369,6 +387,10 @@ async fn link(
         .after_update(credentials, &[contact], &written, epoch)
         .await;
     services.caches.after_link(&entities).await;
+    services
+        .live
+        .changed(live_changes(&[contact], ChangeKind::Updated))
+        .await;
     Ok(LinkContactPayload {
         contact: payload_contacts([contact], &written).pop(),
     })

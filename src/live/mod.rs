@@ -1,0 +1,438 @@
+//! Live updates: which contacts changed, told to the subscribers of every scope that may see
+//! them, within amoCRM's budget.
+//!
+//! Changes come from amoCRM's webhooks (on any replica: through Redis), from the gateway's own
+//! mutations, and from a change feed that polls amoCRM for scopes with subscribers when no
+//! webhook tells (`feed`). A change is read once per subscribed scope, with that scope's own
+//! credentials, in one call for every change that arrived within a window (`COALESCE`): a
+//! subscriber sees a contact only as its own token may, and a burst of webhooks costs one
+//! read per scope, never one per subscriber.
+//!
+//! - `filter`: whether a contact matches a subscription's `filter`, decided locally.
+//! - `feed`: the change feed.
+
+mod feed;
+pub mod filter;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::amocrm::{Contact, ContactId};
+use crate::auth::{Credentials, Scope};
+use crate::background::Background;
+use crate::cache::Caches;
+use crate::shared::Broadcast;
+use crate::shared::broadcast::Heard;
+
+/// Changes arriving within this window are read together. Webhooks are already batched by the
+/// caches' invalidation window (100 ms), whose batch tells the hub at once: this only gathers
+/// those, so an event waits at most this long before its read.
+pub const COALESCE: Duration = Duration::from_millis(20);
+/// Events a subscriber may fall behind by before it is cut off: a slow consumer must not make
+/// the gateway hold events for it without bound.
+pub const SUBSCRIBER_BACKLOG: usize = 256;
+/// Subscriptions one replica holds at most: 10 000 idle ones are measured (README) to fit in
+/// a few tens of MiB.
+pub const MAX_SUBSCRIPTIONS: usize = 20_000;
+/// Subscriptions of one scope on one replica: a page of tabs, not a crawler.
+pub const MAX_SUBSCRIPTIONS_PER_SCOPE: usize = 1_000;
+/// Subscriptions on one connection (one WebSocket).
+pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 100;
+/// Ids of deleted contacts a scope is told of only if it saw them: how many it remembers.
+const SEEN_PER_SCOPE: usize = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ChangeKind {
+    Created,
+    Updated,
+    Deleted,
+    Restored,
+}
+
+/// A contact that changed, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub id: ContactId,
+    pub kind: ChangeKind,
+}
+
+/// A change as one scope sees it: `contact` read with the scope's credentials, `None` when it
+/// was deleted.
+#[derive(Debug)]
+pub struct Event {
+    pub kind: ChangeKind,
+    pub id: ContactId,
+    pub contact: Option<Arc<Contact>>,
+    /// For a deletion: whether the scope was told of the contact before. A deleted contact can
+    /// no longer be read to check who may see it, so only subscribers that named its id, or
+    /// whose scope saw it, hear of it.
+    pub seen: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LiveLimits {
+    /// Subscriptions on this replica.
+    pub total: usize,
+    /// Subscriptions of one scope (a token, or a client key) on this replica.
+    pub per_scope: usize,
+    /// How often the change feed asks amoCRM, at most, for each scope with subscribers.
+    pub poll_interval: Duration,
+    /// The upstream calls a second the account allows (0: no limit), of which the change feed
+    /// takes at most `FEED_SHARE`.
+    pub upstream_rps: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LiveError {
+    #[error("this gateway holds its maximum of {0} subscriptions; try again later")]
+    Full(usize),
+    #[error("this client holds its maximum of {0} subscriptions on this gateway")]
+    ScopeFull(usize),
+}
+
+/// The contact changes among a webhook's events: `add` is a creation, `delete` and `restore`
+/// say so, and every other action (`update`, `responsible`, `note`...) is an update.
+pub fn changes(events: &[crate::amocrm::webhook::WebhookEvent]) -> Vec<Change> {
+    use crate::amocrm::webhook::Entity;
+    events
+        .iter()
+        .filter_map(|event| match event.entity {
+            Entity::Contact(id) => Some(Change {
+                id,
+                kind: match event.action.as_str() {
+                    "add" => ChangeKind::Created,
+                    "delete" => ChangeKind::Deleted,
+                    "restore" => ChangeKind::Restored,
+                    _ => ChangeKind::Updated,
+                },
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Hands changes to subscribers. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    caches: Caches,
+    limits: LiveLimits,
+    scopes: Mutex<HashMap<Scope, ScopeLive>>,
+    active: AtomicUsize,
+    broadcast: Option<Broadcast>,
+    metrics: crate::metrics::Metrics,
+}
+
+struct ScopeLive {
+    /// One subscriber's credentials: every token of a scope sees the same.
+    credentials: Credentials,
+    sender: broadcast::Sender<Arc<Event>>,
+    subscribers: usize,
+    pending: Vec<Change>,
+    /// Contacts already read for pending changes (the change feed's answer names them).
+    known: HashMap<ContactId, Arc<Contact>>,
+    flushing: bool,
+    /// Contacts told to the scope, oldest first, with the `updated_at` told: a change already
+    /// told (a mutation's, then amoCRM's webhook for it) is not told twice.
+    seen: VecDeque<ContactId>,
+    seen_at: HashMap<ContactId, i64>,
+    feed: Option<tokio::task::AbortHandle>,
+}
+
+/// A subscriber's events; it leaves its scope when dropped.
+pub struct Subscription {
+    pub events: broadcast::Receiver<Arc<Event>>,
+    _leave: Leave,
+}
+
+struct Leave {
+    hub: Hub,
+    scope: Scope,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.hub.leave(&self.scope);
+    }
+}
+
+impl Hub {
+    /// `broadcast`: the replicas' channel for changes (with Redis).
+    pub fn new(
+        caches: Caches,
+        limits: LiveLimits,
+        broadcast: Option<Broadcast>,
+        metrics: crate::metrics::Metrics,
+    ) -> Self {
+        Hub {
+            inner: Arc::new(Inner {
+                caches,
+                limits,
+                scopes: Mutex::new(HashMap::new()),
+                active: AtomicUsize::new(0),
+                broadcast,
+                metrics,
+            }),
+        }
+    }
+
+    /// Subscriptions on this replica now.
+    pub fn active(&self) -> usize {
+        self.inner.active.load(Ordering::SeqCst)
+    }
+
+    pub fn subscribe(&self, credentials: &Credentials) -> Result<Subscription, LiveError> {
+        let limits = self.inner.limits;
+        let mut scopes = self.lock();
+        if self.active() >= limits.total {
+            return Err(LiveError::Full(limits.total));
+        }
+        let live = scopes
+            .entry(credentials.scope.clone())
+            .or_insert_with(|| ScopeLive {
+                credentials: credentials.clone(),
+                sender: broadcast::channel(SUBSCRIBER_BACKLOG).0,
+                subscribers: 0,
+                pending: Vec::new(),
+                known: HashMap::new(),
+                flushing: false,
+                seen: VecDeque::new(),
+                seen_at: HashMap::new(),
+                feed: None,
+            });
+        if live.subscribers >= limits.per_scope {
+            return Err(LiveError::ScopeFull(limits.per_scope));
+        }
+        live.subscribers += 1;
+        let events = live.sender.subscribe();
+        if live.feed.is_none() {
+            live.feed = Some(feed::start(self.clone(), credentials.clone()));
+        }
+        drop(scopes);
+        let active = self.inner.active.fetch_add(1, Ordering::SeqCst) + 1;
+        self.inner.metrics.live_subscriptions(active);
+        Ok(Subscription {
+            events,
+            _leave: Leave {
+                hub: self.clone(),
+                scope: credentials.scope.clone(),
+            },
+        })
+    }
+
+    fn leave(&self, scope: &Scope) {
+        let mut scopes = self.lock();
+        if let Some(live) = scopes.get_mut(scope) {
+            live.subscribers = live.subscribers.saturating_sub(1);
+            if live.subscribers == 0 {
+                if let Some(feed) = live.feed.take() {
+                    feed.abort();
+                }
+                scopes.remove(scope);
+            }
+        }
+        drop(scopes);
+        let active = self
+            .inner
+            .active
+            .fetch_sub(1, Ordering::SeqCst)
+            .saturating_sub(1);
+        self.inner.metrics.live_subscriptions(active);
+    }
+
+    /// Changes this replica learned of (a webhook, a mutation, the feed): told here and, with
+    /// Redis, to the other replicas.
+    pub async fn changed(&self, changes: Vec<Change>) {
+        if changes.is_empty() {
+            return;
+        }
+        self.changed_here(&changes, &HashMap::new());
+        if let Some(broadcast) = &self.inner.broadcast {
+            broadcast.publish(&changes).await;
+        }
+    }
+
+    /// Tells this replica's subscribers of another replica's changes until the returned
+    /// handle is dropped.
+    pub fn follow_other_replicas(&self) -> Background {
+        let mut background = Background::default();
+        let Some(broadcast) = &self.inner.broadcast else {
+            return background;
+        };
+        let mut heard = broadcast.listen::<Vec<Change>>();
+        let hub = self.clone();
+        let task = tokio::spawn(async move {
+            while let Some(heard) = heard.recv().await {
+                match heard {
+                    Heard::Message(changes) => hub.changed_here(&changes, &HashMap::new()),
+                    Heard::Confirm(changes, confirm) => {
+                        hub.changed_here(&changes, &HashMap::new());
+                        confirm.send().await;
+                    }
+                    // Missed changes are not replayed: the feed and the caches' own expiry
+                    // catch up with them.
+                    Heard::Gap => {}
+                }
+            }
+        });
+        background.hold(&task);
+        background
+    }
+
+    /// Queues `changes` for every scope with subscribers.
+    fn changed_here(&self, changes: &[Change], known: &HashMap<ContactId, Arc<Contact>>) {
+        self.queue(None, changes, known);
+    }
+
+    /// The change feed's answer for `scope`: told to that scope only (the other scopes' own
+    /// feeds see what they may), with no second read.
+    fn changed_in(&self, scope: &Scope, contacts: Vec<(Change, Arc<Contact>)>) {
+        let changes: Vec<Change> = contacts.iter().map(|(change, _)| *change).collect();
+        let known = contacts
+            .into_iter()
+            .map(|(change, contact)| (change.id, contact))
+            .collect();
+        self.queue(Some(scope), &changes, &known);
+    }
+
+    /// Queues `changes` for `only` that scope, or for every scope with subscribers, and starts
+    /// a flush after the coalescing window where none is waiting.
+    fn queue(
+        &self,
+        only: Option<&Scope>,
+        changes: &[Change],
+        known: &HashMap<ContactId, Arc<Contact>>,
+    ) {
+        let mut scopes = self.lock();
+        let due: Vec<Scope> = scopes
+            .iter_mut()
+            .filter(|(scope, _)| only.is_none_or(|only| only == *scope))
+            .filter_map(|(scope, live)| {
+                live.pending.extend_from_slice(changes);
+                live.known
+                    .extend(known.iter().map(|(id, contact)| (*id, contact.clone())));
+                (!live.flushing).then(|| {
+                    live.flushing = true;
+                    scope.clone()
+                })
+            })
+            .collect();
+        drop(scopes);
+        for scope in due {
+            let hub = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(COALESCE).await;
+                hub.flush(&scope).await;
+            });
+        }
+    }
+
+    /// Reads the scope's pending changes with its credentials, once, and tells its
+    /// subscribers of those its token may see.
+    async fn flush(&self, scope: &Scope) {
+        let (credentials, changes, mut known) = {
+            let mut scopes = self.lock();
+            let Some(live) = scopes.get_mut(scope) else {
+                return;
+            };
+            live.flushing = false;
+            (
+                live.credentials.clone(),
+                std::mem::take(&mut live.pending),
+                std::mem::take(&mut live.known),
+            )
+        };
+        // One event per contact, the last change winning (a delete after an update is a delete).
+        let mut last: HashMap<ContactId, ChangeKind> = HashMap::new();
+        let mut order = Vec::new();
+        for change in &changes {
+            if last.insert(change.id, change.kind).is_none() {
+                order.push(change.id);
+            }
+        }
+        let to_read: std::collections::BTreeSet<ContactId> = order
+            .iter()
+            .filter(|id| last[*id] != ChangeKind::Deleted && !known.contains_key(id))
+            .copied()
+            .collect();
+        if !to_read.is_empty() {
+            match self.inner.caches.read_back(&credentials, &to_read).await {
+                Ok(read) => known.extend(read),
+                Err(error) => {
+                    tracing::warn!(%error, "could not read changed contacts for subscribers");
+                    return;
+                }
+            }
+        }
+        let mut scopes = self.lock();
+        let Some(live) = scopes.get_mut(scope) else {
+            return;
+        };
+        let mut delivered = 0;
+        for id in order {
+            let kind = last[&id];
+            let contact = known
+                .get(&id)
+                .cloned()
+                .filter(|_| kind != ChangeKind::Deleted);
+            let seen = live.seen_at.get(&id).copied();
+            match (&contact, kind) {
+                (_, ChangeKind::Deleted) => {}
+                // Not visible to this scope's token.
+                (None, _) => continue,
+                // Told already, as it is now.
+                (Some(contact), _) if seen.is_some_and(|at| at >= contact.updated_at) => continue,
+                (Some(contact), _) => {
+                    if seen.is_none() {
+                        live.seen.push_back(id);
+                    }
+                    live.seen_at.insert(id, contact.updated_at);
+                    if live.seen.len() > SEEN_PER_SCOPE
+                        && let Some(old) = live.seen.pop_front()
+                    {
+                        live.seen_at.remove(&old);
+                    }
+                }
+            }
+            let event = Event {
+                kind,
+                id,
+                contact,
+                seen: seen.is_some(),
+            };
+            // No receiver left is not an error: the scope is about to go.
+            delivered += live.sender.send(Arc::new(event)).unwrap_or(0);
+        }
+        drop(scopes);
+        self.inner.metrics.live_events_delivered(delivered);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Scope, ScopeLive>> {
+        self.inner.scopes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn caches(&self) -> &Caches {
+        &self.inner.caches
+    }
+
+    pub(crate) fn limits(&self) -> LiveLimits {
+        self.inner.limits
+    }
+
+    /// How many scopes have subscribers: the feed's interval stretches with it.
+    pub(crate) fn scopes(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub(crate) fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
+    }
+}

@@ -1,0 +1,309 @@
+//! Subscriptions (issue 15), driven by the real npm clients (`graphql-ws`, `graphql-sse`)
+//! against the gateway, with changes made in the fake and told by webhooks, mutations or the
+//! change feed.
+
+use std::time::Duration;
+
+use amocrm_gateway::fake_amocrm::FakeOptions;
+use serde_json::{Value, json};
+
+use crate::live_client::LiveClient;
+use crate::support::{ADMIN_TOKEN, MANAGER_TOKEN, RedisServer, TestApp};
+
+const SECRET: &str = "live-webhook-secret";
+const CHANGED: &str = "subscription($ids: [ID!]) { contactChanged(ids: $ids) { kind id \
+    contact { id name } } }";
+const WITHIN: Duration = Duration::from_secs(10);
+
+fn bearer(token: &str) -> Value {
+    json!(format!("Bearer {token}"))
+}
+
+async fn webhook(app: &TestApp, action: &str, id: u64) {
+    let answer = app
+        .post(
+            &format!("/webhooks/amocrm/{SECRET}"),
+            None,
+            &format!("contacts%5B{action}%5D%5B0%5D%5Bid%5D={id}&account[subdomain]=demo"),
+        )
+        .await;
+    assert_eq!(answer.status(), 200);
+}
+
+/// A contact the admin sees and the manager does not.
+fn admin_only(app: &TestApp) -> u64 {
+    let manager = app.fake.visible_ids(MANAGER_TOKEN);
+    app.fake
+        .visible_ids(ADMIN_TOKEN)
+        .into_iter()
+        .find(|id| !manager.contains(id))
+        .expect("a contact only the admin sees")
+}
+
+#[tokio::test]
+async fn a_webhook_reaches_the_subscribers_who_may_see_the_contact_over_both_transports() {
+    let app = TestApp::spawn_with(&["--webhook-secret", SECRET], FakeOptions::default()).await;
+    let id = admin_only(&app);
+    let mut ws = LiveClient::start(
+        "ws",
+        &app.url("/graphql"),
+        json!({ "query": CHANGED, "authorization": bearer(ADMIN_TOKEN) }),
+    )
+    .await;
+    let mut sse = LiveClient::start(
+        "sse",
+        &app.url("/graphql"),
+        json!({ "query": CHANGED, "variables": { "ids": [id.to_string()] },
+            "authorization": bearer(ADMIN_TOKEN) }),
+    )
+    .await;
+    let mut manager = LiveClient::start(
+        "ws",
+        &app.url("/graphql"),
+        json!({ "query": CHANGED, "authorization": bearer(MANAGER_TOKEN), "authIn": "header" }),
+    )
+    .await;
+    ws.ready().await;
+    sse.established().await;
+    manager.ready().await;
+    // The subscriptions are registered once the server has handled the subscribe messages.
+    app.wait_for_metric("gateway_live_subscriptions", 3.0).await;
+
+    app.fake.rename_contact(id, "Живое Имя");
+    webhook(&app, "update", id).await;
+    for client in [&mut ws, &mut sse] {
+        let event = client.expect_next(WITHIN).await;
+        assert_eq!(
+            event["data"]["contactChanged"],
+            json!({ "kind": "UPDATED", "id": id.to_string(),
+                "contact": { "id": id.to_string(), "name": "Живое Имя" } })
+        );
+    }
+    manager.expect_nothing(Duration::from_millis(500)).await;
+    // One read per scope, each with its own token: the admin's, and the manager's (whose token
+    // amoCRM has not verified yet, so it waits in the shared probation lane), which found
+    // nothing to tell.
+    let reads = |app: &TestApp| {
+        let mut tokens: Vec<String> = app
+            .fake
+            .requests()
+            .into_iter()
+            .filter(|r| r.params("filter[id][]").contains(&id.to_string().as_str()))
+            .filter_map(|r| r.token)
+            .collect();
+        tokens.sort();
+        tokens
+    };
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while reads(&app).len() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(reads(&app), [ADMIN_TOKEN, MANAGER_TOKEN]);
+}
+
+#[tokio::test]
+async fn a_hundred_subscribers_of_one_scope_cost_one_read_per_change() {
+    let app = TestApp::spawn_with(&["--webhook-secret", SECRET], FakeOptions::default()).await;
+    let id = app.fake.visible_ids(ADMIN_TOKEN)[5];
+    let mut client = LiveClient::start(
+        "ws",
+        &app.url("/graphql"),
+        json!({ "query": CHANGED, "authorization": bearer(ADMIN_TOKEN), "subscriptions": 100 }),
+    )
+    .await;
+    client.ready().await;
+    app.wait_for_metric("gateway_live_subscriptions", 100.0)
+        .await;
+    app.fake.clear_requests();
+    app.fake.rename_contact(id, "Сто Раз");
+    // A burst: three webhooks at once.
+    futures::future::join_all((0..3).map(|_| webhook(&app, "update", id))).await;
+    let mut told = std::collections::HashSet::new();
+    for _ in 0..100 {
+        let line = client.expect_next_line(WITHIN).await;
+        assert_eq!(
+            line["payload"]["data"]["contactChanged"]["contact"]["name"],
+            "Сто Раз"
+        );
+        told.insert(line["index"].as_u64().expect("an index"));
+    }
+    assert_eq!(told.len(), 100, "every subscriber heard it");
+    client.expect_nothing(Duration::from_millis(300)).await;
+    assert_eq!(app.upstream_calls(), 1, "{:#?}", app.fake.requests());
+}
+
+#[tokio::test]
+async fn a_deleted_contact_is_told_with_no_contact() {
+    let app = TestApp::spawn_with(&["--webhook-secret", SECRET], FakeOptions::default()).await;
+    let id = app.fake.visible_ids(ADMIN_TOKEN)[7];
+    let mut client = LiveClient::start(
+        "ws",
+        &app.url("/graphql"),
+        json!({ "query": CHANGED, "variables": { "ids": [id.to_string()] },
+            "authorization": bearer(ADMIN_TOKEN) }),
+    )
+    .await;
+    client.ready().await;
+    app.wait_for_metric("gateway_live_subscriptions", 1.0).await;
+    webhook(&app, "delete", id).await;
+    let event = client.expect_next(WITHIN).await;
+    assert_eq!(
+        event["data"]["contactChanged"],
+        json!({ "kind": "DELETED", "id": id.to_string(), "contact": null })
+    );
+}
+
+#[tokio::test]
+async fn a_mutation_at_one_replica_reaches_a_subscriber_at_the_other() {
+    let redis = RedisServer::start().await;
+    let flags = [
+        "--redis-url",
+        &redis.url(),
+        "--scope-secret",
+        "0123456789abcdef0123456789abcdef",
+    ];
+    let a = TestApp::spawn_with(&flags, FakeOptions::default()).await;
+    let b = a.replica(&flags).await;
+    for replica in [&a, &b] {
+        replica
+            .wait_for_metric("gateway_redis_subscribed", 1.0)
+            .await;
+    }
+    let id = a.fake.visible_ids(ADMIN_TOKEN)[2];
+    let mut client = LiveClient::start(
+        "sse",
+        &b.url("/graphql"),
+        json!({ "query": CHANGED, "authorization": bearer(ADMIN_TOKEN) }),
+    )
+    .await;
+    client.established().await;
+    b.wait_for_metric("gateway_live_subscriptions", 1.0).await;
+    let renamed = a
+        .query_with(
+            Some(ADMIN_TOKEN),
+            "mutation($id: ID!) { updateContacts(input: [{ id: $id, name: \"С Реплики А\" }]) \
+             { contacts { id } } }",
+            json!({ "id": id.to_string() }),
+        )
+        .await;
+    renamed.data();
+    let event = client.expect_next(WITHIN).await;
+    assert_eq!(event["data"]["contactChanged"]["kind"], "UPDATED");
+    assert_eq!(
+        event["data"]["contactChanged"]["contact"]["name"],
+        "С Реплики А"
+    );
+}
+
+#[tokio::test]
+async fn without_webhooks_the_change_feed_finds_a_change_within_two_intervals() {
+    let app = TestApp::spawn_with(&["--live-poll-interval", "1s"], FakeOptions::default()).await;
+    let id = app.fake.visible_ids(ADMIN_TOKEN)[9];
+    let mut client = LiveClient::start(
+        "ws",
+        &app.url("/graphql"),
+        json!({ "query": CHANGED, "authorization": bearer(ADMIN_TOKEN) }),
+    )
+    .await;
+    client.ready().await;
+    app.wait_for_metric("gateway_live_subscriptions", 1.0).await;
+    // A change made in amoCRM, of which no webhook tells. Its `updated_at` is this second,
+    // which the feed (asking from a second before it started) covers.
+    app.fake.rename_contact(id, "Из Ленты");
+    let started = tokio::time::Instant::now();
+    let event = client.expect_next(Duration::from_secs(3)).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(2_500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(event["data"]["contactChanged"]["id"], id.to_string());
+    assert_eq!(
+        event["data"]["contactChanged"]["contact"]["name"],
+        "Из Ленты"
+    );
+    // The feed's calls: one an interval, and each names the changed contacts itself.
+    let feed_calls = app
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.param("filter[updated_at][from]").is_some())
+        .count();
+    assert!((1..=4).contains(&feed_calls), "{feed_calls} feed calls");
+    assert!(
+        !app.fake
+            .requests()
+            .iter()
+            .any(|r| r.params("filter[id][]").contains(&id.to_string().as_str())),
+        "no second read for the feed's own scope"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_token_in_connection_init_is_closed_with_4401_and_costs_nothing() {
+    let app = TestApp::spawn_with(
+        &[
+            "--access-token",
+            ADMIN_TOKEN,
+            "--client-key",
+            "the-right-key-0123456789",
+        ],
+        FakeOptions::default(),
+    )
+    .await;
+    let mut wrong = LiveClient::start(
+        "ws",
+        &app.url("/graphql"),
+        json!({ "query": CHANGED, "authorization": "Bearer not-the-key" }),
+    )
+    .await;
+    assert_eq!(wrong.closed_with(WITHIN).await, Some(4401));
+    let forwarding = TestApp::spawn().await;
+    let mut none = LiveClient::start(
+        "ws",
+        &forwarding.url("/graphql"),
+        json!({ "query": CHANGED, "authorization": null }),
+    )
+    .await;
+    assert_eq!(none.closed_with(WITHIN).await, Some(4401));
+    let mut sse = LiveClient::start(
+        "sse",
+        &forwarding.url("/graphql"),
+        json!({ "query": CHANGED, "authorization": null }),
+    )
+    .await;
+    let error = sse.error_line(WITHIN).await.expect("an error");
+    assert_eq!(error["status"], 401, "{error}");
+    assert_eq!(app.upstream_calls() + forwarding.upstream_calls(), 0);
+}
+
+#[tokio::test]
+async fn shutting_down_closes_subscriptions_with_going_away() {
+    let fake = amocrm_gateway::fake_amocrm::FakeAmoCrm::start(
+        ([127, 0, 0, 1], 0).into(),
+        FakeOptions::default(),
+    )
+    .await
+    .expect("the fake starts");
+    let (addr, stop) =
+        crate::support::start_gateway(&fake.base_url(), &["--drain-delay", "0s"]).await;
+    let url = format!("http://{addr}/graphql");
+    let mut ws = LiveClient::start(
+        "ws",
+        &url,
+        json!({ "query": CHANGED, "authorization": bearer(ADMIN_TOKEN) }),
+    )
+    .await;
+    let mut sse = LiveClient::start(
+        "sse",
+        &url,
+        json!({ "query": CHANGED, "authorization": bearer(ADMIN_TOKEN) }),
+    )
+    .await;
+    ws.ready().await;
+    sse.established().await;
+    drop(stop);
+    assert_eq!(ws.closed_with(WITHIN).await, Some(1001));
+    let ended = sse.next_line(WITHIN).await.expect("a line");
+    assert_eq!(ended["type"], "complete", "{ended}");
+}
