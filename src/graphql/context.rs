@@ -22,6 +22,17 @@ pub struct RequestContext {
     report: Arc<CacheReport>,
     /// The request's `Idempotency-Key` header, for creates.
     idempotency_key: Option<String>,
+    /// Subscriptions open on this context's connection (a WebSocket's context is its own).
+    subscriptions: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A subscription's place on its connection, given back when dropped.
+pub struct SubscriptionSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for SubscriptionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl RequestContext {
@@ -64,7 +75,19 @@ impl RequestContext {
             upstream,
             report,
             idempotency_key: None,
+            subscriptions: Arc::default(),
         }
+    }
+
+    /// A place for one more subscription on this connection, if it holds fewer than `max`.
+    pub fn subscription_slot(&self, max: usize) -> Option<SubscriptionSlot> {
+        use std::sync::atomic::Ordering;
+        self.subscriptions
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .ok()?;
+        Some(SubscriptionSlot(self.subscriptions.clone()))
     }
 
     /// What a subscription calls before each event: the loaders' caches hold what one event's

@@ -32,36 +32,47 @@ impl SubscriptionRoot {
         ids: Option<Vec<ID>>,
         filter: Option<ContactFilterInput>,
     ) -> Result<impl Stream<Item = Result<ContactEvent>> + use<>> {
-        let (subscription, wanted) = subscribe(ctx, ids, filter).map_err(|e| e.extend())?;
-        let request = ctx
+        let (subscription, wanted, slot) = subscribe(ctx, ids, filter).map_err(|e| e.extend())?;
+        let clear = ctx
             .data_opt::<RequestContext>()
             .map(RequestContext::clear_on_event);
-        Ok(futures::stream::unfold(
-            Some((subscription, wanted, request)),
-            |state| async move {
-                let (mut subscription, wanted, request) = state?;
-                loop {
-                    match subscription.events.recv().await {
-                        Ok(event) => {
-                            if !wanted.admits(&event) {
-                                continue;
-                            }
-                            if let Some(clear) = &request {
-                                clear();
-                            }
-                            let item = Ok(ContactEvent(event));
-                            return Some((item, Some((subscription, wanted, request))));
-                        }
-                        Err(RecvError::Lagged(missed)) => {
-                            let error = ApiError::Lagged(missed).extend();
-                            return Some((Err(error), None));
-                        }
-                        Err(RecvError::Closed) => return None,
-                    }
-                }
-            },
-        ))
+        let (receiver, membership) = subscription.split();
+        Ok(events(receiver, wanted, move || {
+            // Held as long as the stream: its place in the scope and on the connection.
+            let _held = (&membership, &slot);
+            if let Some(clear) = &clear {
+                clear();
+            }
+        }))
     }
+}
+
+/// The stream of a subscription: the events it wants, `before_each` run before each goes
+/// out; an error, then the end, for a subscriber that fell more than the hub's backlog behind.
+fn events<F: Fn() + Send + Sync + 'static>(
+    receiver: tokio::sync::broadcast::Receiver<Arc<live::Event>>,
+    wanted: Wanted,
+    before_each: F,
+) -> impl Stream<Item = Result<ContactEvent>> + use<F> {
+    futures::stream::unfold(Some((receiver, wanted, before_each)), |state| async move {
+        let (mut receiver, wanted, before_each) = state?;
+        loop {
+            match receiver.recv().await {
+                Ok(event) => {
+                    if !wanted.admits(&event) {
+                        continue;
+                    }
+                    before_each();
+                    let item = Ok(ContactEvent(event));
+                    return Some((item, Some((receiver, wanted, before_each))));
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    return Some((Err(ApiError::Lagged(missed).extend()), None));
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
 }
 
 /// What one subscription asked for.
@@ -92,7 +103,7 @@ fn subscribe(
     ctx: &Context<'_>,
     ids: Option<Vec<ID>>,
     filter: Option<ContactFilterInput>,
-) -> Result<(Live, Wanted), ApiError> {
+) -> Result<(Live, Wanted, super::context::SubscriptionSlot), ApiError> {
     let ids = match ids {
         Some(ids) if ids.len() > MAX_FILTER_IDS => {
             return Err(ApiError::bad_input(
@@ -117,11 +128,17 @@ fn subscribe(
     let services = ctx.data_opt::<Services>().ok_or(ApiError::Internal(
         "the schema was built without its services",
     ))?;
+    // The connection's own limit first: it costs nothing to check.
+    let slot = request
+        .subscription_slot(live::MAX_SUBSCRIPTIONS_PER_CONNECTION)
+        .ok_or(ApiError::Live(live::LiveError::ConnectionFull(
+            live::MAX_SUBSCRIPTIONS_PER_CONNECTION,
+        )))?;
     let subscription = services
         .live
         .subscribe(credentials)
         .map_err(ApiError::Live)?;
-    Ok((subscription, Wanted { ids, list }))
+    Ok((subscription, Wanted { ids, list }, slot))
 }
 
 /// A change of a contact.
@@ -157,4 +174,62 @@ pub enum ContactEventKind {
     Updated,
     Deleted,
     Restored,
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    fn event(id: u64) -> Arc<live::Event> {
+        Arc::new(live::Event {
+            kind: ChangeKind::Deleted,
+            id: ContactId::new(id),
+            contact: None,
+            seen: true,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_gets_an_error_and_its_stream_ends() {
+        let (sender, receiver) = tokio::sync::broadcast::channel(live::SUBSCRIBER_BACKLOG);
+        let wanted = Wanted {
+            ids: BTreeSet::new(),
+            list: None,
+        };
+        let stream = events(receiver, wanted, || {});
+        futures::pin_mut!(stream);
+        for id in 1..=(live::SUBSCRIBER_BACKLOG as u64 + 10) {
+            sender.send(event(id)).expect("a receiver");
+        }
+        let first = stream.next().await.expect("an item");
+        let error = first.err().expect("the lag, as an error");
+        assert!(
+            error.message.contains("fell 10 events behind"),
+            "{}",
+            error.message
+        );
+        assert!(stream.next().await.is_none(), "and then the end");
+    }
+
+    #[tokio::test]
+    async fn only_the_named_contacts_are_told() {
+        let (sender, receiver) = tokio::sync::broadcast::channel(8);
+        let wanted = Wanted {
+            ids: BTreeSet::from([ContactId::new(2)]),
+            list: None,
+        };
+        let stream = events(receiver, wanted, || {});
+        futures::pin_mut!(stream);
+        for id in [1, 2, 3] {
+            sender.send(event(id)).expect("a receiver");
+        }
+        drop(sender);
+        let told: Vec<u64> = stream
+            .map(|item| item.map(|e| e.0.id.get()).unwrap_or(0))
+            .collect()
+            .await;
+        assert_eq!(told, [2]);
+    }
 }

@@ -93,6 +93,8 @@ pub enum LiveError {
     Full(usize),
     #[error("this client holds its maximum of {0} subscriptions on this gateway")]
     ScopeFull(usize),
+    #[error("this connection holds its maximum of {0} subscriptions: open another")]
+    ConnectionFull(usize),
 }
 
 /// The contact changes among a webhook's events: `add` is a creation, `delete` and `restore`
@@ -156,6 +158,16 @@ pub struct Subscription {
 struct Leave {
     hub: Hub,
     scope: Scope,
+}
+
+/// A subscriber's place in its scope, given back when dropped.
+pub struct Membership(#[allow(dead_code, reason = "held for its Drop")] Leave);
+
+impl Subscription {
+    /// The events, and the place that must be held as long as they are read.
+    pub fn split(self) -> (broadcast::Receiver<Arc<Event>>, Membership) {
+        (self.events, Membership(self._leave))
+    }
 }
 
 impl Drop for Leave {

@@ -307,3 +307,28 @@ async fn shutting_down_closes_subscriptions_with_going_away() {
     let ended = sse.next_line(WITHIN).await.expect("a line");
     assert_eq!(ended["type"], "complete", "{ended}");
 }
+
+#[tokio::test]
+async fn a_connection_holds_at_most_a_hundred_subscriptions() {
+    let app = TestApp::spawn().await;
+    let mut client = LiveClient::start(
+        "ws",
+        &app.url("/graphql"),
+        json!({ "query": CHANGED, "authorization": bearer(ADMIN_TOKEN), "subscriptions": 101 }),
+    )
+    .await;
+    // The refused one is answered with its error, then completed; the others stay open.
+    let refused = loop {
+        let line = client.next_line(WITHIN).await.expect("a line");
+        if line["type"] == "next" {
+            break line;
+        }
+    };
+    assert_eq!(
+        refused["payload"]["errors"][0]["extensions"]["code"], "TOO_MANY_SUBSCRIPTIONS",
+        "{refused}"
+    );
+    app.wait_for_metric("gateway_live_subscriptions", 100.0)
+        .await;
+    assert_eq!(app.metric("gateway_live_subscriptions").await, 100.0);
+}
