@@ -138,7 +138,7 @@ fn live_hub(
 ) -> crate::live::Hub {
     let limits = crate::live::LiveLimits {
         total: crate::live::MAX_SUBSCRIPTIONS,
-        per_scope: crate::live::MAX_SUBSCRIPTIONS_PER_SCOPE,
+        per_client: crate::live::MAX_SUBSCRIPTIONS_PER_CLIENT,
         poll_interval: settings.live_poll_interval,
         upstream_rps: settings.limits.rate_limit.unwrap_or(0),
     };

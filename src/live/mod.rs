@@ -39,8 +39,8 @@ pub const SUBSCRIBER_BACKLOG: usize = 256;
 /// Subscriptions one replica holds at most: 10 000 idle ones are measured (README) to fit in
 /// a few tens of MiB.
 pub const MAX_SUBSCRIPTIONS: usize = 20_000;
-/// Subscriptions of one scope on one replica: a page of tabs, not a crawler.
-pub const MAX_SUBSCRIPTIONS_PER_SCOPE: usize = 1_000;
+/// Subscriptions of one client on one replica: a page of tabs, not a crawler.
+pub const MAX_SUBSCRIPTIONS_PER_CLIENT: usize = 1_000;
 /// Subscriptions on one connection (one WebSocket).
 pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 100;
 /// Ids of deleted contacts a scope is told of only if it saw them: how many it remembers.
@@ -78,8 +78,9 @@ pub struct Event {
 pub struct LiveLimits {
     /// Subscriptions on this replica.
     pub total: usize,
-    /// Subscriptions of one scope (a token, or a client key) on this replica.
-    pub per_scope: usize,
+    /// Subscriptions of one client (a forwarded token, or a client key of the gateway's own
+    /// token) on this replica.
+    pub per_client: usize,
     /// How often the change feed asks amoCRM, at most, for each scope with subscribers.
     pub poll_interval: Duration,
     /// The upstream calls a second the account allows (0: no limit), of which the change feed
@@ -92,7 +93,7 @@ pub enum LiveError {
     #[error("this gateway holds its maximum of {0} subscriptions; try again later")]
     Full(usize),
     #[error("this client holds its maximum of {0} subscriptions on this gateway")]
-    ScopeFull(usize),
+    ClientFull(usize),
     #[error("this connection holds its maximum of {0} subscriptions: open another")]
     ConnectionFull(usize),
 }
@@ -118,6 +119,14 @@ pub fn changes(events: &[crate::amocrm::webhook::WebhookEvent]) -> Vec<Change> {
         .collect()
 }
 
+/// What was told of a contact, in 8 bytes.
+fn digest(contact: &Contact) -> u64 {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut hasher = DefaultHasher::new();
+    hasher.write(&serde_json::to_vec(contact).unwrap_or_default());
+    hasher.finish()
+}
+
 /// Hands changes to subscribers. Cheap to clone.
 #[derive(Clone)]
 pub struct Hub {
@@ -138,14 +147,17 @@ struct ScopeLive {
     credentials: Credentials,
     sender: broadcast::Sender<Arc<Event>>,
     subscribers: usize,
+    /// Subscribers per client: by client-key lane (`None`: the token itself).
+    clients: HashMap<Option<u64>, usize>,
     pending: Vec<Change>,
     /// Contacts already read for pending changes (the change feed's answer names them).
     known: HashMap<ContactId, Arc<Contact>>,
     flushing: bool,
-    /// Contacts told to the scope, oldest first, with the `updated_at` told: a change already
-    /// told (a mutation's, then amoCRM's webhook for it) is not told twice.
+    /// Contacts told to the scope, oldest first, with a digest of what was told: a change
+    /// already told (a mutation's, then amoCRM's webhook for it) is not told twice. A digest of
+    /// the whole contact, not its `updated_at`, which has one-second resolution.
     seen: VecDeque<ContactId>,
-    seen_at: HashMap<ContactId, i64>,
+    seen_at: HashMap<ContactId, u64>,
     feed: Option<tokio::task::AbortHandle>,
 }
 
@@ -158,6 +170,7 @@ pub struct Subscription {
 struct Leave {
     hub: Hub,
     scope: Scope,
+    lane: Option<u64>,
 }
 
 /// A subscriber's place in its scope, given back when dropped.
@@ -172,7 +185,7 @@ impl Subscription {
 
 impl Drop for Leave {
     fn drop(&mut self) {
-        self.hub.leave(&self.scope);
+        self.hub.leave(&self.scope, self.lane);
     }
 }
 
@@ -213,6 +226,7 @@ impl Hub {
                 credentials: credentials.clone(),
                 sender: broadcast::channel(SUBSCRIBER_BACKLOG).0,
                 subscribers: 0,
+                clients: HashMap::new(),
                 pending: Vec::new(),
                 known: HashMap::new(),
                 flushing: false,
@@ -220,9 +234,12 @@ impl Hub {
                 seen_at: HashMap::new(),
                 feed: None,
             });
-        if live.subscribers >= limits.per_scope {
-            return Err(LiveError::ScopeFull(limits.per_scope));
+        let lane = credentials.token.lane();
+        let of_client = live.clients.entry(lane).or_default();
+        if *of_client >= limits.per_client {
+            return Err(LiveError::ClientFull(limits.per_client));
         }
+        *of_client += 1;
         live.subscribers += 1;
         let events = live.sender.subscribe();
         if live.feed.is_none() {
@@ -236,13 +253,20 @@ impl Hub {
             _leave: Leave {
                 hub: self.clone(),
                 scope: credentials.scope.clone(),
+                lane: credentials.token.lane(),
             },
         })
     }
 
-    fn leave(&self, scope: &Scope) {
+    fn leave(&self, scope: &Scope, lane: Option<u64>) {
         let mut scopes = self.lock();
         if let Some(live) = scopes.get_mut(scope) {
+            if let Some(of_client) = live.clients.get_mut(&lane) {
+                *of_client = of_client.saturating_sub(1);
+                if *of_client == 0 {
+                    live.clients.remove(&lane);
+                }
+            }
             live.subscribers = live.subscribers.saturating_sub(1);
             if live.subscribers == 0 {
                 if let Some(feed) = live.feed.take() {
@@ -396,17 +420,18 @@ impl Hub {
                 .cloned()
                 .filter(|_| kind != ChangeKind::Deleted);
             let seen = live.seen_at.get(&id).copied();
+            let digest = contact.as_deref().map(digest);
             match (&contact, kind) {
                 (_, ChangeKind::Deleted) => {}
                 // Not visible to this scope's token.
                 (None, _) => continue,
                 // Told already, as it is now.
-                (Some(contact), _) if seen.is_some_and(|at| at >= contact.updated_at) => continue,
-                (Some(contact), _) => {
+                (Some(_), _) if seen.is_some() && seen == digest => continue,
+                (Some(_), _) => {
                     if seen.is_none() {
                         live.seen.push_back(id);
                     }
-                    live.seen_at.insert(id, contact.updated_at);
+                    live.seen_at.insert(id, digest.unwrap_or_default());
                     if live.seen.len() > SEEN_PER_SCOPE
                         && let Some(old) = live.seen.pop_front()
                     {
