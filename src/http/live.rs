@@ -40,22 +40,35 @@ pub(super) fn is_upgrade(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-/// Whether a POST to `/graphql` asks for server-sent events.
+/// Whether a POST to `/graphql` asks for server-sent events: `text/event-stream` is what its
+/// `Accept` prefers (highest q, then first listed). Clients such as urql list it among others
+/// on every query, and those want JSON.
 pub(super) fn wants_event_stream(headers: &HeaderMap) -> bool {
-    headers
+    let mut best: Option<(f32, bool)> = None;
+    for range in headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|t| t.trim().starts_with("text/event-stream"))
-        })
+        .flat_map(|v| v.split(','))
+    {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or_default().trim();
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        if best.is_none_or(|(top, _)| q > top) {
+            best = Some((q, media.eq_ignore_ascii_case("text/event-stream")));
+        }
+    }
+    best.is_some_and(|(q, sse)| sse && q > 0.0)
 }
 
 pub(super) fn websocket(
     state: AppState,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
+    permit: Option<super::ConnectionPermit>,
 ) -> Response {
     let offered = headers
         .get(header::SEC_WEBSOCKET_PROTOCOL)
@@ -77,7 +90,10 @@ pub(super) fn websocket(
     upgrade
         .protocols(["graphql-transport-ws"])
         .max_message_size(MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| serve_websocket(state, socket, authorization))
+        .on_upgrade(move |socket| async move {
+            serve_websocket(state, socket, authorization).await;
+            drop(permit);
+        })
 }
 
 async fn serve_websocket(state: AppState, socket: WebSocket, header: Option<HeaderValue>) {
@@ -94,12 +110,12 @@ async fn serve_websocket(state: AppState, socket: WebSocket, header: Option<Head
     let refused = Arc::new(AtomicBool::new(false));
     let init = {
         let (state, refused) = (state.clone(), refused.clone());
-        move |payload: serde_json::Value| {
-            let result = connection_data(&state, &payload, header.as_ref());
+        move |payload: serde_json::Value| async move {
+            let result = connection_data(&state, &payload, header.as_ref()).await;
             if result.is_err() {
                 refused.store(true, Ordering::SeqCst);
             }
-            futures::future::ready(result)
+            result
         }
     };
     let messages = GraphQLWebSocket::new(
@@ -162,7 +178,7 @@ async fn serve_websocket(state: AppState, socket: WebSocket, header: Option<Head
 
 /// The connection's credentials, from `connection_init`'s `Authorization` (any case) or else
 /// the upgrade request's header, as the data every subscription on it runs with.
-fn connection_data(
+async fn connection_data(
     state: &AppState,
     payload: &serde_json::Value,
     header: Option<&HeaderValue>,
@@ -181,9 +197,38 @@ fn connection_data(
         .auth
         .credentials(authorization)
         .map_err(|e| async_graphql::Error::new(e.to_string()))?;
+    verified(state, &credentials)
+        .await
+        .map_err(async_graphql::Error::new)?;
     let mut data = Data::default();
     data.insert(request_context(state, Ok(credentials)));
     Ok(data)
+}
+
+/// A subscription holds a connection and a place in the hub for as long as it lasts, so only a
+/// credential amoCRM has accepted may open one: a forwarded token not yet seen is tried with
+/// one small call first (in the shared probation lane of unverified tokens).
+async fn verified(state: &AppState, credentials: &crate::auth::Credentials) -> Result<(), String> {
+    use crate::amocrm::{ContactList, ContactsQuery, PageSize, Priority, Relations};
+    let forwarded = matches!(&*state.components.auth, crate::auth::AuthMode::Forward(_));
+    if !forwarded || state.components.upstream.has_accepted(&credentials.token) {
+        return Ok(());
+    }
+    let query = ContactsQuery {
+        list: ContactList::default(),
+        page: 1,
+        limit: PageSize::new(1).unwrap_or(PageSize::MAX),
+        relations: Relations::default(),
+    };
+    match state
+        .components
+        .upstream
+        .contacts(&credentials.token, &query, Priority::Foreground)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(error) => Err(format!("amoCRM did not accept this token: {error}")),
+    }
 }
 
 fn request_context(
@@ -211,6 +256,10 @@ pub(super) async fn event_stream(state: AppState, headers: HeaderMap, body: Byte
             return json_errors(StatusCode::UNAUTHORIZED, error);
         }
     };
+    if let Err(why) = verified(&state, &credentials).await {
+        let error = graphql::refusal(graphql::UNAUTHENTICATED, why);
+        return json_errors(StatusCode::UNAUTHORIZED, error);
+    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
@@ -218,10 +267,17 @@ pub(super) async fn event_stream(state: AppState, headers: HeaderMap, body: Byte
         request::check_document(&request.query, state.max_document_bytes)?;
         Ok(request)
     });
-    let request = match request {
+    let mut request = match request {
         Ok(request) => request,
         Err(rejection) => return json_errors(rejection.status(), refusal(&rejection)),
     };
+    // Persisted queries (and `--persisted-only`) hold here as for any request.
+    if let Err(error) = state.components.persisted.resolve(&mut request).await {
+        return json_errors(StatusCode::BAD_REQUEST, error);
+    }
+    if let Err(rejection) = request::check_document(&request.query, state.max_document_bytes) {
+        return json_errors(rejection.status(), refusal(&rejection));
+    }
     let context = request_context(&state, Ok(credentials));
     let results = state
         .components

@@ -209,8 +209,9 @@ async fn get_graphql(
 ) -> Response {
     let (mut parts, _) = request.into_parts();
     if live::is_upgrade(&parts.headers) {
+        let permit = parts.extensions.get::<ConnectionPermit>().cloned();
         return match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
-            Ok(upgrade) => live::websocket(state, parts.headers, upgrade),
+            Ok(upgrade) => live::websocket(state, parts.headers, upgrade, permit),
             Err(rejection) => rejection.into_response(),
         };
     }
@@ -305,12 +306,18 @@ async fn accept(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
-        // With upgrades: a subscription's WebSocket leaves hyper for its own task.
+        // With upgrades: a subscription's WebSocket leaves hyper for its own task, and takes
+        // the connection's permit along (see `ConnectionPermit`).
+        let permit = ConnectionPermit(Arc::new(permit));
+        let service = {
+            let permit = permit.clone();
+            tower::util::MapRequest::new(router.clone(), move |mut request: Request<_>| {
+                request.extensions_mut().insert(permit.clone());
+                request
+            })
+        };
         let connection = http
-            .serve_connection(
-                TokioIo::new(stream),
-                TowerToHyperService::new(router.clone()),
-            )
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
             .with_upgrades();
         let mut stopping = stopping.clone();
         tokio::spawn(async move {
@@ -336,6 +343,14 @@ async fn accept(
     let _ = permits.acquire_many(all).await;
     Ok(())
 }
+
+/// A connection's place under `--max-connections`. An upgraded connection (a WebSocket) leaves
+/// hyper, so its task holds the permit until it closes: it counts, and the server's shutdown
+/// waits for it.
+#[derive(Clone)]
+pub(super) struct ConnectionPermit(
+    #[allow(dead_code, reason = "held for its Drop")] Arc<tokio::sync::OwnedSemaphorePermit>,
+);
 
 /// A failed accept: a connection that went away before it was taken costs nothing, but
 /// anything else (no file descriptors left) would fail again at once, so the loop pauses.

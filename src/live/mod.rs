@@ -119,12 +119,18 @@ pub fn changes(events: &[crate::amocrm::webhook::WebhookEvent]) -> Vec<Change> {
         .collect()
 }
 
+/// How many times a scope's read of a batch is tried before the batch is given up.
+const FLUSH_ATTEMPTS: u32 = 3;
+const FLUSH_RETRY: Duration = Duration::from_secs(1);
+/// What `seen_at` holds for a contact told as deleted: no digest of a contact.
+const DELETED: u64 = 0;
+
 /// What was told of a contact, in 8 bytes.
 fn digest(contact: &Contact) -> u64 {
     use std::hash::{DefaultHasher, Hasher};
     let mut hasher = DefaultHasher::new();
     hasher.write(&serde_json::to_vec(contact).unwrap_or_default());
-    hasher.finish()
+    hasher.finish().max(1)
 }
 
 /// Hands changes to subscribers. Cheap to clone.
@@ -373,19 +379,57 @@ impl Hub {
 
     /// Reads the scope's pending changes with its credentials, once, and tells its
     /// subscribers of those its token may see.
+    /// One read in flight per scope: changes that arrive during it wait for the next round,
+    /// so that an older read can never be told after a newer one.
     async fn flush(&self, scope: &Scope) {
-        let (credentials, changes, mut known) = {
-            let mut scopes = self.lock();
-            let Some(live) = scopes.get_mut(scope) else {
-                return;
+        let mut failures = 0;
+        loop {
+            let batch = {
+                let mut scopes = self.lock();
+                let Some(live) = scopes.get_mut(scope) else {
+                    return;
+                };
+                if live.pending.is_empty() {
+                    live.flushing = false;
+                    return;
+                }
+                (
+                    live.credentials.clone(),
+                    std::mem::take(&mut live.pending),
+                    std::mem::take(&mut live.known),
+                )
             };
-            live.flushing = false;
-            (
-                live.credentials.clone(),
-                std::mem::take(&mut live.pending),
-                std::mem::take(&mut live.known),
-            )
-        };
+            match self.flush_once(scope, batch).await {
+                Ok(()) => failures = 0,
+                Err((changes, error)) => {
+                    failures += 1;
+                    tracing::warn!(%error, failures, "could not read changed contacts for subscribers");
+                    if failures >= FLUSH_ATTEMPTS {
+                        // Given up: the caches' expiry and the next change catch up with them.
+                        failures = 0;
+                        continue;
+                    }
+                    // Put back in front of what came meanwhile, and try again after a pause.
+                    if let Some(live) = self.lock().get_mut(scope) {
+                        let later = std::mem::replace(&mut live.pending, changes);
+                        live.pending.extend(later);
+                    }
+                    tokio::time::sleep(FLUSH_RETRY).await;
+                }
+            }
+        }
+    }
+
+    /// Reads and tells one batch; on a failed read, the batch's changes back.
+    async fn flush_once(
+        &self,
+        scope: &Scope,
+        (credentials, changes, mut known): (
+            Credentials,
+            Vec<Change>,
+            HashMap<ContactId, Arc<Contact>>,
+        ),
+    ) -> Result<(), (Vec<Change>, Arc<crate::amocrm::AmoError>)> {
         // One event per contact, the last change winning (a delete after an update is a delete).
         let mut last: HashMap<ContactId, ChangeKind> = HashMap::new();
         let mut order = Vec::new();
@@ -402,15 +446,12 @@ impl Hub {
         if !to_read.is_empty() {
             match self.inner.caches.read_back(&credentials, &to_read).await {
                 Ok(read) => known.extend(read),
-                Err(error) => {
-                    tracing::warn!(%error, "could not read changed contacts for subscribers");
-                    return;
-                }
+                Err(error) => return Err((changes, error)),
             }
         }
         let mut scopes = self.lock();
         let Some(live) = scopes.get_mut(scope) else {
-            return;
+            return Ok(());
         };
         let mut delivered = 0;
         for id in order {
@@ -422,7 +463,12 @@ impl Hub {
             let seen = live.seen_at.get(&id).copied();
             let digest = contact.as_deref().map(digest);
             match (&contact, kind) {
-                (_, ChangeKind::Deleted) => {}
+                // Told as deleted: a restore with the same content is news again.
+                (_, ChangeKind::Deleted) => {
+                    if let Some(told) = live.seen_at.get_mut(&id) {
+                        *told = DELETED;
+                    }
+                }
                 // Not visible to this scope's token.
                 (None, _) => continue,
                 // Told already, as it is now.
@@ -450,6 +496,7 @@ impl Hub {
         }
         drop(scopes);
         self.inner.metrics.live_events_delivered(delivered);
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Scope, ScopeLive>> {

@@ -332,3 +332,49 @@ async fn a_connection_holds_at_most_a_hundred_subscriptions() {
         .await;
     assert_eq!(app.metric("gateway_live_subscriptions").await, 100.0);
 }
+
+#[tokio::test]
+async fn a_token_amocrm_refuses_cannot_hold_a_subscription() {
+    let app = TestApp::spawn().await;
+    let mut ws = LiveClient::start(
+        "ws",
+        &app.url("/graphql"),
+        json!({ "query": CHANGED, "authorization": "Bearer made-up-token" }),
+    )
+    .await;
+    assert_eq!(ws.closed_with(WITHIN).await, Some(4401));
+    let mut sse = LiveClient::start(
+        "sse",
+        &app.url("/graphql"),
+        json!({ "query": CHANGED, "authorization": "Bearer another-made-up-token" }),
+    )
+    .await;
+    let error = sse.error_line(WITHIN).await.expect("an error");
+    assert_eq!(error["status"], 401, "{error}");
+    assert_eq!(app.metric("gateway_live_subscriptions").await, 0.0);
+    // One small call each told amoCRM's answer; nothing more was spent on them.
+    assert_eq!(app.upstream_calls(), 2);
+}
+
+#[tokio::test]
+async fn a_query_that_merely_lists_event_streams_among_its_types_is_answered_as_json() {
+    let app = TestApp::spawn().await;
+    // What urql sends with every query.
+    let accept = "application/graphql-response+json, application/graphql+json, \
+        application/json, text/event-stream, multipart/mixed";
+    let answer = app
+        .http()
+        .post(app.url("/graphql"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("accept", accept)
+        .json(&json!({ "query": "{ contacts(first: 1) { nodes { id } } }" }))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(
+        answer.headers()["content-type"],
+        "application/graphql-response+json"
+    );
+    let body: Value = answer.json().await.expect("JSON");
+    assert!(body["data"]["contacts"]["nodes"].is_array(), "{body}");
+}
