@@ -274,6 +274,19 @@ impl Caches {
         let _ = applied.wait_for(|applied| *applied).await;
     }
 
+    /// Returns once the invalidations waiting for their window (if any) have been applied.
+    pub async fn settled(&self) {
+        let applied = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .applied
+            .clone();
+        if let Some(mut applied) = applied {
+            let _ = applied.wait_for(|applied| *applied).await;
+        }
+    }
+
     /// Applies `invalidations` at once, outside the batching window, and returns once they
     /// have been applied here, in Redis and in the broadcast: a write's answer must not wait
     /// for a window, nor come before its invalidation.

@@ -35,11 +35,14 @@ async fn amocrm_webhook(
         Ok(events) => events,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
+    // Subscribers first: the hub gathers this with the other webhooks arriving now (the caches'
+    // batching below would spread a burst over two windows), and tells them once the caches
+    // have dropped what the changes void.
+    components.live.changed(live::changes(&events)).await;
     // Answered once applied, together with the other webhooks of its window.
     components
         .caches
         .invalidate(Invalidation::for_events(&events))
         .await;
-    components.live.changed(live::changes(&events)).await;
     (StatusCode::OK, "ok").into_response()
 }

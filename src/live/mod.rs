@@ -449,6 +449,9 @@ impl Hub {
                 Err(error) => return Err((changes, error)),
             }
         }
+        // What the changes void is dropped from the caches before anyone hears of them, so
+        // that a query sent on an event answers as the event does.
+        self.inner.caches.settled().await;
         let mut scopes = self.lock();
         let Some(live) = scopes.get_mut(scope) else {
             return Ok(());
