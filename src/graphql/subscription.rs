@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use async_graphql::{Context, Enum, ErrorExtensions, ID, Object, Result, Subscription};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::contact::Contact;
@@ -33,17 +33,27 @@ impl SubscriptionRoot {
         filter: Option<ContactFilterInput>,
     ) -> Result<impl Stream<Item = Result<ContactEvent>> + use<>> {
         let (subscription, wanted, slot) = subscribe(ctx, ids, filter).map_err(|e| e.extend())?;
+        let learn = learning_of(ctx, &wanted).map_err(|e| e.extend())?;
         let clear = ctx
             .data_opt::<RequestContext>()
             .map(RequestContext::clear_on_event);
         let (receiver, membership) = subscription.split();
-        Ok(events(receiver, wanted, move || {
+        // Named contacts are read once now, so that their deletion is told to this scope only
+        // if it may see them.
+        let (hub, credentials, named) = learn;
+        let learning = async move {
+            hub.learn(&credentials, &named).await;
+        };
+        let stream = events(receiver, wanted, move || {
             // Held as long as the stream: its place in the scope and on the connection.
             let _held = (&membership, &slot);
             if let Some(clear) = &clear {
                 clear();
             }
-        }))
+        });
+        Ok(futures::stream::once(learning)
+            .filter_map(|()| futures::future::ready(None))
+            .chain(stream))
     }
 }
 
@@ -75,6 +85,31 @@ fn events<F: Fn() + Send + Sync + 'static>(
     })
 }
 
+/// What reading a subscription's named contacts needs: the hub, the caller, the ids.
+fn learning_of(
+    ctx: &Context<'_>,
+    wanted: &Wanted,
+) -> Result<
+    (
+        crate::live::Hub,
+        crate::auth::Credentials,
+        BTreeSet<ContactId>,
+    ),
+    ApiError,
+> {
+    let request = ctx.data_opt::<RequestContext>().ok_or(ApiError::Internal(
+        "the subscription carries no RequestContext",
+    ))?;
+    let services = ctx.data_opt::<Services>().ok_or(ApiError::Internal(
+        "the schema was built without its services",
+    ))?;
+    Ok((
+        services.live.clone(),
+        request.upstream()?.credentials().clone(),
+        wanted.ids.clone(),
+    ))
+}
+
 /// What one subscription asked for.
 struct Wanted {
     ids: BTreeSet<ContactId>,
@@ -87,11 +122,12 @@ impl Wanted {
             return false;
         }
         match (&self.list, &event.contact) {
-            // A deleted contact can no longer be read nor matched: told to those who named
-            // it, and to those who want every change if their scope saw it.
+            // A deleted contact can no longer be read nor matched: told only where the scope
+            // saw it (named ids are read when the subscription starts), to those who named it
+            // or want every change.
             (list, None) => {
-                self.ids.contains(&event.id)
-                    || (list.is_none() && self.ids.is_empty() && event.seen)
+                event.seen
+                    && (self.ids.contains(&event.id) || (list.is_none() && self.ids.is_empty()))
             }
             (None, Some(_)) => true,
             (Some(list), Some(contact)) => live::filter::matches(list, contact),

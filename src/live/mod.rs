@@ -215,6 +215,39 @@ impl Hub {
         }
     }
 
+    /// Records which of `ids` the scope may see (one read, past the caches), so that it hears
+    /// of their deletion later: a deleted contact can no longer be read to check that.
+    pub async fn learn(
+        &self,
+        credentials: &Credentials,
+        ids: &std::collections::BTreeSet<ContactId>,
+    ) {
+        if ids.is_empty() {
+            return;
+        }
+        let read = match self.inner.caches.read_back(credentials, ids).await {
+            Ok(read) => read,
+            Err(error) => {
+                tracing::warn!(%error, "could not read a subscription's contacts");
+                return;
+            }
+        };
+        let mut scopes = self.lock();
+        let Some(live) = scopes.get_mut(&credentials.scope) else {
+            return;
+        };
+        for (id, contact) in read {
+            if live.seen_at.insert(id, digest(&contact)).is_none() {
+                live.seen.push_back(id);
+            }
+        }
+        while live.seen.len() > SEEN_PER_SCOPE {
+            if let Some(old) = live.seen.pop_front() {
+                live.seen_at.remove(&old);
+            }
+        }
+    }
+
     /// Subscriptions on this replica now.
     pub fn active(&self) -> usize {
         self.inner.active.load(Ordering::SeqCst)

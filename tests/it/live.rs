@@ -82,7 +82,8 @@ async fn a_webhook_reaches_the_subscribers_who_may_see_the_contact_over_both_tra
     manager.expect_nothing(Duration::from_millis(500)).await;
     // One read per scope, each with its own token: the admin's, and the manager's (whose token
     // amoCRM has not verified yet, so it waits in the shared probation lane), which found
-    // nothing to tell.
+    // nothing to tell; and, before the change, the SSE subscription's read of the contact it
+    // names (to know its token may see it).
     let reads = |app: &TestApp| {
         let mut tokens: Vec<String> = app
             .fake
@@ -95,10 +96,10 @@ async fn a_webhook_reaches_the_subscribers_who_may_see_the_contact_over_both_tra
         tokens
     };
     let deadline = tokio::time::Instant::now() + WITHIN;
-    while reads(&app).len() < 2 && tokio::time::Instant::now() < deadline {
+    while reads(&app).len() < 3 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(reads(&app), [ADMIN_TOKEN, MANAGER_TOKEN]);
+    assert_eq!(reads(&app), [ADMIN_TOKEN, ADMIN_TOKEN, MANAGER_TOKEN]);
 }
 
 #[tokio::test]
@@ -145,6 +146,21 @@ async fn a_deleted_contact_is_told_with_no_contact() {
     .await;
     client.ready().await;
     app.wait_for_metric("gateway_live_subscriptions", 1.0).await;
+    // The subscription reads the contacts it names, to know its token may see them: a
+    // deleted one can no longer be read.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while !app
+        .fake
+        .requests()
+        .iter()
+        .any(|r| r.params("filter[id][]") == [id.to_string().as_str()])
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the named contact was never read"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     webhook(&app, "delete", id).await;
     let event = client.expect_next(WITHIN).await;
     assert_eq!(
@@ -377,4 +393,21 @@ async fn a_query_that_merely_lists_event_streams_among_its_types_is_answered_as_
     );
     let body: Value = answer.json().await.expect("JSON");
     assert!(body["data"]["contacts"]["nodes"].is_array(), "{body}");
+}
+
+#[tokio::test]
+async fn a_deletion_is_not_told_to_a_token_that_never_could_see_the_contact() {
+    let app = TestApp::spawn_with(&["--webhook-secret", SECRET], FakeOptions::default()).await;
+    let hidden = admin_only(&app);
+    let mut manager = LiveClient::start(
+        "ws",
+        &app.url("/graphql"),
+        json!({ "query": CHANGED, "variables": { "ids": [hidden.to_string()] },
+            "authorization": bearer(MANAGER_TOKEN) }),
+    )
+    .await;
+    manager.ready().await;
+    app.wait_for_metric("gateway_live_subscriptions", 1.0).await;
+    webhook(&app, "delete", hidden).await;
+    manager.expect_nothing(Duration::from_millis(500)).await;
 }
