@@ -140,7 +140,13 @@ fn live_hub(
         total: crate::live::MAX_SUBSCRIPTIONS,
         per_client: crate::live::MAX_SUBSCRIPTIONS_PER_CLIENT,
         poll_interval: settings.live_poll_interval,
-        upstream_rps: settings.limits.rate_limit.unwrap_or(0),
+        // Every replica polls for its own subscribers: each takes its share of the budget.
+        upstream_rps: settings
+            .limits
+            .rate_limit
+            .map_or(0, |rps| (rps / settings.limits.replicas.max(1)).max(1)),
+        // Webhooks tell of changes where they are configured; the feed is for where not.
+        feed: settings.webhook_secret.is_none(),
     };
     let broadcast = redis.map(|redis| crate::shared::Broadcast::on(redis.clone(), "v1:live"));
     crate::live::Hub::new(caches.clone(), limits, broadcast, metrics.clone())

@@ -83,9 +83,11 @@ pub struct LiveLimits {
     pub per_client: usize,
     /// How often the change feed asks amoCRM, at most, for each scope with subscribers.
     pub poll_interval: Duration,
-    /// The upstream calls a second the account allows (0: no limit), of which the change feed
-    /// takes at most `FEED_SHARE`.
+    /// This replica's share of the upstream calls a second the account allows (0: no limit),
+    /// of which the change feed takes at most `FEED_SHARE`.
     pub upstream_rps: u32,
+    /// Whether the change feed runs: not where amoCRM's webhooks tell of changes.
+    pub feed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -281,7 +283,7 @@ impl Hub {
         *of_client += 1;
         live.subscribers += 1;
         let events = live.sender.subscribe();
-        if live.feed.is_none() {
+        if live.feed.is_none() && limits.feed {
             live.feed = Some(feed::start(self.clone(), credentials.clone()));
         }
         drop(scopes);
