@@ -121,6 +121,8 @@ pub fn changes(events: &[crate::amocrm::webhook::WebhookEvent]) -> Vec<Change> {
         .collect()
 }
 
+/// Changes waiting for one scope's read, at most.
+const MAX_PENDING: usize = 10_000;
 /// How many times a scope's read of a batch is tried before the batch is given up.
 const FLUSH_ATTEMPTS: u32 = 3;
 const FLUSH_RETRY: Duration = Duration::from_secs(1);
@@ -393,7 +395,17 @@ impl Hub {
             .iter_mut()
             .filter(|(scope, _)| only.is_none_or(|only| only == *scope))
             .filter_map(|(scope, live)| {
-                live.pending.extend_from_slice(changes);
+                // Bounded while a slow read holds the flush: past it, changes are dropped (the
+                // caches' own invalidation and expiry still cover them).
+                let room = MAX_PENDING.saturating_sub(live.pending.len());
+                if room < changes.len() {
+                    tracing::warn!(
+                        dropped = changes.len() - room,
+                        "too many changes wait for one scope's read; dropping the rest"
+                    );
+                }
+                live.pending
+                    .extend_from_slice(&changes[..room.min(changes.len())]);
                 live.known
                     .extend(known.iter().map(|(id, contact)| (*id, contact.clone())));
                 (!live.flushing).then(|| {

@@ -172,19 +172,7 @@ async fn a_deleted_contact_is_told_with_no_contact() {
 #[tokio::test]
 async fn a_mutation_at_one_replica_reaches_a_subscriber_at_the_other() {
     let redis = RedisServer::start().await;
-    let flags = [
-        "--redis-url",
-        &redis.url(),
-        "--scope-secret",
-        "0123456789abcdef0123456789abcdef",
-    ];
-    let a = TestApp::spawn_with(&flags, FakeOptions::default()).await;
-    let b = a.replica(&flags).await;
-    for replica in [&a, &b] {
-        replica
-            .wait_for_metric("gateway_redis_subscribed", 1.0)
-            .await;
-    }
+    let (a, b) = crate::support::replicas(&redis, FakeOptions::default(), &[]).await;
     let id = a.fake.visible_ids(ADMIN_TOKEN)[2];
     let mut client = LiveClient::start(
         "sse",

@@ -9,33 +9,9 @@ use futures::future::join_all;
 
 use crate::support::{ADMIN_TOKEN, RedisServer, Reply, TestApp, kept_to_the_rate_limit};
 
-const SECRET: &str = "webhook-secret-1";
+use crate::support::{REPLICA_WEBHOOK_SECRET as SECRET, replicas};
 const QUERY: &str = "{ contacts(first: 3) { nodes { id name leads { id name } } } }";
-const SUBSCRIBED: &str = "gateway_redis_subscribed";
-
-/// Replica A (with the fake) and replica B, both on `redis`.
-async fn replicas(redis: &RedisServer, options: FakeOptions, extra: &[&str]) -> (TestApp, TestApp) {
-    let url = redis.url();
-    let mut flags = vec![
-        "--redis-url",
-        url.as_str(),
-        "--scope-secret",
-        "shared-scope-secret",
-        "--webhook-secret",
-        SECRET,
-        // Generous: the tests run every replica on one thread, where a busy moment would
-        // otherwise read as Redis being slow.
-        "--redis-timeout",
-        "2s",
-    ];
-    flags.extend_from_slice(extra);
-    let a = TestApp::spawn_with(&flags, options).await;
-    let b = a.replica(&flags).await;
-    // Listening to each other before the test begins: pub/sub only tells those listening.
-    a.wait_for_metric(SUBSCRIBED, 1.0).await;
-    b.wait_for_metric(SUBSCRIBED, 1.0).await;
-    (a, b)
-}
+use crate::support::SUBSCRIBED;
 
 /// Sends a webhook about `event` to replica `to` and waits until `other` has applied it.
 async fn webhook_heard(to: &TestApp, other: &TestApp, event: &str) {

@@ -346,3 +346,36 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// The webhook secret of [`replicas`].
+pub const REPLICA_WEBHOOK_SECRET: &str = "webhook-secret-1";
+/// Whether a replica listens to the others.
+pub const SUBSCRIBED: &str = "gateway_redis_subscribed";
+
+/// Replica A (with the fake) and replica B, both on `redis`.
+pub async fn replicas(
+    redis: &RedisServer,
+    options: FakeOptions,
+    extra: &[&str],
+) -> (TestApp, TestApp) {
+    let url = redis.url();
+    let mut flags = vec![
+        "--redis-url",
+        url.as_str(),
+        "--scope-secret",
+        "shared-scope-secret",
+        "--webhook-secret",
+        REPLICA_WEBHOOK_SECRET,
+        // Generous: the tests run every replica on one thread, where a busy moment would
+        // otherwise read as Redis being slow.
+        "--redis-timeout",
+        "2s",
+    ];
+    flags.extend_from_slice(extra);
+    let a = TestApp::spawn_with(&flags, options).await;
+    let b = a.replica(&flags).await;
+    // Listening to each other before the test begins: pub/sub only tells those listening.
+    a.wait_for_metric(SUBSCRIBED, 1.0).await;
+    b.wait_for_metric(SUBSCRIBED, 1.0).await;
+    (a, b)
+}
