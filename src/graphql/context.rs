@@ -22,8 +22,50 @@ pub struct RequestContext {
     report: Arc<CacheReport>,
     /// The request's `Idempotency-Key` header, for creates.
     idempotency_key: Option<String>,
-    /// Subscriptions open on this context's connection (a WebSocket's context is its own).
+    /// Subscriptions open on this context's connection (shared by a WebSocket's operations).
     subscriptions: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// What the operations of one WebSocket connection share: whose they are, and the count of
+/// subscriptions it holds. async-graphql gives every operation on a connection the same data,
+/// so each gets a [`RequestContext`] of its own from this (in the planning extension): its own
+/// loaders, cache report and upstream-call budget.
+#[derive(Clone)]
+pub struct ConnectionContext {
+    credentials: Credentials,
+    pages: PageCache,
+    entities: EntityCache,
+    page_size: PageSize,
+    subscriptions: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ConnectionContext {
+    pub fn new(
+        credentials: Credentials,
+        pages: PageCache,
+        entities: EntityCache,
+        page_size: PageSize,
+    ) -> Self {
+        ConnectionContext {
+            credentials,
+            pages,
+            entities,
+            page_size,
+            subscriptions: Arc::default(),
+        }
+    }
+
+    /// A fresh context for one operation on the connection.
+    pub fn operation(&self) -> RequestContext {
+        let mut context = RequestContext::new(
+            Ok(self.credentials.clone()),
+            self.pages.clone(),
+            self.entities.clone(),
+            self.page_size,
+        );
+        context.subscriptions = self.subscriptions.clone();
+        context
+    }
 }
 
 /// A subscription's place on its connection, given back when dropped.

@@ -50,7 +50,7 @@ use selection::Unbounded;
 
 use crate::amocrm::PageSize;
 
-pub use context::RequestContext;
+pub use context::{ConnectionContext, RequestContext};
 pub use error::{BAD_REQUEST, BAD_USER_INPUT, UNAUTHENTICATED, refusal};
 pub use mutation::{CreateOutcome, MAX_WRITES_PER_OPERATION, MutationRoot, Services};
 pub use query::QueryRoot;
@@ -246,7 +246,15 @@ impl Extension for PlanningExtension {
                 .saturating_sub(price.pages.saturating_add(price.contact_batches)),
         );
         request.variables = variables;
-        let request = request.data(plan);
+        let mut request = request.data(plan);
+        // An operation over a WebSocket: its own context, from the connection's.
+        if !request
+            .data
+            .contains_key(&std::any::TypeId::of::<RequestContext>())
+            && let Some(connection) = ctx.data_opt::<ConnectionContext>()
+        {
+            request = request.data(connection.operation());
+        }
         next.run(ctx, request).await
     }
 
