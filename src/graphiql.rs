@@ -1,6 +1,6 @@
 //! The GraphiQL playground at `/graphiql`: an example query (contacts with their leads, paged
-//! with variables) and, in a second tab, an example mutation; the schema docs, and the
-//! `Authorization` header the caller needs.
+//! with variables), an example mutation and an example subscription in tabs of their own; the
+//! schema docs, and the `Authorization` header the caller needs.
 //!
 //! Its assets come from the official npm packages (GraphiQL, React, ReactDOM), pinned, committed
 //! in `assets/graphiql/` (`scripts/update-graphiql.sh` fetches them and checks the registry's
@@ -59,6 +59,19 @@ mutation CreateContact($name: String!, $phone: String!, $key: String) {
 }
 "#;
 
+/// The third tab: live updates, over the WebSocket GraphiQL opens to the same endpoint.
+pub const EXAMPLE_SUBSCRIPTION: &str = r#"# Changes of contacts as they happen: edits in amoCRM (told by its webhooks, or found
+# by the change feed) and writes through the gateway. Run it and leave it running, then
+# run the mutation in the other tab: the new contact appears here.
+subscription ContactChanged {
+  contactChanged {
+    kind
+    id
+    contact { id name updatedAt }
+  }
+}
+"#;
+
 pub fn asset(name: &str) -> Option<&'static Asset> {
     ASSETS.iter().find(|asset| asset.name == name)
 }
@@ -74,6 +87,7 @@ pub fn page(authorization: Option<&str>) -> String {
         "variables": "{ \"first\": 10 }",
         "mutation": EXAMPLE_MUTATION,
         "mutationVariables": "{ \"name\": \"Анна Смирнова\", \"phone\": \"+7 900 123-45-67\", \"key\": \"example-1\" }",
+        "subscription": EXAMPLE_SUBSCRIPTION,
         "headers": headers,
     });
     // `</` must not close the script element the config is embedded in.
