@@ -293,6 +293,16 @@ impl Metrics {
             .increment(u64::try_from(count).unwrap_or(u64::MAX));
     }
 
+    /// A subscriber's connection the gateway cut: `reason` is `silent` (no pong for two
+    /// keep-alive intervals) or `slow` (a message not taken within one).
+    pub fn live_disconnect(&self, reason: &'static str) {
+        self.counter(
+            "gateway_live_disconnects_total",
+            vec![Label::new("reason", reason)],
+        )
+        .increment(1);
+    }
+
     /// A change-feed call to amoCRM; `outcome` is `ok` or `error`.
     pub fn live_feed_call(&self, outcome: &'static str) {
         self.counter(

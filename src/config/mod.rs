@@ -202,6 +202,12 @@ pub struct ServeConfig {
     #[arg(long, env = "GATEWAY_LIVE_POLL_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub live_poll_interval: Duration,
 
+    /// How often an idle subscription hears from the gateway (a WebSocket ping, an SSE
+    /// comment), so that proxies keep it open. A WebSocket client that sends nothing back (not
+    /// even the pong) for two of these, or does not take a message within one, is disconnected.
+    #[arg(long, env = "GATEWAY_LIVE_KEEP_ALIVE", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub live_keep_alive: Duration,
+
     /// Refuse every mutation with FORBIDDEN before any upstream call: a gateway for
     /// dashboards that must never write to the account.
     #[arg(long, env = "GATEWAY_READ_ONLY")]

@@ -42,6 +42,11 @@ pub enum ConfigError {
         env: &'static str,
         value: Duration,
     },
+    #[error("{flag} ({env}) must be longer than zero")]
+    DurationZero {
+        flag: &'static str,
+        env: &'static str,
+    },
     #[error(
         "--cache-max-age (GATEWAY_CACHE_MAX_AGE, {max_age:?}) must not be shorter than \
          --cache-ttl (GATEWAY_CACHE_TTL, {ttl:?})"
@@ -147,6 +152,7 @@ pub struct Settings {
     pub drain_delay: Duration,
     pub shutdown_timeout: Duration,
     pub live_poll_interval: Duration,
+    pub live_keep_alive: Duration,
 }
 
 impl ServeConfig {
@@ -216,6 +222,7 @@ impl ServeConfig {
             drain_delay: self.drain_delay,
             shutdown_timeout: self.shutdown_timeout,
             live_poll_interval: self.live_poll_interval,
+            live_keep_alive: self.live_keep_alive,
         })
     }
 
@@ -350,6 +357,26 @@ impl ServeConfig {
                 return Err(ConfigError::DurationTooLong { flag, env, value });
             }
         }
+        // Intervals: zero would spin.
+        for (flag, env, value) in [
+            (
+                "--live-poll-interval",
+                "GATEWAY_LIVE_POLL_INTERVAL",
+                self.live_poll_interval,
+            ),
+            (
+                "--live-keep-alive",
+                "GATEWAY_LIVE_KEEP_ALIVE",
+                self.live_keep_alive,
+            ),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::DurationZero { flag, env });
+            }
+            if value > MAX_DURATION {
+                return Err(ConfigError::DurationTooLong { flag, env, value });
+            }
+        }
         Ok(())
     }
 }
@@ -391,7 +418,7 @@ mod tests {
 
     #[test]
     fn each_rule_names_its_flag_and_environment_twin() {
-        let cases: [(&[&str], &[&str]); 6] = [
+        let cases: [(&[&str], &[&str]); 7] = [
             (&[], &["--upstream-url", "AMOCRM_BASE_URL"]),
             (
                 &[&ACCOUNT[..], &["--access-token", "t"]].concat(),
@@ -428,6 +455,15 @@ mod tests {
                     "GATEWAY_UPSTREAM_RPS",
                     "GATEWAY_REPLICAS_HINT",
                 ],
+            ),
+            (
+                &[
+                    &ACCOUNT[..],
+                    &["--access-token", "t", "--allow-anonymous"],
+                    &["--live-keep-alive", "0s"],
+                ]
+                .concat(),
+                &["--live-keep-alive", "GATEWAY_LIVE_KEEP_ALIVE", "zero"],
             ),
         ];
         for (args, names) in cases {

@@ -1,44 +1,21 @@
-//! Subscriptions over HTTP: WebSocket at `/graphql` with the `graphql-transport-ws` protocol,
-//! and server-sent events in the `graphql-sse` protocol's distinct-connections mode (a POST to
-//! `/graphql` that accepts `text/event-stream`).
+//! Subscriptions over server-sent events, in the `graphql-sse` protocol's distinct-connections
+//! mode (a POST to `/graphql` that prefers `text/event-stream`), and what both subscription
+//! transports share with `websocket`: who may subscribe, and the context they run with.
 //!
-//! Both authenticate as every request does (`auth`): the WebSocket by its `connection_init`
-//! payload (`{"Authorization": "Bearer …"}`) or its upgrade request's header, closing with
-//! 4401 without one that is usable; SSE by its header, answering 401 before any work. Both
-//! keep idle connections alive (WebSocket pings, SSE comments), and end their streams with the
-//! protocol's own ending when the gateway shuts down (close 1001; a `complete` event).
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+//! SSE authenticates by its header as every request does (`auth`), answering 401 before any
+//! work; keeps idle connections alive with comments every `--live-keep-alive`; and ends its
+//! stream with a `complete` event when the gateway shuts down.
 
 use async_graphql::Data;
-use async_graphql::http::{WebSocket as GraphQLWebSocket, WebSocketProtocols, WsMessage};
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 
 use super::AppState;
 use super::request::{self, Rejection};
-use crate::graphql::{self, RequestContext};
-
-/// Idle connections hear from the gateway this often, so that proxies keep them open.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// A client that has not sent `connection_init` by then is closed (4408, as the protocol says).
-const INIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The largest message a client may send over the WebSocket: a subscribe with its document.
-const MAX_MESSAGE_BYTES: usize = 256 * 1024;
-
-/// Whether a GET to `/graphql` asks for a WebSocket.
-pub(super) fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-}
+use crate::graphql::{self, ConnectionContext, RequestContext};
 
 /// Whether a POST to `/graphql` asks for server-sent events: `text/event-stream` is what its
 /// `Accept` prefers (highest q, then first listed). Clients such as urql list it among others
@@ -64,121 +41,9 @@ pub(super) fn wants_event_stream(headers: &HeaderMap) -> bool {
     best.is_some_and(|(q, sse)| sse && q > 0.0)
 }
 
-pub(super) fn websocket(
-    state: AppState,
-    headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
-    permit: Option<super::ConnectionPermit>,
-) -> Response {
-    let offered = headers
-        .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    if !offered
-        .split(',')
-        .any(|p| p.trim() == "graphql-transport-ws")
-    {
-        return (
-            StatusCode::BAD_REQUEST,
-            "the WebSocket at /graphql speaks the graphql-transport-ws protocol: offer it in \
-             Sec-WebSocket-Protocol",
-        )
-            .into_response();
-    }
-    let authorization = headers.get(header::AUTHORIZATION).cloned();
-    upgrade
-        .protocols(["graphql-transport-ws"])
-        .max_message_size(MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| async move {
-            serve_websocket(state, socket, authorization).await;
-            drop(permit);
-        })
-}
-
-async fn serve_websocket(state: AppState, socket: WebSocket, header: Option<HeaderValue>) {
-    let (mut sink, stream) = socket.split();
-    let input = stream
-        .take_while(|message| futures::future::ready(message.is_ok()))
-        .filter_map(|message| {
-            futures::future::ready(match message {
-                Ok(Message::Text(text)) => Some(Bytes::from(text.to_string()).to_vec()),
-                Ok(Message::Binary(bytes)) => Some(bytes.to_vec()),
-                _ => None,
-            })
-        });
-    let refused = Arc::new(AtomicBool::new(false));
-    let init = {
-        let (state, refused) = (state.clone(), refused.clone());
-        move |payload: serde_json::Value| async move {
-            let result = connection_data(&state, &payload, header.as_ref()).await;
-            if result.is_err() {
-                refused.store(true, Ordering::SeqCst);
-            }
-            result
-        }
-    };
-    let messages = GraphQLWebSocket::new(
-        state.components.schema.clone(),
-        input,
-        WebSocketProtocols::GraphQLWS,
-    )
-    .on_connection_init(init)
-    .map(move |message| match message {
-        WsMessage::Text(text) => Message::Text(text.into()),
-        // async-graphql closes a refused `connection_init` with 1002; the protocol (and the
-        // clients) know 4401 for "unauthorized".
-        WsMessage::Close(code, reason) => {
-            let code = if code == 1002 && refused.load(Ordering::SeqCst) {
-                4401
-            } else {
-                code
-            };
-            Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            }))
-        }
-    });
-    futures::pin_mut!(messages);
-    let mut closing = state.closing.clone();
-    let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
-    keep_alive.tick().await;
-    let init_deadline = tokio::time::sleep(INIT_TIMEOUT);
-    tokio::pin!(init_deadline);
-    let mut initialised = false;
-    loop {
-        let message = tokio::select! {
-            message = messages.next() => match message {
-                Some(message) => message,
-                None => break,
-            },
-            _ = keep_alive.tick() => Message::Ping(Bytes::new()),
-            () = &mut init_deadline, if !initialised => Message::Close(Some(CloseFrame {
-                code: 4408,
-                reason: "connection initialisation timeout".into(),
-            })),
-            _ = closing.wait_for(|closing| *closing) => Message::Close(Some(CloseFrame {
-                code: 1001,
-                reason: "the gateway is shutting down".into(),
-            })),
-        };
-        if let Message::Text(text) = &message
-            && text.contains("\"connection_ack\"")
-        {
-            initialised = true;
-        }
-        let last = matches!(message, Message::Close(_));
-        if sink.send(message).await.is_err() || last {
-            break;
-        }
-    }
-    let _ = sink.close().await;
-}
-
 /// The connection's credentials, from `connection_init`'s `Authorization` (any case) or else
 /// the upgrade request's header, as the data every subscription on it runs with.
-async fn connection_data(
+pub(super) async fn connection_data(
     state: &AppState,
     payload: &serde_json::Value,
     header: Option<&HeaderValue>,
@@ -201,7 +66,12 @@ async fn connection_data(
         .await
         .map_err(async_graphql::Error::new)?;
     let mut data = Data::default();
-    data.insert(request_context(state, Ok(credentials)));
+    data.insert(ConnectionContext::new(
+        credentials,
+        state.components.caches.pages.clone(),
+        state.components.caches.entities.clone(),
+        state.components.page_size,
+    ));
     Ok(data)
 }
 
@@ -296,11 +166,11 @@ pub(super) async fn event_stream(state: AppState, headers: HeaderMap, body: Byte
     });
     let events = results.take_until(until_closing).chain(complete);
     Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .keep_alive(KeepAlive::new().interval(state.keep_alive))
         .into_response()
 }
 
-fn refusal(rejection: &Rejection) -> async_graphql::ServerError {
+pub(super) fn refusal(rejection: &Rejection) -> async_graphql::ServerError {
     graphql::refusal(graphql::BAD_REQUEST, rejection.to_string())
 }
 

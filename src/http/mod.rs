@@ -20,6 +20,7 @@ mod playground;
 mod request;
 mod request_id;
 mod webhooks;
+mod websocket;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,6 +86,8 @@ struct Shared {
     max_document_bytes: usize,
     /// Turns true when the gateway stops serving: open subscriptions end then.
     closing: tokio::sync::watch::Receiver<bool>,
+    /// `--live-keep-alive`: how often idle subscriptions hear from the gateway.
+    keep_alive: std::time::Duration,
 }
 
 impl std::ops::Deref for AppState {
@@ -143,6 +146,7 @@ pub fn router(components: Components, settings: &Settings) -> (Router, Drain) {
         draining,
         max_document_bytes: settings.max_document_bytes,
         closing,
+        keep_alive: settings.live_keep_alive,
         components,
     }));
     let mut router = Router::new()
@@ -208,10 +212,10 @@ async fn get_graphql(
     request: Request<axum::body::Body>,
 ) -> Response {
     let (mut parts, _) = request.into_parts();
-    if live::is_upgrade(&parts.headers) {
+    if websocket::is_upgrade(&parts.headers) {
         let permit = parts.extensions.get::<ConnectionPermit>().cloned();
         return match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
-            Ok(upgrade) => live::websocket(state, parts.headers, upgrade, permit),
+            Ok(upgrade) => websocket::upgrade(state, parts.headers, upgrade, permit),
             Err(rejection) => rejection.into_response(),
         };
     }

@@ -89,6 +89,17 @@ impl TestApp {
         }
     }
 
+    /// A gateway started elsewhere (another process) at `addr`, in front of `fake`.
+    pub fn beside(fake: FakeAmoCrm, addr: SocketAddr) -> TestApp {
+        let (stop, _) = oneshot::channel();
+        TestApp {
+            fake: Arc::new(fake),
+            addr,
+            http: reqwest::Client::new(),
+            _stop: stop,
+        }
+    }
+
     /// Another gateway in front of the same fake: a replica.
     pub async fn replica(&self, flags: &[&str]) -> TestApp {
         let (addr, stop) = start_gateway(&self.fake.base_url(), flags).await;
@@ -151,18 +162,23 @@ impl TestApp {
     /// The value of one series of `/metrics`, e.g.
     /// `gateway_cache_lookups_total{cache="pages",result="hit"}`; 0 when not yet recorded.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
-            .send()
+        series_value(&metrics_text(&self.http, self.addr).await, series)
+    }
+
+    /// The sum of every series of the metric `name`, whatever their labels.
+    pub async fn metric_total(&self, name: &str) -> f64 {
+        metrics_text(&self.http, self.addr)
             .await
-            .expect("metrics answer")
-            .text()
-            .await
-            .expect("text");
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-            .map_or(0.0, |value| value.trim().parse().expect("a number"))
+            .lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix(name)?;
+                let value = match rest.strip_prefix('{') {
+                    Some(labelled) => labelled.split_once("} ")?.1,
+                    None => rest.strip_prefix(' ')?,
+                };
+                value.trim().parse::<f64>().ok()
+            })
+            .sum()
     }
 
     /// Waits until `series` reaches `at_least`: the signal that background work finished.
@@ -226,6 +242,24 @@ pub fn kept_to_the_rate_limit(
         "a refused query made no upstream call"
     );
     (answered, limited)
+}
+
+/// The gateway at `addr`'s `/metrics`, as text.
+pub async fn metrics_text(http: &reqwest::Client, addr: SocketAddr) -> String {
+    http.get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("text")
+}
+
+/// One series' value in a `/metrics` text; 0 when not yet recorded.
+pub fn series_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().expect("a number"))
 }
 
 /// Lets a cache TTL pass: the passing of time is what these tests are about.
