@@ -324,3 +324,60 @@ async fn a_subscribe_is_held_to_the_document_bound_and_persisted_only() {
     assert_eq!(app.metric("gateway_live_subscriptions").await, 1.0);
     let _ = std::fs::remove_file(manifest);
 }
+
+/// Operations over one WebSocket are separate requests: one that ran over its upstream-call
+/// budget does not refuse the next one's linked entities (async-graphql hands every operation
+/// on a connection the same data; each gets a request context of its own).
+#[tokio::test]
+async fn each_operation_over_a_websocket_has_its_own_budget() {
+    use amocrm_gateway::fake_amocrm::Failure;
+    let app = TestApp::spawn_with(&["--max-upstream-calls", "3"], FakeOptions::default()).await;
+    let mut ws = RawWs::connect(app.addr, None).await;
+    ws.init(admin()).await;
+    let codes = |next: &Value| -> Vec<String> {
+        next["payload"]["errors"]
+            .as_array()
+            .map(|errors| {
+                errors
+                    .iter()
+                    .map(|e| e["extensions"]["code"].as_str().unwrap_or("").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // 10 contacts with 100 leads each: 4 lead batches, beyond the 2 the price left.
+    app.fake.fail_next([Failure::body(
+        "application/hal+json",
+        crate::planning::page_with_leads(10, 100),
+    )]);
+    let over = "{ contacts(first: 10) { nodes { id leads { id name } } } }";
+    ws.send(subscribe("over", json!({ "query": over }))).await;
+    let next = ws.next_json(WITHIN).await;
+    assert_eq!(codes(&next), ["QUERY_TOO_COMPLEX"], "{next}");
+    assert_eq!(ws.next_json(WITHIN).await["type"], "complete");
+
+    // Within the budget, on the same connection: the leads are asked for (these made-up ones
+    // are not in the fake, so NOT_FOUND), never QUERY_TOO_COMPLEX.
+    app.fake.clear_requests();
+    app.fake.fail_next([Failure::body(
+        "application/hal+json",
+        crate::planning::page_with_leads(10, 2),
+    )]);
+    let within =
+        "{ contacts(first: 10, filter: { query: \"c\" }) { nodes { id leads { id name } } } }";
+    ws.send(subscribe("within", json!({ "query": within })))
+        .await;
+    let next = ws.next_json(WITHIN).await;
+    let codes = codes(&next);
+    assert!(
+        !codes.is_empty() && codes.iter().all(|c| c == "NOT_FOUND"),
+        "{next}"
+    );
+    assert!(
+        app.fake
+            .requests()
+            .iter()
+            .any(|r| r.path.contains("/leads")),
+        "the leads were asked for"
+    );
+}

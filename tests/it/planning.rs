@@ -267,7 +267,7 @@ async fn a_root_field_refused_for_its_arguments_never_holds_the_others_back() {
 }
 
 /// A page of `contacts` contacts, each linked to `leads` leads of its own.
-fn page_with_leads(contacts: u64, leads: u64) -> String {
+pub(crate) fn page_with_leads(contacts: u64, leads: u64) -> String {
     let items: Vec<serde_json::Value> = (0..contacts)
         .map(|c| {
             let leads: Vec<serde_json::Value> = (0..leads)
