@@ -85,7 +85,11 @@ fn main() {
                 for s in 0..PER_CONNECTION {
                     subscribe(&mut socket, &format!("{n}-{s}"), 9_000_000 + n as u64).await;
                 }
-                sockets.push(socket);
+                // Read as a client does, which answers the gateway's pings (a socket silent
+                // for two keep-alive intervals is taken for gone).
+                sockets.push(tokio::spawn(async move {
+                    while let Some(Ok(_)) = socket.next().await {}
+                }));
             }
             settle(&a.url, level).await;
             let rss = a.rss_bytes();
@@ -95,7 +99,9 @@ fn main() {
                 (rss.saturating_sub(idle)) as f64 / level as f64 / 1024.0
             );
         }
-        drop(sockets);
+        for socket in sockets {
+            socket.abort();
+        }
 
         // Latency: a webhook to replica A, one subscriber on A and one on B.
         let mut here = connect(&a.url, &keys[0]).await;

@@ -129,6 +129,23 @@ const FLUSH_RETRY: Duration = Duration::from_secs(1);
 /// What `seen_at` holds for a contact told as deleted: no digest of a contact.
 const DELETED: u64 = 0;
 
+/// The limiter lane of the hub's reads for a scope whose callers share the gateway's token
+/// (each client key has a lane of its own): those reads serve every client of the scope.
+const HUB_LANE: u64 = u64::MAX;
+
+/// The credentials a scope's reads and feed run with: a forwarded token is the scope itself;
+/// a shared token's reads wait in the hub's own lane, not in the lane of whichever client
+/// subscribed first (which would pay for every other client's events).
+fn hub_credentials(credentials: &Credentials) -> Credentials {
+    match credentials.token.lane() {
+        Some(_) => Credentials {
+            token: credentials.token.clone().in_lane(HUB_LANE),
+            scope: credentials.scope.clone(),
+        },
+        None => credentials.clone(),
+    }
+}
+
 /// What was told of a contact, in 8 bytes.
 fn digest(contact: &Contact) -> u64 {
     use std::hash::{DefaultHasher, Hasher};
@@ -266,7 +283,7 @@ impl Hub {
         let live = scopes
             .entry(credentials.scope.clone())
             .or_insert_with(|| ScopeLive {
-                credentials: credentials.clone(),
+                credentials: hub_credentials(credentials),
                 sender: broadcast::channel(SUBSCRIBER_BACKLOG).0,
                 subscribers: 0,
                 clients: HashMap::new(),
@@ -286,10 +303,11 @@ impl Hub {
         live.subscribers += 1;
         let events = live.sender.subscribe();
         if live.feed.is_none() && limits.feed {
-            live.feed = Some(feed::start(self.clone(), credentials.clone()));
+            live.feed = Some(feed::start(self.clone(), live.credentials.clone()));
         }
-        drop(scopes);
+        // Counted under the lock that checked the total, so that two at once cannot both pass.
         let active = self.inner.active.fetch_add(1, Ordering::SeqCst) + 1;
+        drop(scopes);
         self.inner.metrics.live_subscriptions(active);
         Ok(Subscription {
             events,
@@ -568,5 +586,28 @@ impl Hub {
 
     pub(crate) fn metrics(&self) -> &crate::metrics::Metrics {
         &self.inner.metrics
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::amocrm::AccessToken;
+
+    fn credentials(token: AccessToken) -> Credentials {
+        Credentials {
+            token,
+            scope: Scope::for_tests("scope"),
+        }
+    }
+
+    #[test]
+    fn a_shared_tokens_scope_reads_in_the_hubs_own_lane() {
+        let client = credentials(AccessToken::new("shared").in_lane(3));
+        assert_eq!(hub_credentials(&client).token.lane(), Some(HUB_LANE));
+        assert_eq!(hub_credentials(&client).scope, client.scope);
+        // A forwarded token is its own scope and lane.
+        let forwarded = credentials(AccessToken::new("forwarded"));
+        assert_eq!(hub_credentials(&forwarded).token.lane(), None);
     }
 }

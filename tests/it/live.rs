@@ -399,3 +399,69 @@ async fn a_deletion_is_not_told_to_a_token_that_never_could_see_the_contact() {
     webhook(&app, "delete", hidden).await;
     manager.expect_nothing(Duration::from_millis(500)).await;
 }
+
+/// Clients of the gateway's own token (each with its client key) share a scope: one read per
+/// change serves them all, and the scope's events go on when the client that subscribed first
+/// leaves.
+#[tokio::test]
+async fn clients_of_a_shared_token_share_one_read_and_outlast_each_other() {
+    let (one_key, two_key) = ("live-client-key-one-0123", "live-client-key-two-0123");
+    let keys = format!("{one_key},{two_key}");
+    let app = TestApp::spawn_with(
+        &[
+            "--access-token",
+            ADMIN_TOKEN,
+            "--client-key",
+            &keys,
+            "--webhook-secret",
+            SECRET,
+        ],
+        FakeOptions::default(),
+    )
+    .await;
+    let id = app.fake.visible_ids(ADMIN_TOKEN)[3];
+    let mut one = LiveClient::start(
+        "ws",
+        &app.url("/graphql"),
+        json!({ "query": CHANGED, "authorization": bearer(one_key) }),
+    )
+    .await;
+    let mut two = LiveClient::start(
+        "sse",
+        &app.url("/graphql"),
+        json!({ "query": CHANGED, "authorization": bearer(two_key) }),
+    )
+    .await;
+    one.ready().await;
+    two.established().await;
+    app.wait_for_metric("gateway_live_subscriptions", 2.0).await;
+    app.fake.clear_requests();
+    app.fake.rename_contact(id, "Общий Токен");
+    webhook(&app, "update", id).await;
+    for client in [&mut one, &mut two] {
+        let event = client.expect_next(WITHIN).await;
+        assert_eq!(
+            event["data"]["contactChanged"]["contact"]["name"],
+            "Общий Токен"
+        );
+    }
+    assert_eq!(app.upstream_calls(), 1, "{:#?}", app.fake.requests());
+
+    // The first subscriber leaves; the other still hears of changes.
+    one.stop().await;
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while app.metric("gateway_live_subscriptions").await > 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first never left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.fake.rename_contact(id, "Остался Один");
+    webhook(&app, "update", id).await;
+    let event = two.expect_next(WITHIN).await;
+    assert_eq!(
+        event["data"]["contactChanged"]["contact"]["name"],
+        "Остался Один"
+    );
+}
