@@ -34,8 +34,13 @@ use crate::shared::broadcast::Heard;
 /// those, so an event waits at most this long before its read.
 pub const COALESCE: Duration = Duration::from_millis(20);
 /// Events a subscriber may fall behind by before it is cut off: a slow consumer must not make
-/// the gateway hold events for it without bound.
-pub const SUBSCRIBER_BACKLOG: usize = 256;
+/// the gateway hold events for it without bound. Four rounds of `ROUND` changes: a bulk edit
+/// in amoCRM (thousands of contacts in one webhook) is told a round at a time, so that
+/// subscribers who keep up never fall this far behind.
+pub const SUBSCRIBER_BACKLOG: usize = 4 * ROUND;
+/// Changes one read takes (amoCRM's page): a scope's pending changes are read and told this
+/// many at a time.
+const ROUND: usize = 250;
 /// Subscriptions one replica holds at most: 10 000 idle ones are measured (README) to fit in
 /// a few tens of MiB.
 pub const MAX_SUBSCRIPTIONS: usize = 20_000;
@@ -458,14 +463,23 @@ impl Hub {
                     live.flushing = false;
                     return;
                 }
-                (
-                    live.credentials.clone(),
-                    std::mem::take(&mut live.pending),
-                    std::mem::take(&mut live.known),
-                )
+                let round: Vec<Change> = if live.pending.len() > ROUND {
+                    live.pending.drain(..ROUND).collect()
+                } else {
+                    std::mem::take(&mut live.pending)
+                };
+                let known = round
+                    .iter()
+                    .filter_map(|change| live.known.remove_entry(&change.id))
+                    .collect();
+                (live.credentials.clone(), round, known)
             };
             match self.flush_once(scope, batch).await {
-                Ok(()) => failures = 0,
+                Ok(()) => {
+                    failures = 0;
+                    // Subscribers take the round before the next one is told.
+                    tokio::task::yield_now().await;
+                }
                 Err((changes, error)) => {
                     failures += 1;
                     tracing::warn!(%error, failures, "could not read changed contacts for subscribers");
