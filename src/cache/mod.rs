@@ -107,6 +107,12 @@ struct ReportState {
 }
 
 impl CacheReport {
+    /// Forgets what was recorded: a subscription's context lives through many events, each
+    /// answered on its own, and must not keep every entity it ever read.
+    pub fn reset(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = ReportState::default();
+    }
+
     pub(crate) fn record(&self, status: CacheStatus, fresh_for: Duration, dep: Dep) {
         let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
         state.status = state.status.max(Some(status));

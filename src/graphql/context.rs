@@ -132,19 +132,22 @@ impl RequestContext {
         Some(SubscriptionSlot(self.subscriptions.clone()))
     }
 
-    /// What a subscription calls before each event: the loaders' caches hold what one event's
-    /// answer read, and the next event must read linked entities afresh.
+    /// What a subscription calls before each event: the loaders' caches and the cache report
+    /// hold what one event's answer read, and the next event must read linked entities afresh
+    /// (and a long subscription must not keep all it ever read).
     pub fn clear_on_event(&self) -> impl Fn() + Send + Sync + 'static + use<> {
         let loaders = self
             .upstream
             .as_ref()
             .ok()
             .map(|u| (u.contacts_by_id.clone(), u.linked.clone()));
+        let report = self.report.clone();
         move || {
             if let Some((by_id, linked)) = &loaders {
                 by_id.clear::<ByIdKey>();
                 linked.clear::<LinkedKey>();
             }
+            report.reset();
         }
     }
 

@@ -16,6 +16,7 @@ pub const BAD_USER_INPUT: &str = "BAD_USER_INPUT";
 pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
 /// The HTTP request is not a GraphQL request (the HTTP layer's refusals, with a 4xx status).
 pub const BAD_REQUEST: &str = "BAD_REQUEST";
+pub const TOO_MANY_SUBSCRIPTIONS: &str = "TOO_MANY_SUBSCRIPTIONS";
 
 /// Everything a resolver can fail with.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -166,7 +167,7 @@ impl ApiError {
             ApiError::Kept { code, .. } => code,
             ApiError::NotSent | ApiError::Unshared(_) => "UPSTREAM_UNAVAILABLE",
             ApiError::Lagged(_) => "SUBSCRIBER_TOO_SLOW",
-            ApiError::Live(_) => "TOO_MANY_SUBSCRIPTIONS",
+            ApiError::Live(_) => TOO_MANY_SUBSCRIPTIONS,
             ApiError::ReadBack(e) => upstream_code(e),
             ApiError::BadInput { .. } => BAD_USER_INPUT,
             ApiError::Unauthenticated(_) => UNAUTHENTICATED,

@@ -51,7 +51,7 @@ use selection::Unbounded;
 use crate::amocrm::PageSize;
 
 pub use context::{ConnectionContext, RequestContext};
-pub use error::{BAD_REQUEST, BAD_USER_INPUT, UNAUTHENTICATED, refusal};
+pub use error::{BAD_REQUEST, BAD_USER_INPUT, TOO_MANY_SUBSCRIPTIONS, UNAUTHENTICATED, refusal};
 pub use mutation::{CreateOutcome, MAX_WRITES_PER_OPERATION, MutationRoot, Services};
 pub use query::QueryRoot;
 pub use selection::{OperationPlan, is_mutation};

@@ -47,7 +47,7 @@ pub(super) async fn connection_data(
     state: &AppState,
     payload: &serde_json::Value,
     header: Option<&HeaderValue>,
-) -> async_graphql::Result<Data> {
+) -> async_graphql::Result<(Data, crate::auth::Credentials)> {
     let from_payload = payload.as_object().and_then(|fields| {
         fields
             .iter()
@@ -67,12 +67,12 @@ pub(super) async fn connection_data(
         .map_err(async_graphql::Error::new)?;
     let mut data = Data::default();
     data.insert(ConnectionContext::new(
-        credentials,
+        credentials.clone(),
         state.components.caches.pages.clone(),
         state.components.caches.entities.clone(),
         state.components.page_size,
     ));
-    Ok(data)
+    Ok((data, credentials))
 }
 
 /// A subscription holds a connection and a place in the hub for as long as it lasts, so only a

@@ -30,11 +30,15 @@ use tokio::sync::mpsc;
 use super::AppState;
 use super::live::{connection_data, refusal};
 use super::request;
+use crate::auth::Credentials;
 
 /// A client that has not sent `connection_init` by then is closed (4408, as the protocol says).
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest message a client may send over the WebSocket: a subscribe with its document.
 const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// Operations running at once on one connection: its subscriptions (at most
+/// `live::MAX_SUBSCRIPTIONS_PER_CONNECTION`) and queries. Each holds a request context.
+const MAX_OPERATIONS: usize = 2 * crate::live::MAX_SUBSCRIPTIONS_PER_CONNECTION;
 /// Keep-alive intervals a client may stay silent before it is taken for gone.
 const SILENT_INTERVALS: u32 = 2;
 /// A close frame that cannot be written within this goes unsent: the peer is not reading.
@@ -84,7 +88,13 @@ pub(super) fn upgrade(
 /// and async-graphql's.
 #[derive(Default)]
 struct Session {
+    /// `connection_init` arrived: the 4408 deadline no longer runs (its credentials may take
+    /// a call to amoCRM to verify).
+    initialising: bool,
     acknowledged: bool,
+    /// Whose connection it is, once acknowledged: documents it sends with their hash are
+    /// stored as persisted queries of its scope.
+    credentials: Option<Credentials>,
     /// Operations running: a `subscribe` reusing one of these ids closes the connection.
     running: HashSet<String>,
 }
@@ -102,33 +112,50 @@ async fn serve(state: AppState, socket: WebSocket, header: Option<HeaderValue>) 
     // What the gateway answers itself (a refused `subscribe`, a protocol close), beside what
     // async-graphql answers; bounded, so a client flooding refusals waits for its own reads.
     let (answers, mut own_answers) = mpsc::channel::<Message>(8);
-    let input = {
-        let (state, session, heard) = (state.clone(), session.clone(), heard.clone());
-        stream
-            .take_while(|message| futures::future::ready(message.is_ok()))
-            .filter_map(move |message| {
-                // Anything from the client, a pong included, shows that it is there and reading.
+    // The socket is read in a task of its own, so that pongs are heard even while
+    // async-graphql reads nothing (verifying credentials, resolving a persisted query).
+    let (received, mut from_client) = mpsc::channel::<Bytes>(16);
+    let reader = {
+        let heard = heard.clone();
+        tokio::spawn(async move {
+            futures::pin_mut!(stream);
+            while let Some(Ok(message)) = stream.next().await {
+                // Anything from the client, a pong included, shows that it is there and
+                // reading.
                 heard.store(true, Ordering::Relaxed);
-                let (state, session, answers) = (state.clone(), session.clone(), answers.clone());
-                async move {
-                    let bytes = match message {
-                        Ok(Message::Text(text)) => Bytes::from(text),
-                        Ok(Message::Binary(bytes)) => bytes,
-                        _ => return None,
-                    };
-                    admit(&state, &session, &answers, bytes).await
+                let bytes = match message {
+                    Message::Text(text) => Bytes::from(text),
+                    Message::Binary(bytes) => bytes,
+                    Message::Close(_) => break,
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                };
+                if received.send(bytes).await.is_err() {
+                    break;
                 }
-            })
+            }
+        })
+    };
+    let input = {
+        let (state, session) = (state.clone(), session.clone());
+        futures::stream::poll_fn(move |cx| from_client.poll_recv(cx)).filter_map(move |bytes| {
+            let (state, session, answers) = (state.clone(), session.clone(), answers.clone());
+            async move { admit(&state, &session, &answers, bytes).await }
+        })
     };
     let refused = Arc::new(AtomicBool::new(false));
     let init = {
-        let (state, refused) = (state.clone(), refused.clone());
+        let (state, refused, session) = (state.clone(), refused.clone(), session.clone());
         move |payload: Value| async move {
-            let result = connection_data(&state, &payload, header.as_ref()).await;
-            if result.is_err() {
-                refused.store(true, Ordering::SeqCst);
+            match connection_data(&state, &payload, header.as_ref()).await {
+                Ok((data, credentials)) => {
+                    lock(&session).credentials = Some(credentials);
+                    Ok(data)
+                }
+                Err(error) => {
+                    refused.store(true, Ordering::SeqCst);
+                    Err(error)
+                }
             }
-            result
         }
     };
     let messages = {
@@ -166,7 +193,7 @@ async fn serve(state: AppState, socket: WebSocket, header: Option<HeaderValue>) 
     let init_deadline = tokio::time::sleep(INIT_TIMEOUT);
     tokio::pin!(init_deadline);
     loop {
-        let acknowledged = lock(&session).acknowledged;
+        let initialising = lock(&session).initialising;
         let message = tokio::select! {
             message = messages.next() => match message {
                 Some(message) => message,
@@ -181,7 +208,7 @@ async fn serve(state: AppState, socket: WebSocket, header: Option<HeaderValue>) 
                     Message::Ping(Bytes::new())
                 }
             }
-            () = &mut init_deadline, if !acknowledged => {
+            () = &mut init_deadline, if !initialising => {
                 close(4408, "Connection initialisation timeout")
             }
             _ = closing.wait_for(|closing| *closing) => {
@@ -201,11 +228,13 @@ async fn serve(state: AppState, socket: WebSocket, header: Option<HeaderValue>) 
             // it has not read piles up (its subscriptions' backlogs are bounded by the hub).
             Err(_) => {
                 state.components.metrics.live_disconnect("slow");
+                reader.abort();
                 return;
             }
         }
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+    reader.abort();
 }
 
 fn close(code: u16, reason: impl Into<String>) -> Message {
@@ -244,38 +273,76 @@ async fn admit(
     answers: &mpsc::Sender<Message>,
     bytes: Bytes,
 ) -> Option<Vec<u8>> {
-    let Ok(envelope) = serde_json::from_slice::<Envelope>(&bytes) else {
-        // async-graphql answers what it cannot read (4400).
-        return Some(bytes.to_vec());
+    let envelope = match serde_json::from_slice::<Envelope>(&bytes) {
+        Ok(envelope) => envelope,
+        Err(error) => {
+            let why = format!("Invalid message received: {error}");
+            let _ = answers.send(close(4400, why)).await;
+            return None;
+        }
     };
     match envelope.kind.as_str() {
         "subscribe" => {}
+        "connection_init" => {
+            lock(session).initialising = true;
+            return Some(bytes.to_vec());
+        }
         "complete" => {
             if let Some(id) = &envelope.id {
                 lock(session).running.remove(id);
             }
             return Some(bytes.to_vec());
         }
-        _ => return Some(bytes.to_vec()),
+        "ping" | "pong" => return Some(bytes.to_vec()),
+        // async-graphql also reads the older protocol's `start`, `stop` and
+        // `connection_terminate`: none is graphql-transport-ws, and `start` would run a
+        // document past every check below.
+        other => {
+            let why = format!("Invalid message received: unknown type `{other}`");
+            let _ = answers.send(close(4400, why)).await;
+            return None;
+        }
     }
     let (Some(id), Some(payload)) = (envelope.id, envelope.payload) else {
-        return Some(bytes.to_vec());
+        let why = "Invalid message received: a subscribe needs an id and a payload";
+        let _ = answers.send(close(4400, why)).await;
+        return None;
     };
     let refusal = {
         let mut session = lock(session);
         if !session.acknowledged {
-            Some(close(4401, "Unauthorized"))
-        } else if !session.running.insert(id.clone()) {
-            Some(close(4409, format!("Subscriber for {id} already exists")))
+            Err(close(4401, "Unauthorized"))
+        } else if session.running.contains(&id) {
+            Err(close(4409, format!("Subscriber for {id} already exists")))
+        } else if session.running.len() >= MAX_OPERATIONS {
+            Ok(Some(crate::graphql::refusal(
+                crate::graphql::TOO_MANY_SUBSCRIPTIONS,
+                format!(
+                    "this connection runs its maximum of {MAX_OPERATIONS} operations at once: \
+                     open another, or wait for one to complete"
+                ),
+            )))
         } else {
-            None
+            session.running.insert(id.clone());
+            Ok(None)
         }
     };
-    if let Some(refusal) = refusal {
-        let _ = answers.send(refusal).await;
-        return None;
+    match refusal {
+        Err(close) => {
+            let _ = answers.send(close).await;
+            return None;
+        }
+        Ok(Some(error)) => {
+            let message = serde_json::json!({ "id": id, "type": "error", "payload": [error] });
+            let _ = answers
+                .send(Message::Text(message.to_string().into()))
+                .await;
+            return None;
+        }
+        Ok(None) => {}
     }
-    match checked(state, payload).await {
+    let credentials = lock(session).credentials.clone();
+    match checked(state, credentials.as_ref(), payload).await {
         Ok(payload) => {
             let message = serde_json::json!({ "id": id, "type": "subscribe", "payload": payload });
             Some(message.to_string().into_bytes())
@@ -295,6 +362,7 @@ async fn admit(
 /// persisted queries. Returns the payload to run (with the persisted document put in).
 async fn checked(
     state: &AppState,
+    credentials: Option<&Credentials>,
     mut payload: Value,
 ) -> Result<Value, async_graphql::ServerError> {
     let body = payload.to_string();
@@ -303,7 +371,16 @@ async fn checked(
     request::check_document(&request.query, state.max_document_bytes)
         .map_err(|rejection| refusal(&rejection))?;
     let by_hash = request.query.is_empty();
-    state.components.persisted.resolve(&mut request).await?;
+    let registration = state.components.persisted.resolve(&mut request).await?;
+    // A verified connection (it was acknowledged) stores what it sends with its hash, as a
+    // POST would.
+    if let (Some(registration), Some(credentials)) = (registration, credentials) {
+        state
+            .components
+            .persisted
+            .register(registration, &credentials.scope, credentials.token.lane())
+            .await;
+    }
     if by_hash && let Some(fields) = payload.as_object_mut() {
         request::check_document(&request.query, state.max_document_bytes)
             .map_err(|rejection| refusal(&rejection))?;

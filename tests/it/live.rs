@@ -30,6 +30,21 @@ async fn webhook(app: &TestApp, action: &str, id: u64) {
     assert_eq!(answer.status(), 200);
 }
 
+/// A subscriber of every change the admin may see, over `transport`, once it is connected.
+async fn admin_subscriber(app: &TestApp, transport: &str) -> LiveClient {
+    let mut client = LiveClient::start(
+        transport,
+        &app.url("/graphql"),
+        json!({ "query": CHANGED, "authorization": bearer(ADMIN_TOKEN) }),
+    )
+    .await;
+    match transport {
+        "ws" => client.ready().await,
+        _ => client.established().await,
+    }
+    client
+}
+
 /// A contact the admin sees and the manager does not.
 fn admin_only(app: &TestApp) -> u64 {
     let manager = app.fake.visible_ids(MANAGER_TOKEN);
@@ -174,13 +189,7 @@ async fn a_mutation_at_one_replica_reaches_a_subscriber_at_the_other() {
     let redis = RedisServer::start().await;
     let (a, b) = crate::support::replicas(&redis, FakeOptions::default(), &[]).await;
     let id = a.fake.visible_ids(ADMIN_TOKEN)[2];
-    let mut client = LiveClient::start(
-        "sse",
-        &b.url("/graphql"),
-        json!({ "query": CHANGED, "authorization": bearer(ADMIN_TOKEN) }),
-    )
-    .await;
-    client.established().await;
+    let mut client = admin_subscriber(&b, "sse").await;
     b.wait_for_metric("gateway_live_subscriptions", 1.0).await;
     let renamed = a
         .query_with(
@@ -203,13 +212,7 @@ async fn a_mutation_at_one_replica_reaches_a_subscriber_at_the_other() {
 async fn without_webhooks_the_change_feed_finds_a_change_within_two_intervals() {
     let app = TestApp::spawn_with(&["--live-poll-interval", "1s"], FakeOptions::default()).await;
     let id = app.fake.visible_ids(ADMIN_TOKEN)[9];
-    let mut client = LiveClient::start(
-        "ws",
-        &app.url("/graphql"),
-        json!({ "query": CHANGED, "authorization": bearer(ADMIN_TOKEN) }),
-    )
-    .await;
-    client.ready().await;
+    let mut client = admin_subscriber(&app, "ws").await;
     app.wait_for_metric("gateway_live_subscriptions", 1.0).await;
     // A change made in amoCRM, of which no webhook tells. Its `updated_at` is this second,
     // which the feed (asking from a second before it started) covers.
@@ -464,4 +467,39 @@ async fn clients_of_a_shared_token_share_one_read_and_outlast_each_other() {
         event["data"]["contactChanged"]["contact"]["name"],
         "Остался Один"
     );
+}
+
+/// A bulk edit in amoCRM (one webhook naming a thousand contacts) is read 250 at a time and
+/// told in rounds, so a subscriber who keeps up hears of every contact and is never taken
+/// for a slow one.
+#[tokio::test]
+async fn a_bulk_edit_reaches_a_subscriber_who_keeps_up_in_full() {
+    let app = TestApp::spawn_with(&["--webhook-secret", SECRET], FakeOptions::default()).await;
+    let ids: Vec<u64> = app.fake.visible_ids(ADMIN_TOKEN)[..1_000].to_vec();
+    let mut client = admin_subscriber(&app, "ws").await;
+    app.wait_for_metric("gateway_live_subscriptions", 1.0).await;
+    app.fake.clear_requests();
+    let mut body = String::from("account[subdomain]=demo");
+    for (i, id) in ids.iter().enumerate() {
+        app.fake.rename_contact(*id, &format!("Массово {id}"));
+        body.push_str(&format!("&contacts%5Bupdate%5D%5B{i}%5D%5Bid%5D={id}"));
+    }
+    let answer = app
+        .post(&format!("/webhooks/amocrm/{SECRET}"), None, &body)
+        .await;
+    assert_eq!(answer.status(), 200);
+    let mut told = std::collections::HashSet::new();
+    while told.len() < ids.len() {
+        let event = client.expect_next(Duration::from_secs(30)).await;
+        let changed = &event["data"]["contactChanged"];
+        assert_eq!(changed["kind"], "UPDATED", "{event}");
+        let id: u64 = changed["id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .expect("an id");
+        assert_eq!(changed["contact"]["name"], format!("Массово {id}"));
+        told.insert(id);
+    }
+    client.expect_nothing(Duration::from_millis(300)).await;
+    assert_eq!(app.upstream_calls(), 4, "{:#?}", app.fake.requests());
 }
