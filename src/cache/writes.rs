@@ -88,6 +88,7 @@ impl Caches {
         &self,
         credentials: &Credentials,
         since: i64,
+        page: u32,
     ) -> Result<Vec<Arc<Contact>>, Arc<AmoError>> {
         let query = ContactsQuery {
             list: ContactList {
@@ -101,7 +102,7 @@ impl Caches {
                 }),
                 search: None,
             },
-            page: 1,
+            page,
             limit: PageSize::MAX,
             relations: Relation::ALL.into_iter().collect(),
         };

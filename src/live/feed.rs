@@ -25,9 +25,11 @@ pub(super) fn start(hub: Hub, credentials: Credentials) -> tokio::task::AbortHan
         let mut since = chrono::Utc::now().timestamp() - 1;
         // Contacts already told at `since`, the inclusive edge of the next call.
         let mut told_at_edge: HashSet<(ContactId, i64)> = HashSet::new();
+        // Past page 1 only while more than a page of contacts share the second `since`.
+        let mut page = 1;
         loop {
             tokio::time::sleep(interval(&hub)).await;
-            let changed = hub.caches().changed_since(&credentials, since).await;
+            let changed = hub.caches().changed_since(&credentials, since, page).await;
             let contacts = match changed {
                 Ok(contacts) => {
                     hub.metrics().live_feed_call("ok");
@@ -46,12 +48,10 @@ pub(super) fn start(hub: Hub, credentials: Credentials) -> tokio::task::AbortHan
                 .collect();
             if fresh.is_empty() {
                 if full {
-                    // A full page of one second's changes, all told: more than a page changed
-                    // in that second, and asking from it again would return the same page.
-                    // The rest of that second is skipped (the caches' expiry covers them).
-                    tracing::warn!(since, "more contacts changed in one second than the change feed reads; skipping the rest of that second");
-                    since += 1;
-                    told_at_edge.clear();
+                    // A full page of changes all told already: more than a page changed in
+                    // the second `since` (a bulk edit), and asking from it again would return
+                    // the same page. The next page goes on from there.
+                    page += 1;
                 }
                 continue;
             }
@@ -59,6 +59,7 @@ pub(super) fn start(hub: Hub, credentials: Credentials) -> tokio::task::AbortHan
                 && newest > since
             {
                 since = newest;
+                page = 1;
                 told_at_edge.clear();
             }
             told_at_edge.extend(

@@ -246,6 +246,35 @@ async fn without_webhooks_the_change_feed_finds_a_change_within_two_intervals() 
     );
 }
 
+/// A bulk edit without webhooks: more contacts changed within one second than a page holds.
+/// The feed pages through that second instead of skipping what did not fit.
+#[tokio::test]
+async fn without_webhooks_the_change_feed_tells_a_bulk_edit_in_full() {
+    let app = TestApp::spawn_with(
+        &["--live-poll-interval", "200ms", "--upstream-rps", "70"],
+        FakeOptions::default(),
+    )
+    .await;
+    let ids: Vec<u64> = app.fake.visible_ids(ADMIN_TOKEN)[..600].to_vec();
+    let mut client = admin_subscriber(&app, "ws").await;
+    app.wait_for_metric("gateway_live_subscriptions", 1.0).await;
+    for id in &ids {
+        app.fake.rename_contact(*id, &format!("Лента {id}"));
+    }
+    let mut told = std::collections::HashSet::new();
+    while told.len() < ids.len() {
+        let event = client.expect_next(Duration::from_secs(10)).await;
+        let changed = &event["data"]["contactChanged"];
+        let id: u64 = changed["id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .expect("an id");
+        assert_eq!(changed["contact"]["name"], format!("Лента {id}"), "{event}");
+        assert!(told.insert(id), "{id} told twice");
+    }
+    client.expect_nothing(Duration::from_millis(500)).await;
+}
+
 #[tokio::test]
 async fn a_bad_token_in_connection_init_is_closed_with_4401_and_costs_nothing() {
     let app = TestApp::spawn_with(
