@@ -172,7 +172,7 @@ fn subscribe(
         )))?;
     let subscription = services
         .live
-        .subscribe(credentials)
+        .subscribe(credentials, &ids)
         .map_err(ApiError::Live)?;
     Ok((subscription, Wanted { ids, list }, slot))
 }

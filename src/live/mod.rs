@@ -181,6 +181,10 @@ struct ScopeLive {
     subscribers: usize,
     /// Subscribers per client: by client-key lane (`None`: the token itself).
     clients: HashMap<Option<u64>, usize>,
+    /// Subscribers that name no ids (every change may be theirs), and how many subscribers
+    /// name each id: while `wide` is 0, only changes of named contacts are read.
+    wide: usize,
+    named: HashMap<ContactId, usize>,
     pending: Vec<Change>,
     /// Contacts already read for pending changes (the change feed's answer names them).
     known: HashMap<ContactId, Arc<Contact>>,
@@ -203,6 +207,7 @@ struct Leave {
     hub: Hub,
     scope: Scope,
     lane: Option<u64>,
+    named: Vec<ContactId>,
 }
 
 /// A subscriber's place in its scope, given back when dropped.
@@ -217,7 +222,7 @@ impl Subscription {
 
 impl Drop for Leave {
     fn drop(&mut self) {
-        self.hub.leave(&self.scope, self.lane);
+        self.hub.leave(&self.scope, self.lane, &self.named);
     }
 }
 
@@ -279,7 +284,13 @@ impl Hub {
         self.inner.active.load(Ordering::SeqCst)
     }
 
-    pub fn subscribe(&self, credentials: &Credentials) -> Result<Subscription, LiveError> {
+    /// A place in the scope of `credentials`, for a subscriber of the contacts `named` (none:
+    /// of every contact it may see).
+    pub fn subscribe(
+        &self,
+        credentials: &Credentials,
+        named: &std::collections::BTreeSet<ContactId>,
+    ) -> Result<Subscription, LiveError> {
         let limits = self.inner.limits;
         let mut scopes = self.lock();
         if self.active() >= limits.total {
@@ -292,6 +303,8 @@ impl Hub {
                 sender: broadcast::channel(SUBSCRIBER_BACKLOG).0,
                 subscribers: 0,
                 clients: HashMap::new(),
+                wide: 0,
+                named: HashMap::new(),
                 pending: Vec::new(),
                 known: HashMap::new(),
                 flushing: false,
@@ -306,6 +319,12 @@ impl Hub {
         }
         *of_client += 1;
         live.subscribers += 1;
+        if named.is_empty() {
+            live.wide += 1;
+        }
+        for id in named {
+            *live.named.entry(*id).or_default() += 1;
+        }
         let events = live.sender.subscribe();
         if live.feed.is_none() && limits.feed {
             live.feed = Some(feed::start(self.clone(), live.credentials.clone()));
@@ -320,13 +339,25 @@ impl Hub {
                 hub: self.clone(),
                 scope: credentials.scope.clone(),
                 lane: credentials.token.lane(),
+                named: named.iter().copied().collect(),
             },
         })
     }
 
-    fn leave(&self, scope: &Scope, lane: Option<u64>) {
+    fn leave(&self, scope: &Scope, lane: Option<u64>, named: &[ContactId]) {
         let mut scopes = self.lock();
         if let Some(live) = scopes.get_mut(scope) {
+            if named.is_empty() {
+                live.wide = live.wide.saturating_sub(1);
+            }
+            for id in named {
+                if let Some(count) = live.named.get_mut(id) {
+                    *count -= 1;
+                    if *count == 0 {
+                        live.named.remove(id);
+                    }
+                }
+            }
             if let Some(of_client) = live.clients.get_mut(&lane) {
                 *of_client = of_client.saturating_sub(1);
                 if *of_client == 0 {
@@ -418,17 +449,26 @@ impl Hub {
             .iter_mut()
             .filter(|(scope, _)| only.is_none_or(|only| only == *scope))
             .filter_map(|(scope, live)| {
+                // Where every subscriber named its contacts, only their changes are read.
+                let wanted: Vec<Change> = changes
+                    .iter()
+                    .filter(|change| live.wide > 0 || live.named.contains_key(&change.id))
+                    .copied()
+                    .collect();
+                if wanted.is_empty() {
+                    return None;
+                }
                 // Bounded while a slow read holds the flush: past it, changes are dropped (the
                 // caches' own invalidation and expiry still cover them).
                 let room = MAX_PENDING.saturating_sub(live.pending.len());
-                if room < changes.len() {
+                if room < wanted.len() {
                     tracing::warn!(
-                        dropped = changes.len() - room,
+                        dropped = wanted.len() - room,
                         "too many changes wait for one scope's read; dropping the rest"
                     );
                 }
                 live.pending
-                    .extend_from_slice(&changes[..room.min(changes.len())]);
+                    .extend_from_slice(&wanted[..room.min(wanted.len())]);
                 live.known
                     .extend(known.iter().map(|(id, contact)| (*id, contact.clone())));
                 (!live.flushing).then(|| {

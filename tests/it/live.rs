@@ -532,3 +532,41 @@ async fn a_bulk_edit_reaches_a_subscriber_who_keeps_up_in_full() {
     client.expect_nothing(Duration::from_millis(300)).await;
     assert_eq!(app.upstream_calls(), 4, "{:#?}", app.fake.requests());
 }
+
+/// Where every subscriber of a scope named its contacts (detail screens), a change of any
+/// other contact costs the scope no read.
+#[tokio::test]
+async fn a_scope_whose_subscribers_name_their_contacts_reads_only_those() {
+    let app = TestApp::spawn_with(&["--webhook-secret", SECRET], FakeOptions::default()).await;
+    let visible = app.fake.visible_ids(ADMIN_TOKEN);
+    let (named, other) = (visible[4], visible[5]);
+    let mut client = LiveClient::start(
+        "ws",
+        &app.url("/graphql"),
+        json!({ "query": CHANGED, "variables": { "ids": [named.to_string()] },
+            "authorization": bearer(ADMIN_TOKEN) }),
+    )
+    .await;
+    client.ready().await;
+    app.wait_for_metric("gateway_live_subscriptions", 1.0).await;
+    // The subscription's start reads its named contact once; wait for that, then count.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while app.upstream_calls() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the named contact was never read"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.fake.clear_requests();
+    app.fake.rename_contact(other, "Чужой");
+    webhook(&app, "update", other).await;
+    client.expect_nothing(Duration::from_millis(500)).await;
+    assert_eq!(app.upstream_calls(), 0, "{:#?}", app.fake.requests());
+
+    app.fake.rename_contact(named, "Свой");
+    webhook(&app, "update", named).await;
+    let event = client.expect_next(WITHIN).await;
+    assert_eq!(event["data"]["contactChanged"]["contact"]["name"], "Свой");
+    assert_eq!(app.upstream_calls(), 1, "{:#?}", app.fake.requests());
+}
