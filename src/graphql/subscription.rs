@@ -25,7 +25,7 @@ impl SubscriptionRoot {
     /// every `--live-poll-interval` while anyone subscribes (deletions come only from
     /// webhooks). `ids` and `filter` narrow the stream; without them, every contact the
     /// caller may see. `contact` is as the caller's own token sees it, null when deleted.
-    /// A subscriber that falls more than 1 000 events behind is ended with an error.
+    /// A subscriber that falls more than 1 024 events behind is ended with an error.
     async fn contact_changed(
         &self,
         ctx: &Context<'_>,

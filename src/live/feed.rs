@@ -6,14 +6,18 @@
 //! The interval (`--live-poll-interval`) stretches so that the feeds of all scopes together
 //! never take more than `FEED_SHARE` of the upstream budget.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Change, ChangeKind, Hub};
+use super::{Change, ChangeKind, Hub, digest};
 use crate::amocrm::{Contact, ContactId};
 use crate::auth::Credentials;
 use crate::cache::Invalidation;
+
+/// After this, no contact changes any more in a second gone by (amoCRM's clock and ours
+/// may differ by a little).
+const SETTLED: Duration = Duration::from_secs(60);
 
 /// The share of the upstream rate limit the change feeds may take together.
 pub const FEED_SHARE: f64 = 0.1;
@@ -23,9 +27,10 @@ pub(super) fn start(hub: Hub, credentials: Credentials) -> tokio::task::AbortHan
     tokio::spawn(async move {
         // A second back: amoCRM's clock and ours differ, and `from` is inclusive.
         let mut since = chrono::Utc::now().timestamp() - 1;
-        // Contacts already told at `since`, the inclusive edge of the next call.
-        let mut told_at_edge: HashSet<(ContactId, i64)> = HashSet::new();
-        // Past page 1 only while more than a page of contacts share the second `since`.
+        // What was told of the contacts changed in the second `since`, the inclusive edge of
+        // every call: a digest, so that a second edit within that second is told too.
+        let mut told_at_edge: HashMap<ContactId, u64> = HashMap::new();
+        // Past page 1 only while more contacts changed in the second `since` than a page holds.
         let mut page = 1;
         loop {
             tokio::time::sleep(interval(&hub)).await;
@@ -42,32 +47,44 @@ pub(super) fn start(hub: Hub, credentials: Credentials) -> tokio::task::AbortHan
                 }
             };
             let full = contacts.len() >= crate::amocrm::PageSize::MAX.get();
+            let newest = contacts.iter().map(|c| c.updated_at).max();
             let fresh: Vec<Arc<Contact>> = contacts
-                .into_iter()
-                .filter(|c| !told_at_edge.contains(&(c.id, c.updated_at)))
+                .iter()
+                .filter(|c| c.updated_at > since || told_at_edge.get(&c.id) != Some(&digest(c)))
+                .cloned()
                 .collect();
-            if fresh.is_empty() {
-                if full {
-                    // A full page of changes all told already: more than a page changed in
-                    // the second `since` (a bulk edit), and asking from it again would return
-                    // the same page. The next page goes on from there.
-                    page += 1;
+            match newest {
+                // A whole page in the second `since`: the rest of it is on the next page.
+                Some(newest) if full && newest <= since => page += 1,
+                // Newer changes: the edge moves to the newest (whose contacts the next call
+                // returns again, and are told only if they changed again).
+                Some(newest) if newest > since => {
+                    since = newest;
+                    page = 1;
+                    told_at_edge.clear();
                 }
-                continue;
-            }
-            if let Some(newest) = fresh.iter().map(|c| c.updated_at).max()
-                && newest > since
-            {
-                since = newest;
-                page = 1;
-                told_at_edge.clear();
+                // The end of the list, past page 1: the second `since` was paged through.
+                // Once it is long past, nothing more can change in it; until then it is
+                // swept again from page 1, so that a contact that moved to an earlier page
+                // while the pages were read (another contact left that second) is found.
+                _ if page > 1 => {
+                    page = 1;
+                    if since < chrono::Utc::now().timestamp() - SETTLED.as_secs() as i64 {
+                        since += 1;
+                        told_at_edge.clear();
+                    }
+                }
+                _ => {}
             }
             told_at_edge.extend(
-                fresh
+                contacts
                     .iter()
                     .filter(|c| c.updated_at == since)
-                    .map(|c| (c.id, c.updated_at)),
+                    .map(|c| (c.id, digest(c))),
             );
+            if fresh.is_empty() {
+                continue;
+            }
             // What a webhook would have dropped, had one come.
             hub.caches()
                 .invalidate(fresh.iter().map(|c| Invalidation::Contact(c.id)))

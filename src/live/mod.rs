@@ -34,13 +34,16 @@ use crate::shared::broadcast::Heard;
 /// those, so an event waits at most this long before its read.
 pub const COALESCE: Duration = Duration::from_millis(20);
 /// Events a subscriber may fall behind by before it is cut off: a slow consumer must not make
-/// the gateway hold events for it without bound. Four rounds of `ROUND` changes: a bulk edit
-/// in amoCRM (thousands of contacts in one webhook) is told a round at a time, so that
-/// subscribers who keep up never fall this far behind.
-pub const SUBSCRIBER_BACKLOG: usize = 4 * ROUND;
+/// the gateway hold events for it without bound. Four rounds of `ROUND` changes and a little
+/// more (a power of two, as the channel's capacity is): a bulk edit in amoCRM (thousands of
+/// contacts in one webhook) is told a round at a time, so that subscribers who keep up never
+/// fall this far behind.
+pub const SUBSCRIBER_BACKLOG: usize = 1024;
 /// Changes one read takes (amoCRM's page): a scope's pending changes are read and told this
 /// many at a time.
 const ROUND: usize = 250;
+/// The longest a scope waits for its subscribers between two rounds.
+const PACE_LIMIT: Duration = Duration::from_millis(100);
 /// Subscriptions one replica holds at most: 10 000 idle ones are measured (README) to fit in
 /// a few tens of MiB.
 pub const MAX_SUBSCRIPTIONS: usize = 20_000;
@@ -133,6 +136,22 @@ const FLUSH_ATTEMPTS: u32 = 3;
 const FLUSH_RETRY: Duration = Duration::from_secs(1);
 /// What `seen_at` holds for a contact told as deleted: no digest of a contact.
 const DELETED: u64 = 0;
+/// What `seen_at` holds for a contact the scope may see but was not told as it is now (read
+/// when a subscription named it, or changed while nobody of the scope wanted it): no digest
+/// of a contact either, so its next change is told.
+const UNTOLD: u64 = 1;
+
+/// The scope's state, if it is still the one of `generation` (a scope whose subscribers all
+/// left may have been made again under the same name since).
+fn live_of<'a>(
+    scopes: &'a mut HashMap<Scope, ScopeLive>,
+    scope: &Scope,
+    generation: u64,
+) -> Option<&'a mut ScopeLive> {
+    scopes
+        .get_mut(scope)
+        .filter(|live| live.generation == generation)
+}
 
 /// The limiter lane of the hub's reads for a scope whose callers share the gateway's token
 /// (each client key has a lane of its own): those reads serve every client of the scope.
@@ -156,7 +175,8 @@ fn digest(contact: &Contact) -> u64 {
     use std::hash::{DefaultHasher, Hasher};
     let mut hasher = DefaultHasher::new();
     hasher.write(&serde_json::to_vec(contact).unwrap_or_default());
-    hasher.finish().max(1)
+    // Above the markers `DELETED` and `UNTOLD`.
+    hasher.finish().max(2)
 }
 
 /// Hands changes to subscribers. Cheap to clone.
@@ -170,6 +190,7 @@ struct Inner {
     limits: LiveLimits,
     scopes: Mutex<HashMap<Scope, ScopeLive>>,
     active: AtomicUsize,
+    generations: std::sync::atomic::AtomicU64,
     broadcast: Option<Broadcast>,
     metrics: crate::metrics::Metrics,
 }
@@ -189,6 +210,8 @@ struct ScopeLive {
     /// Contacts already read for pending changes (the change feed's answer names them).
     known: HashMap<ContactId, Arc<Contact>>,
     flushing: bool,
+    /// Tells this scope's flush from one of a scope of the same name that ended meanwhile.
+    generation: u64,
     /// Contacts told to the scope, oldest first, with a digest of what was told: a change
     /// already told (a mutation's, then amoCRM's webhook for it) is not told twice. A digest of
     /// the whole contact, not its `updated_at`, which has one-second resolution.
@@ -240,6 +263,7 @@ impl Hub {
                 limits,
                 scopes: Mutex::new(HashMap::new()),
                 active: AtomicUsize::new(0),
+                generations: std::sync::atomic::AtomicU64::new(0),
                 broadcast,
                 metrics,
             }),
@@ -267,8 +291,11 @@ impl Hub {
         let Some(live) = scopes.get_mut(&credentials.scope) else {
             return;
         };
-        for (id, contact) in read {
-            if live.seen_at.insert(id, digest(&contact)).is_none() {
+        // Marked as visible, not as told: a change of it waiting for this scope's read must
+        // still be told.
+        for (id, _) in read {
+            if let std::collections::hash_map::Entry::Vacant(entry) = live.seen_at.entry(id) {
+                entry.insert(UNTOLD);
                 live.seen.push_back(id);
             }
         }
@@ -308,6 +335,7 @@ impl Hub {
                 pending: Vec::new(),
                 known: HashMap::new(),
                 flushing: false,
+                generation: self.inner.generations.fetch_add(1, Ordering::Relaxed),
                 seen: VecDeque::new(),
                 seen_at: HashMap::new(),
                 feed: None,
@@ -329,10 +357,11 @@ impl Hub {
         if live.feed.is_none() && limits.feed {
             live.feed = Some(feed::start(self.clone(), live.credentials.clone()));
         }
-        // Counted under the lock that checked the total, so that two at once cannot both pass.
+        // Counted (and shown) under the lock that checked the total, so that two at once
+        // cannot both pass, nor a leave's count overtake this one's.
         let active = self.inner.active.fetch_add(1, Ordering::SeqCst) + 1;
-        drop(scopes);
         self.inner.metrics.live_subscriptions(active);
+        drop(scopes);
         Ok(Subscription {
             events,
             _leave: Leave {
@@ -372,13 +401,13 @@ impl Hub {
                 scopes.remove(scope);
             }
         }
-        drop(scopes);
         let active = self
             .inner
             .active
             .fetch_sub(1, Ordering::SeqCst)
             .saturating_sub(1);
         self.inner.metrics.live_subscriptions(active);
+        drop(scopes);
     }
 
     /// Changes this replica learned of (a webhook, a mutation, the feed): told here and, with
@@ -445,16 +474,24 @@ impl Hub {
         known: &HashMap<ContactId, Arc<Contact>>,
     ) {
         let mut scopes = self.lock();
-        let due: Vec<Scope> = scopes
+        let due: Vec<(Scope, u64)> = scopes
             .iter_mut()
             .filter(|(scope, _)| only.is_none_or(|only| only == *scope))
             .filter_map(|(scope, live)| {
                 // Where every subscriber named its contacts, only their changes are read.
-                let wanted: Vec<Change> = changes
+                let (wanted, unread): (Vec<Change>, Vec<Change>) = changes
                     .iter()
-                    .filter(|change| live.wide > 0 || live.named.contains_key(&change.id))
-                    .copied()
-                    .collect();
+                    .partition(|change| live.wide > 0 || live.named.contains_key(&change.id));
+                // What the scope was told of those others is out of date now: their next
+                // change must be told, and a deletion remembered.
+                for change in unread {
+                    if let Some(told) = live.seen_at.get_mut(&change.id) {
+                        *told = match change.kind {
+                            ChangeKind::Deleted => DELETED,
+                            _ => UNTOLD,
+                        };
+                    }
+                }
                 if wanted.is_empty() {
                     return None;
                 }
@@ -467,22 +504,27 @@ impl Hub {
                         "too many changes wait for one scope's read; dropping the rest"
                     );
                 }
-                live.pending
-                    .extend_from_slice(&wanted[..room.min(wanted.len())]);
-                live.known
-                    .extend(known.iter().map(|(id, contact)| (*id, contact.clone())));
+                let queued = &wanted[..room.min(wanted.len())];
+                live.pending.extend_from_slice(queued);
+                // Only for what waits here: a contact kept for a change that is not queued
+                // would be told, stale, with some later change of it.
+                live.known.extend(
+                    queued
+                        .iter()
+                        .filter_map(|change| Some((change.id, known.get(&change.id)?.clone()))),
+                );
                 (!live.flushing).then(|| {
                     live.flushing = true;
-                    scope.clone()
+                    (scope.clone(), live.generation)
                 })
             })
             .collect();
         drop(scopes);
-        for scope in due {
+        for (scope, generation) in due {
             let hub = self.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(COALESCE).await;
-                hub.flush(&scope).await;
+                hub.flush(&scope, generation).await;
             });
         }
     }
@@ -491,12 +533,12 @@ impl Hub {
     /// subscribers of those its token may see.
     /// One read in flight per scope: changes that arrive during it wait for the next round,
     /// so that an older read can never be told after a newer one.
-    async fn flush(&self, scope: &Scope) {
+    async fn flush(&self, scope: &Scope, generation: u64) {
         let mut failures = 0;
         loop {
             let batch = {
                 let mut scopes = self.lock();
-                let Some(live) = scopes.get_mut(scope) else {
+                let Some(live) = live_of(&mut scopes, scope, generation) else {
                     return;
                 };
                 if live.pending.is_empty() {
@@ -514,11 +556,10 @@ impl Hub {
                     .collect();
                 (live.credentials.clone(), round, known)
             };
-            match self.flush_once(scope, batch).await {
+            match self.flush_once(scope, generation, batch).await {
                 Ok(()) => {
                     failures = 0;
-                    // Subscribers take the round before the next one is told.
-                    tokio::task::yield_now().await;
+                    self.paced(scope, generation).await;
                 }
                 Err((changes, error)) => {
                     failures += 1;
@@ -529,7 +570,7 @@ impl Hub {
                         continue;
                     }
                     // Put back in front of what came meanwhile, and try again after a pause.
-                    if let Some(live) = self.lock().get_mut(scope) {
+                    if let Some(live) = live_of(&mut self.lock(), scope, generation) {
                         let later = std::mem::replace(&mut live.pending, changes);
                         live.pending.extend(later);
                     }
@@ -539,10 +580,26 @@ impl Hub {
         }
     }
 
+    /// Waits, briefly, for the scope's subscribers to take most of the rounds told so far, so
+    /// that those who keep up are never a backlog behind; a slow one does not hold the others
+    /// up for longer than `PACE_LIMIT` a round.
+    async fn paced(&self, scope: &Scope, generation: u64) {
+        let started = tokio::time::Instant::now();
+        loop {
+            let queued =
+                live_of(&mut self.lock(), scope, generation).map_or(0, |live| live.sender.len());
+            if queued + ROUND <= SUBSCRIBER_BACKLOG || started.elapsed() >= PACE_LIMIT {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Reads and tells one batch; on a failed read, the batch's changes back.
     async fn flush_once(
         &self,
         scope: &Scope,
+        generation: u64,
         (credentials, changes, mut known): (
             Credentials,
             Vec<Change>,
@@ -572,7 +629,7 @@ impl Hub {
         // that a query sent on an event answers as the event does.
         self.inner.caches.settled().await;
         let mut scopes = self.lock();
-        let Some(live) = scopes.get_mut(scope) else {
+        let Some(live) = live_of(&mut scopes, scope, generation) else {
             return Ok(());
         };
         let mut delivered = 0;
