@@ -451,3 +451,51 @@ async fn each_operation_over_a_websocket_has_its_own_budget() {
         "the leads were asked for"
     );
 }
+
+/// One client (a client key of the gateway's own token) holds at most 1 000 subscriptions on
+/// a replica, however many connections it opens; another client is not held back by it.
+#[tokio::test]
+async fn a_client_holds_at_most_a_thousand_subscriptions() {
+    let (greedy, other) = (
+        "greedy-client-key-0123456789",
+        "other-client-key-0123456789",
+    );
+    let keys = format!("{greedy},{other}");
+    let app = TestApp::spawn_with(
+        &["--access-token", ADMIN_TOKEN, "--client-key", &keys],
+        FakeOptions::default(),
+    )
+    .await;
+    let as_client = |key: &str| json!({ "Authorization": format!("Bearer {key}") });
+    let mut held = Vec::new();
+    for c in 0..10 {
+        let mut ws = RawWs::connect(app.addr, None).await;
+        ws.init(as_client(greedy)).await;
+        for s in 0..100 {
+            ws.send(subscribe(&format!("{c}-{s}"), json!({ "query": CHANGED })))
+                .await;
+        }
+        held.push(ws);
+    }
+    app.wait_for_metric("gateway_live_subscriptions", 1_000.0)
+        .await;
+    let mut one_more = RawWs::connect(app.addr, None).await;
+    one_more.init(as_client(greedy)).await;
+    one_more
+        .send(subscribe("1001", json!({ "query": CHANGED })))
+        .await;
+    let refused = one_more.next_json(WITHIN).await;
+    assert_eq!(refused["id"], "1001", "{refused}");
+    assert_eq!(
+        refused["payload"]["errors"][0]["extensions"]["code"], "TOO_MANY_SUBSCRIPTIONS",
+        "{refused}"
+    );
+    let mut another = RawWs::connect(app.addr, None).await;
+    another.init(as_client(other)).await;
+    another
+        .send(subscribe("1", json!({ "query": CHANGED })))
+        .await;
+    app.wait_for_metric("gateway_live_subscriptions", 1_001.0)
+        .await;
+    assert_eq!(app.metric("gateway_live_subscriptions").await, 1_001.0);
+}
