@@ -82,18 +82,20 @@ impl Caches {
         Ok((page.contacts, complete))
     }
 
-    /// Contacts changed at or after `since` (Unix seconds), oldest change first, one page of
-    /// them, read past every cache as background work: the change feed's one call.
+    /// Contacts changed at or after `since` (Unix seconds), and no later than `until` when it
+    /// is given, oldest change first, one page of them, read past every cache as background
+    /// work: the change feed's one call.
     pub async fn changed_since(
         &self,
         credentials: &Credentials,
         since: i64,
+        until: Option<i64>,
         page: u32,
     ) -> Result<Vec<Arc<Contact>>, Arc<AmoError>> {
         let query = ContactsQuery {
             list: ContactList {
                 filter: ContactFilter {
-                    updated_at: TimeRange::new(Some(since), None),
+                    updated_at: TimeRange::new(Some(since), until),
                     ..ContactFilter::default()
                 },
                 order: Some(Order {

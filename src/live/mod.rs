@@ -507,12 +507,14 @@ impl Hub {
                 let queued = &wanted[..room.min(wanted.len())];
                 live.pending.extend_from_slice(queued);
                 // Only for what waits here: a contact kept for a change that is not queued
-                // would be told, stale, with some later change of it.
-                live.known.extend(
-                    queued
-                        .iter()
-                        .filter_map(|change| Some((change.id, known.get(&change.id)?.clone()))),
-                );
+                // would be told, stale, with some later change of it; and a change that
+                // comes without the contact (a webhook's) voids a copy kept before it.
+                for change in queued {
+                    match known.get(&change.id) {
+                        Some(contact) => live.known.insert(change.id, contact.clone()),
+                        None => live.known.remove(&change.id),
+                    };
+                }
                 (!live.flushing).then(|| {
                     live.flushing = true;
                     (scope.clone(), live.generation)

@@ -250,21 +250,28 @@ async fn without_webhooks_the_change_feed_finds_a_change_within_two_intervals() 
 /// The feed pages through that second instead of skipping what did not fit.
 #[tokio::test]
 async fn without_webhooks_the_change_feed_tells_a_bulk_edit_in_full() {
+    // The feed's pages come 0.7 s apart (a tenth of 14 calls a second).
     let app = TestApp::spawn_with(
-        &["--live-poll-interval", "200ms", "--upstream-rps", "70"],
+        &["--live-poll-interval", "200ms", "--upstream-rps", "14"],
         FakeOptions::default(),
     )
     .await;
     let ids: Vec<u64> = app.fake.visible_ids(ADMIN_TOKEN)[..600].to_vec();
     let mut client = admin_subscriber(&app, "ws").await;
     app.wait_for_metric("gateway_live_subscriptions", 1.0).await;
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+    };
+    let bulk_second = unix_now().as_secs();
     for id in &ids {
         app.fake.rename_contact(*id, &format!("Лента {id}"));
     }
     let mut told = std::collections::HashSet::new();
     let mut again = false;
     while told.len() < ids.len() || !again {
-        let event = client.expect_next(Duration::from_secs(10)).await;
+        let event = client.expect_next(Duration::from_secs(15)).await;
         let changed = &event["data"]["contactChanged"];
         let id: u64 = changed["id"]
             .as_str()
@@ -276,9 +283,16 @@ async fn without_webhooks_the_change_feed_tells_a_bulk_edit_in_full() {
         }
         assert_eq!(changed["contact"]["name"], format!("Лента {id}"), "{event}");
         assert!(told.insert(id), "{id} told twice");
-        // Edited again while the feed pages through the bulk edit: it leaves its second,
-        // and the contacts after it move up a place in the list being paged.
-        if told.len() == 100 {
+        if told.len() == 250 {
+            // The first page told, the next not yet read: the first contact is edited again,
+            // in a later second, so it leaves the bulk edit's second and every contact after
+            // it moves up a place in the list the feed pages through. (The clock must pass
+            // that second first: nothing else would.)
+            let now = unix_now();
+            if now.as_secs() <= bulk_second {
+                let next = Duration::from_secs(bulk_second + 1);
+                tokio::time::sleep(next.saturating_sub(now)).await;
+            }
             app.fake.rename_contact(ids[0], "Снова");
         }
     }
