@@ -140,7 +140,7 @@ fn live_hub(
         total: crate::live::MAX_SUBSCRIPTIONS,
         per_client: crate::live::MAX_SUBSCRIPTIONS_PER_CLIENT,
         poll_interval: settings.live_poll_interval,
-        // Every replica polls for its own subscribers: each takes its share of the budget.
+        // One replica polls a scope at a time (with Redis), but each keeps to its own share.
         upstream_rps: settings
             .limits
             .rate_limit
@@ -149,7 +149,8 @@ fn live_hub(
         feed: settings.webhook_secret.is_none(),
     };
     let broadcast = redis.map(|redis| crate::shared::Broadcast::on(redis.clone(), "v1:live"));
-    crate::live::Hub::new(caches.clone(), limits, broadcast, metrics.clone())
+    let turns = redis.map(|redis| crate::live::Turns::new(redis.clone()));
+    crate::live::Hub::new(caches.clone(), limits, broadcast, turns, metrics.clone())
 }
 
 fn connect_redis(settings: &Settings, metrics: &Metrics) -> Result<Option<Redis>, StartupError> {

@@ -606,3 +606,61 @@ async fn a_scope_whose_subscribers_name_their_contacts_reads_only_those() {
         .collect();
     assert_eq!(reads, [vec![named.to_string()]]);
 }
+
+/// Replicas on Redis take turns with a scope's change feed: one polls, and tells the other
+/// what it found (the contacts included), so both replicas' subscribers hear of a change for
+/// one replica's calls.
+#[tokio::test]
+async fn replicas_take_turns_with_a_scopes_change_feed() {
+    let redis = RedisServer::start().await;
+    let (a, b) = crate::support::replicas_without_webhooks(
+        &redis,
+        FakeOptions::default(),
+        &["--live-poll-interval", "300ms", "--upstream-rps", "70"],
+    )
+    .await;
+    let id = a.fake.visible_ids(ADMIN_TOKEN)[11];
+    let mut on_a = admin_subscriber(&a, "ws").await;
+    let mut on_b = admin_subscriber(&b, "sse").await;
+    a.wait_for_metric("gateway_live_subscriptions", 1.0).await;
+    b.wait_for_metric("gateway_live_subscriptions", 1.0).await;
+    a.fake.clear_requests();
+    let started = tokio::time::Instant::now();
+    a.fake.rename_contact(id, "По Очереди");
+    for client in [&mut on_a, &mut on_b] {
+        let event = client.expect_next(WITHIN).await;
+        assert_eq!(
+            event["data"]["contactChanged"]["contact"]["name"],
+            "По Очереди"
+        );
+    }
+    // Calls are what is counted here: three seconds of them.
+    tokio::time::sleep_until(started + Duration::from_secs(3)).await;
+    let requests = a.fake.requests();
+    let feed_calls = requests
+        .iter()
+        .filter(|r| r.param("filter[updated_at][from]").is_some())
+        .count();
+    // One replica's: a call every 300 ms (two replicas polling would make about 20).
+    assert!(
+        (5..=13).contains(&feed_calls),
+        "{feed_calls} feed calls in 3 s"
+    );
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.params("filter[id][]").contains(&id.to_string().as_str())),
+        "the replica that did not poll read nothing itself"
+    );
+
+    // A's subscriber leaves. A subscribed first, so its feed most likely held the turn: it
+    // passes to B, whose feed goes on from where A's got, telling nothing twice.
+    on_a.stop().await;
+    a.fake.rename_contact(id, "Перешло");
+    let event = on_b.expect_next(WITHIN).await;
+    assert_eq!(
+        event["data"]["contactChanged"]["contact"]["name"],
+        "Перешло"
+    );
+    on_b.expect_nothing(Duration::from_millis(500)).await;
+}
