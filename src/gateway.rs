@@ -140,7 +140,7 @@ fn live_hub(
         total: crate::live::MAX_SUBSCRIPTIONS,
         per_client: crate::live::MAX_SUBSCRIPTIONS_PER_CLIENT,
         poll_interval: settings.live_poll_interval,
-        // One replica polls a scope at a time (with Redis), but each keeps to its own share.
+        // Every replica polls for its own subscribers: each takes its share of the budget.
         upstream_rps: settings
             .limits
             .rate_limit
@@ -149,8 +149,7 @@ fn live_hub(
         feed: settings.webhook_secret.is_none(),
     };
     let broadcast = redis.map(|redis| crate::shared::Broadcast::on(redis.clone(), "v1:live"));
-    let turns = redis.map(|redis| crate::live::Turns::new(redis.clone()));
-    crate::live::Hub::new(caches.clone(), limits, broadcast, turns, metrics.clone())
+    crate::live::Hub::new(caches.clone(), limits, broadcast, metrics.clone())
 }
 
 fn connect_redis(settings: &Settings, metrics: &Metrics) -> Result<Option<Redis>, StartupError> {

@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -29,9 +28,6 @@ pub const FEED_SHARE: f64 = 0.1;
 /// A crowded second is left only after it has been paged through for this long at least:
 /// amoCRM may still be giving contacts that second when the paging starts.
 const CROWDED_SECOND_SETTLES: Duration = Duration::from_secs(2);
-/// A replica's turn to poll a scope lasts this many pauses unless it polls again: a replica
-/// that stopped gives the turn up this soon.
-const TURN_HOLDS: u32 = 3;
 /// The shortest pause between two pages of a crowded second.
 const MIN_PAGE_PAUSE: Duration = Duration::from_millis(100);
 
@@ -49,12 +45,7 @@ enum Cursor {
 }
 
 /// Starts the scope's feed; it runs until aborted (when the scope's last subscriber leaves).
-/// `elsewhere`: where another replica's feed for the scope got to, while it has the turn.
-pub(super) fn start(
-    hub: Hub,
-    credentials: Credentials,
-    elsewhere: Arc<AtomicI64>,
-) -> tokio::task::AbortHandle {
+pub(super) fn start(hub: Hub, credentials: Credentials) -> tokio::task::AbortHandle {
     tokio::spawn(async move {
         // A second back: amoCRM's clock and ours differ, and `from` is inclusive.
         let mut since = chrono::Utc::now().timestamp() - 1;
@@ -68,16 +59,6 @@ pub(super) fn start(
                 Cursor::Crowded { page, .. } => (page_pause(&hub), Some(since), page),
             };
             tokio::time::sleep(pause).await;
-            // With replicas, one polls the scope at a time; the others follow where it got.
-            if !hub.feed_turn(&credentials.scope, pause * TURN_HOLDS).await {
-                let theirs = elsewhere.load(Ordering::Relaxed);
-                if theirs > since {
-                    since = theirs;
-                    told_at_edge.clear();
-                    cursor = Cursor::From;
-                }
-                continue;
-            }
             let changed = hub
                 .caches()
                 .changed_since(&credentials, since, until, page)
@@ -148,30 +129,27 @@ pub(super) fn start(
             hub.caches()
                 .invalidate(fresh.iter().map(|c| Invalidation::Contact(c.id)))
                 .await;
-            hub.feed_found(&credentials.scope, since, &fresh).await;
-            hub.changed_in(&credentials.scope, changes_of(fresh));
+            let changes = fresh
+                .into_iter()
+                .map(|contact| {
+                    let kind = if contact.created_at == contact.updated_at {
+                        ChangeKind::Created
+                    } else {
+                        ChangeKind::Updated
+                    };
+                    (
+                        Change {
+                            id: contact.id,
+                            kind,
+                        },
+                        contact,
+                    )
+                })
+                .collect();
+            hub.changed_in(&credentials.scope, changes);
         }
     })
     .abort_handle()
-}
-
-/// What the feed's answer tells of each contact: created (never changed since), or updated.
-pub(super) fn changes_of(contacts: Vec<Arc<Contact>>) -> Vec<(Change, Arc<Contact>)> {
-    contacts
-        .into_iter()
-        .map(|contact| {
-            let kind = if contact.created_at == contact.updated_at {
-                ChangeKind::Created
-            } else {
-                ChangeKind::Updated
-            };
-            let change = Change {
-                id: contact.id,
-                kind,
-            };
-            (change, contact)
-        })
-        .collect()
 }
 
 /// The configured interval, stretched so that every scope's feed together stays within its

@@ -10,13 +10,9 @@
 //!
 //! - `filter`: whether a contact matches a subscription's `filter`, decided locally.
 //! - `feed`: the change feed.
-//! - `turns`: with replicas, which one polls a scope's feed, and what it tells the others.
 
 mod feed;
 pub mod filter;
-mod turns;
-
-pub use turns::Turns;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -196,7 +192,6 @@ struct Inner {
     active: AtomicUsize,
     generations: std::sync::atomic::AtomicU64,
     broadcast: Option<Broadcast>,
-    turns: Option<Turns>,
     metrics: crate::metrics::Metrics,
 }
 
@@ -223,9 +218,6 @@ struct ScopeLive {
     seen: VecDeque<ContactId>,
     seen_at: HashMap<ContactId, u64>,
     feed: Option<tokio::task::AbortHandle>,
-    /// Where another replica's feed for this scope got to (0: none told): this one's feed
-    /// starts there when its turn comes.
-    feed_elsewhere: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// A subscriber's events; it leaves its scope when dropped.
@@ -258,13 +250,11 @@ impl Drop for Leave {
 }
 
 impl Hub {
-    /// `broadcast`: the replicas' channel for changes, and `turns`, which replica's feed polls
-    /// a scope (with Redis).
+    /// `broadcast`: the replicas' channel for changes (with Redis).
     pub fn new(
         caches: Caches,
         limits: LiveLimits,
         broadcast: Option<Broadcast>,
-        turns: Option<Turns>,
         metrics: crate::metrics::Metrics,
     ) -> Self {
         Hub {
@@ -275,7 +265,6 @@ impl Hub {
                 active: AtomicUsize::new(0),
                 generations: std::sync::atomic::AtomicU64::new(0),
                 broadcast,
-                turns,
                 metrics,
             }),
         }
@@ -350,7 +339,6 @@ impl Hub {
                 seen: VecDeque::new(),
                 seen_at: HashMap::new(),
                 feed: None,
-                feed_elsewhere: Arc::default(),
             });
         let lane = credentials.token.lane();
         let of_client = live.clients.entry(lane).or_default();
@@ -367,11 +355,7 @@ impl Hub {
         }
         let events = live.sender.subscribe();
         if live.feed.is_none() && limits.feed {
-            live.feed = Some(feed::start(
-                self.clone(),
-                live.credentials.clone(),
-                live.feed_elsewhere.clone(),
-            ));
+            live.feed = Some(feed::start(self.clone(), live.credentials.clone()));
         }
         // Counted (and shown) under the lock that checked the total, so that two at once
         // cannot both pass, nor a leave's count overtake this one's.
@@ -462,58 +446,7 @@ impl Hub {
             }
         });
         background.hold(&task);
-        if let Some(turns) = &self.inner.turns {
-            let mut found = turns.listen();
-            let hub = self.clone();
-            let task = tokio::spawn(async move {
-                while let Some(heard) = found.recv().await {
-                    if let Heard::Message(found) = heard {
-                        hub.found_elsewhere(found);
-                    }
-                }
-            });
-            background.hold(&task);
-        }
         background
-    }
-
-    /// Another replica's feed answer for a scope: told to this replica's subscribers of that
-    /// scope (the contacts read with its credentials), and its position noted.
-    fn found_elsewhere(&self, found: turns::Found) {
-        let scope = {
-            let scopes = self.lock();
-            let Some((scope, live)) = scopes
-                .iter()
-                .find(|(scope, _)| scope.as_str() == found.scope)
-            else {
-                return;
-            };
-            live.feed_elsewhere
-                .fetch_max(found.since, Ordering::Relaxed);
-            scope.clone()
-        };
-        let contacts = found.contacts.into_iter().map(Arc::new).collect();
-        self.changed_in(&scope, feed::changes_of(contacts));
-    }
-
-    /// Whether this replica's feed polls `scope` now (always, without replicas).
-    pub(crate) async fn feed_turn(&self, scope: &Scope, hold: Duration) -> bool {
-        match &self.inner.turns {
-            Some(turns) => turns.mine(scope, hold).await,
-            None => true,
-        }
-    }
-
-    /// Tells the other replicas what this one's feed found for `scope`.
-    pub(crate) async fn feed_found(&self, scope: &Scope, since: i64, contacts: &[Arc<Contact>]) {
-        if let Some(turns) = &self.inner.turns {
-            let found = turns::Found {
-                scope: scope.as_str().to_owned(),
-                since,
-                contacts: contacts.iter().map(|c| Contact::clone(c)).collect(),
-            };
-            turns.tell(&found).await;
-        }
     }
 
     /// Queues `changes` for every scope with subscribers.
@@ -523,7 +456,7 @@ impl Hub {
 
     /// The change feed's answer for `scope`: told to that scope only (the other scopes' own
     /// feeds see what they may), with no second read.
-    pub(crate) fn changed_in(&self, scope: &Scope, contacts: Vec<(Change, Arc<Contact>)>) {
+    fn changed_in(&self, scope: &Scope, contacts: Vec<(Change, Arc<Contact>)>) {
         let changes: Vec<Change> = contacts.iter().map(|(change, _)| *change).collect();
         let known = contacts
             .into_iter()

@@ -392,22 +392,14 @@ pub async fn replicas(
     options: FakeOptions,
     extra: &[&str],
 ) -> (TestApp, TestApp) {
-    let flags = [&["--webhook-secret", REPLICA_WEBHOOK_SECRET], extra].concat();
-    replicas_without_webhooks(redis, options, &flags).await
-}
-
-/// [`replicas`] with no `--webhook-secret`: their subscriptions run the change feed.
-pub async fn replicas_without_webhooks(
-    redis: &RedisServer,
-    options: FakeOptions,
-    extra: &[&str],
-) -> (TestApp, TestApp) {
     let url = redis.url();
     let mut flags = vec![
         "--redis-url",
         url.as_str(),
         "--scope-secret",
         "shared-scope-secret",
+        "--webhook-secret",
+        REPLICA_WEBHOOK_SECRET,
         // Generous: the tests run every replica on one thread, where a busy moment would
         // otherwise read as Redis being slow.
         "--redis-timeout",
