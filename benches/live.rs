@@ -138,7 +138,7 @@ fn main() {
         println!("| subscriber | p50 | p99 |\n|---|---|---|");
         for (name, samples) in [("same replica", &mut near), ("other replica", &mut far)] {
             samples.sort();
-            let at = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
+            let at = |p: f64| common::percentile(samples, p);
             println!(
                 "| {name} | {:.1} ms | {:.1} ms |",
                 at(0.5).as_secs_f64() * 1e3,

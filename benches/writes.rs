@@ -201,8 +201,10 @@ async fn freshness(updates: usize) {
 
 fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
     samples.sort();
-    let at = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
-    (at(0.5), at(0.99))
+    (
+        common::percentile(samples, 0.5),
+        common::percentile(samples, 0.99),
+    )
 }
 
 fn ms(d: Duration) -> String {

@@ -158,9 +158,14 @@ impl Run {
     pub fn percentile(&self, p: f64) -> Duration {
         let mut sorted = self.latencies.clone();
         sorted.sort();
-        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-        sorted.get(index).copied().unwrap_or_default()
+        percentile(&sorted, p)
     }
+}
+
+/// The `p` quantile (0..=1) of `sorted` samples, nearest rank; zero for none.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(index).copied().unwrap_or_default()
 }
 
 /// `clients` loops sending `request(n)` for `seconds`, with `n` unique across the run.

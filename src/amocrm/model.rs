@@ -530,6 +530,15 @@ fn decode_value_entry(entry: &Value) -> CustomFieldValueItem {
 }
 
 /// Ids arrive as numbers, but a numeric string is accepted too.
+/// A batch item's `request_id`, which amoCRM echoes as sent: a string, or a number.
+pub(super) fn request_id(item: &serde_json::Map<String, Value>) -> Option<String> {
+    match item.get("request_id")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 pub(super) fn as_u64(v: &Value) -> Option<u64> {
     match v {
         Value::Number(n) => n.as_u64(),

@@ -299,11 +299,7 @@ pub(super) fn decode_written(body: &[u8]) -> Result<Vec<Answered>, AmoError> {
         .filter_map(|item| {
             let item = model::json_object(item)?;
             Some(Answered {
-                request_id: item.get("request_id").and_then(|id| match id {
-                    Value::String(s) => Some(s.clone()),
-                    Value::Number(n) => Some(n.to_string()),
-                    _ => None,
-                }),
+                request_id: model::request_id(&item),
                 id: item.get("id").and_then(as_u64)?,
                 updated_at: model::int(&item, "updated_at"),
             })

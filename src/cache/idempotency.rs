@@ -24,8 +24,10 @@ use crate::shared::{Operation, Redis};
 
 /// A write holds its key's lease this long at most: longer than any write's retries.
 const LEASE: Duration = Duration::from_secs(60);
-/// How often a replica waiting for another's write looks for its record.
+/// How often a replica waiting for another's write looks for its record: soon at first, then
+/// less often, so that a long write costs its waiters a few Redis calls a second, not fifty.
 const WAIT_POLL: Duration = Duration::from_millis(20);
+const MAX_WAIT_POLL: Duration = Duration::from_millis(500);
 
 /// What Redis keeps under a key.
 #[derive(Serialize, Deserialize)]
@@ -233,6 +235,7 @@ impl Shared {
     ) -> Result<Claimed<T>, IdempotencyError> {
         let deadline = tokio::time::Instant::now() + LEASE;
         let token = format!("{}:{:016x}", self.redis.replica(), rand::random::<u64>());
+        let mut poll = WAIT_POLL;
         loop {
             let recorded = match self.read::<T>().await {
                 None => return Err(IdempotencyError::Unshared),
@@ -281,7 +284,8 @@ impl Shared {
                     };
                 }
                 Some(None) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(WAIT_POLL).await;
+                    tokio::time::sleep(poll).await;
+                    poll = (poll * 2).min(MAX_WAIT_POLL);
                 }
                 // Its holder renews the lease while it writes: it is still under way.
                 Some(None) => return Err(IdempotencyError::InProgress),
@@ -301,7 +305,7 @@ impl Shared {
             let script = redis::Script::new(RENEW);
             loop {
                 tokio::time::sleep(LEASE / 3).await;
-                redis
+                let renewed = redis
                     .run_always(Operation::Lease, |mut conn| {
                         let (script, lease, token) = (script.clone(), lease.clone(), token.clone());
                         async move {
@@ -314,6 +318,11 @@ impl Shared {
                         }
                     })
                     .await;
+                // Lost (it lapsed while Redis was away): nothing is left to renew. A failed
+                // call is tried again.
+                if renewed == Some(0) {
+                    return;
+                }
             }
         })
     }

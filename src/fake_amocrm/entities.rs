@@ -162,7 +162,8 @@ fn requested_ids(query: &[(String, String)]) -> Result<Option<Vec<u64>>, String>
     Ok(filtered.then_some(ids))
 }
 
-fn paging(query: &[(String, String)]) -> Result<(usize, usize), String> {
+/// `page` and `limit` as amoCRM reads them (a limit over 250 falls back to 50).
+pub(super) fn paging(query: &[(String, String)]) -> Result<(usize, usize), String> {
     let get = |name: &str, default: usize| -> Result<usize, String> {
         match query.iter().find(|(k, _)| k == name) {
             None => Ok(default),

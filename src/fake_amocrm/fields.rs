@@ -227,19 +227,9 @@ pub(super) async fn list_custom_fields(
         Ok(admitted) => admitted,
         Err(response) => return response,
     };
-    let number = |name: &str, default: usize| match query.iter().find(|(k, _)| k == name) {
-        None => Ok(default),
-        Some((_, v)) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| format!("{name} must be a positive integer")),
-    };
-    let (page, limit) = match (number("page", 1), number("limit", 50)) {
-        (Ok(page), Ok(limit)) => (page, if limit > 250 { 50 } else { limit }),
-        (Err(detail), _) | (_, Err(detail)) => {
-            return problem(StatusCode::BAD_REQUEST, "Bad Request", &detail);
-        }
+    let (page, limit) = match super::entities::paging(&query) {
+        Ok(paging) => paging,
+        Err(detail) => return problem(StatusCode::BAD_REQUEST, "Bad Request", &detail),
     };
     let items: Vec<Value> = CONTACT_FIELDS
         .iter()

@@ -243,23 +243,19 @@ async fn answer(
         let error = graphql::refusal(graphql::UNAUTHENTICATED, error.to_string());
         return refused(state, error, media);
     }
-    // Bounded before the persisted-query store parses and keeps it.
-    let sent_document = !request.query.is_empty();
-    if sent_document
-        && let Err(rejection) = request::check_document(&request.query, state.max_document_bytes)
+    let registration = match super::document::admit(
+        &components.persisted,
+        state.max_document_bytes,
+        &mut request,
+    )
+    .await
     {
-        return rejected(state, rejection, media);
-    }
-    let registration = match components.persisted.resolve(&mut request).await {
         Ok(registration) => registration,
-        Err(error) => return refused(state, error, media),
+        Err(super::document::Refused::Rejected(rejection)) => {
+            return rejected(state, rejection, media);
+        }
+        Err(super::document::Refused::Persisted(error)) => return refused(state, error, media),
     };
-    // A stored document is bounded too: another replica may have been given a larger limit.
-    if !sent_document
-        && let Err(rejection) = request::check_document(&request.query, state.max_document_bytes)
-    {
-        return rejected(state, rejection, media);
-    }
     let mutation = graphql::is_mutation(&mut request);
     // GET must be safe: a link or a prefetch must never change anything.
     if method == Method::GET && mutation {

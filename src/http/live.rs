@@ -133,20 +133,33 @@ pub(super) async fn event_stream(state: AppState, headers: HeaderMap, body: Byte
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let request = request::from_post(content_type, &body).and_then(|request| {
-        request::check_document(&request.query, state.max_document_bytes)?;
-        Ok(request)
-    });
-    let mut request = match request {
+    let mut request = match request::from_post(content_type, &body) {
         Ok(request) => request,
         Err(rejection) => return json_errors(rejection.status(), refusal(&rejection)),
     };
     // Persisted queries (and `--persisted-only`) hold here as for any request.
-    if let Err(error) = state.components.persisted.resolve(&mut request).await {
-        return json_errors(StatusCode::BAD_REQUEST, error);
-    }
-    if let Err(rejection) = request::check_document(&request.query, state.max_document_bytes) {
-        return json_errors(rejection.status(), refusal(&rejection));
+    let registration = match super::document::admit(
+        &state.components.persisted,
+        state.max_document_bytes,
+        &mut request,
+    )
+    .await
+    {
+        Ok(registration) => registration,
+        Err(super::document::Refused::Rejected(rejection)) => {
+            return json_errors(rejection.status(), refusal(&rejection));
+        }
+        Err(super::document::Refused::Persisted(error)) => {
+            return json_errors(StatusCode::BAD_REQUEST, error);
+        }
+    };
+    // A verified caller (see above) stores what it sends with its hash, as a POST would.
+    if let Some(registration) = registration {
+        state
+            .components
+            .persisted
+            .register(registration, &credentials.scope, credentials.token.lane())
+            .await;
     }
     let context = request_context(&state, Ok(credentials));
     let results = state

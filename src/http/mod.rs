@@ -11,6 +11,7 @@
 //! - [`health`]: `/healthz` and `/metrics`. [`playground`]: GraphiQL and its assets.
 
 mod admin;
+mod document;
 mod encoding;
 mod graphql;
 mod health;

@@ -244,12 +244,13 @@ fn close(code: u16, reason: impl Into<String>) -> Message {
     }))
 }
 
-/// Notes what async-graphql told the client: the acknowledgement, and operations ended.
+/// Notes what async-graphql told the client: the acknowledgement, and operations ended (it
+/// sends no `error` messages; the gateway's own never pass here).
 fn observe(session: &Shared<Session>, text: &str) {
     // async-graphql writes `type` first; only these few messages are read further.
     if text.starts_with(r#"{"type":"connection_ack""#) {
         lock(session).acknowledged = true;
-    } else if (text.starts_with(r#"{"type":"complete""#) || text.starts_with(r#"{"type":"error""#))
+    } else if text.starts_with(r#"{"type":"complete""#)
         && let Ok(ended) = serde_json::from_str::<Envelope>(text)
         && let Some(id) = ended.id
     {
@@ -368,10 +369,17 @@ async fn checked(
     let body = payload.to_string();
     let mut request = request::from_post(Some("application/json"), body.as_bytes())
         .map_err(|rejection| refusal(&rejection))?;
-    request::check_document(&request.query, state.max_document_bytes)
-        .map_err(|rejection| refusal(&rejection))?;
     let by_hash = request.query.is_empty();
-    let registration = state.components.persisted.resolve(&mut request).await?;
+    let registration = super::document::admit(
+        &state.components.persisted,
+        state.max_document_bytes,
+        &mut request,
+    )
+    .await
+    .map_err(|refused| match refused {
+        super::document::Refused::Rejected(rejection) => refusal(&rejection),
+        super::document::Refused::Persisted(error) => error,
+    })?;
     // A verified connection (it was acknowledged) stores what it sends with its hash, as a
     // POST would.
     if let (Some(registration), Some(credentials)) = (registration, credentials) {
@@ -382,8 +390,6 @@ async fn checked(
             .await;
     }
     if by_hash && let Some(fields) = payload.as_object_mut() {
-        request::check_document(&request.query, state.max_document_bytes)
-            .map_err(|rejection| refusal(&rejection))?;
         fields.insert("query".to_owned(), Value::String(request.query));
     }
     Ok(payload)

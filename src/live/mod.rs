@@ -170,13 +170,24 @@ fn hub_credentials(credentials: &Credentials) -> Credentials {
     }
 }
 
-/// What was told of a contact, in 8 bytes.
+/// What was told of a contact, in 8 bytes: its JSON, hashed as it is written (no buffer).
 fn digest(contact: &Contact) -> u64 {
     use std::hash::{DefaultHasher, Hasher};
-    let mut hasher = DefaultHasher::new();
-    hasher.write(&serde_json::to_vec(contact).unwrap_or_default());
+    struct Hashing(DefaultHasher);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.write(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hashing = Hashing(DefaultHasher::new());
+    // Writing into a hasher cannot fail, nor can serializing a contact read from JSON.
+    let _ = serde_json::to_writer(&mut hashing, contact);
     // Above the markers `DELETED` and `UNTOLD`.
-    hasher.finish().max(2)
+    hashing.0.finish().max(2)
 }
 
 /// Hands changes to subscribers. Cheap to clone.
@@ -277,10 +288,22 @@ impl Hub {
         credentials: &Credentials,
         ids: &std::collections::BTreeSet<ContactId>,
     ) {
-        if ids.is_empty() {
+        // Only those the scope does not know yet: a client that subscribes again and again to
+        // the same contacts costs one read, not one a subscription.
+        let unknown: std::collections::BTreeSet<ContactId> = {
+            let scopes = self.lock();
+            let Some(live) = scopes.get(&credentials.scope) else {
+                return;
+            };
+            ids.iter()
+                .filter(|id| !live.seen_at.contains_key(id))
+                .copied()
+                .collect()
+        };
+        if unknown.is_empty() {
             return;
         }
-        let read = match self.inner.caches.read_back(credentials, ids).await {
+        let read = match self.inner.caches.read_back(credentials, &unknown).await {
             Ok(read) => read,
             Err(error) => {
                 tracing::warn!(%error, "could not read a subscription's contacts");
@@ -416,7 +439,7 @@ impl Hub {
         if changes.is_empty() {
             return;
         }
-        self.changed_here(&changes, &HashMap::new());
+        self.changed_here(&changes);
         if let Some(broadcast) = &self.inner.broadcast {
             broadcast.publish(&changes).await;
         }
@@ -434,9 +457,9 @@ impl Hub {
         let task = tokio::spawn(async move {
             while let Some(heard) = heard.recv().await {
                 match heard {
-                    Heard::Message(changes) => hub.changed_here(&changes, &HashMap::new()),
+                    Heard::Message(changes) => hub.changed_here(&changes),
                     Heard::Confirm(changes, confirm) => {
-                        hub.changed_here(&changes, &HashMap::new());
+                        hub.changed_here(&changes);
                         confirm.send().await;
                     }
                     // Missed changes are not replayed: the feed and the caches' own expiry
@@ -450,8 +473,8 @@ impl Hub {
     }
 
     /// Queues `changes` for every scope with subscribers.
-    fn changed_here(&self, changes: &[Change], known: &HashMap<ContactId, Arc<Contact>>) {
-        self.queue(None, changes, known);
+    fn changed_here(&self, changes: &[Change]) {
+        self.queue(None, changes, &HashMap::new());
     }
 
     /// The change feed's answer for `scope`: told to that scope only (the other scopes' own

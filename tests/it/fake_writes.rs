@@ -170,8 +170,9 @@ async fn fake_writes_custom_fields_come_in_pages() {
         .expect("fields");
     assert_eq!(fields.len(), CONTACT_FIELDS.len());
     assert_eq!(all.body["_total_items"], json!(CONTACT_FIELDS.len()));
+    let links = all.body["_links"].as_object().expect("_links");
     assert!(
-        all.body["_links"].get("next").is_none(),
+        links.contains_key("self") && !links.contains_key("next"),
         "one page, no next"
     );
     assert_eq!(
@@ -201,7 +202,7 @@ async fn fake_writes_custom_fields_come_in_pages() {
             .clone()
     };
     assert_eq!(by_id(BUDGET_FIELD_ID)["type"], "numeric");
-    assert_eq!(by_id(BUDGET_FIELD_ID)["enums"], Value::Null);
+    assert_eq!(by_id(BUDGET_FIELD_ID).get("enums"), Some(&Value::Null));
     assert_eq!(by_id(CONTRACT_DATE_FIELD_ID)["type"], "date");
     assert_eq!(by_id(VIP_FIELD_ID)["type"], "checkbox");
     assert_eq!(by_id(POSITION_FIELD_ID)["type"], "text");
@@ -348,7 +349,7 @@ async fn fake_writes_create_answers_ids_and_the_contacts_read_back_at_once() {
     let unnamed = fake.contact(first_id + 1).await;
     assert_eq!(unnamed["name"], "Без имени");
     assert_eq!(unnamed["responsible_user_id"], json!(USERS[0].0));
-    assert_eq!(unnamed["custom_fields_values"], Value::Null);
+    assert_eq!(unnamed.get("custom_fields_values"), Some(&Value::Null));
 
     assert_eq!(
         fake.list_ids("query=звонарёв", ADMIN_TOKEN).await,
@@ -627,6 +628,7 @@ async fn fake_writes_patch_changes_only_what_was_sent() {
         "group_id",
         "closest_task_at",
     ] {
+        assert!(before.get(unchanged).is_some(), "{unchanged} is there");
         assert_eq!(after.get(unchanged), before.get(unchanged), "{unchanged}");
     }
     let fields = after["custom_fields_values"].as_array().expect("fields");

@@ -450,9 +450,34 @@ async fn a_deletion_is_not_told_to_a_token_that_never_could_see_the_contact() {
             "authorization": bearer(MANAGER_TOKEN) }),
     )
     .await;
+    // An admin names it too: hearing of the deletion, it shows that the webhook reached the
+    // hub, so the manager's silence means something.
+    let mut admin = LiveClient::start(
+        "ws",
+        &app.url("/graphql"),
+        json!({ "query": CHANGED, "variables": { "ids": [hidden.to_string()] },
+            "authorization": bearer(ADMIN_TOKEN) }),
+    )
+    .await;
     manager.ready().await;
-    app.wait_for_metric("gateway_live_subscriptions", 1.0).await;
+    admin.ready().await;
+    app.wait_for_metric("gateway_live_subscriptions", 2.0).await;
+    // Each subscription's first read of the contact it names, one per token.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while app.upstream_calls() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:#?}",
+            app.fake.requests()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     webhook(&app, "delete", hidden).await;
+    let event = admin.expect_next(WITHIN).await;
+    assert_eq!(
+        event["data"]["contactChanged"],
+        json!({ "kind": "DELETED", "id": hidden.to_string(), "contact": null })
+    );
     manager.expect_nothing(Duration::from_millis(500)).await;
 }
 
@@ -605,4 +630,48 @@ async fn a_scope_whose_subscribers_name_their_contacts_reads_only_those() {
         })
         .collect();
     assert_eq!(reads, [vec![named.to_string()]]);
+}
+
+/// A subscription reads the contacts it names when it starts, unless its scope knows them
+/// already: another subscription to them (a second tab on the same contact) costs no read.
+#[tokio::test]
+async fn subscribing_again_to_the_same_contact_costs_no_second_read() {
+    use crate::raw_ws::RawWs;
+    let app = TestApp::spawn_with(&["--webhook-secret", SECRET], FakeOptions::default()).await;
+    let id = app.fake.visible_ids(ADMIN_TOKEN)[6];
+    let named = |r: &amocrm_gateway::fake_amocrm::RecordedRequest| {
+        r.params("filter[id][]") == [id.to_string().as_str()]
+    };
+    let subscribe = |sub: &str| {
+        json!({ "id": sub, "type": "subscribe", "payload": {
+            "query": CHANGED, "variables": { "ids": [id.to_string()] } } })
+    };
+    let mut ws = RawWs::connect(app.addr, None).await;
+    ws.init(json!({ "Authorization": format!("Bearer {ADMIN_TOKEN}") }))
+        .await;
+    ws.send(subscribe("first")).await;
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while !app.fake.requests().iter().any(named) {
+        assert!(tokio::time::Instant::now() < deadline, "never read");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ws.send(subscribe("again")).await;
+    app.wait_for_metric("gateway_live_subscriptions", 2.0).await;
+    app.fake.rename_contact(id, "Снова Открыт");
+    webhook(&app, "update", id).await;
+    // Both hear of it, which shows the second subscription is past its start.
+    let mut told = Vec::new();
+    for _ in 0..2 {
+        let message = ws.next_json(WITHIN).await;
+        assert_eq!(
+            message["payload"]["data"]["contactChanged"]["contact"]["name"], "Снова Открыт",
+            "{message}"
+        );
+        told.push(message["id"].as_str().expect("an id").to_owned());
+    }
+    told.sort();
+    assert_eq!(told, ["again", "first"]);
+    // The first subscription's read, then the webhook's: none for the second subscription.
+    let reads = app.fake.requests().iter().filter(|r| named(r)).count();
+    assert_eq!(reads, 2, "{:#?}", app.fake.requests());
 }

@@ -404,17 +404,7 @@ async fn each_operation_over_a_websocket_has_its_own_budget() {
     let app = TestApp::spawn_with(&["--max-upstream-calls", "3"], FakeOptions::default()).await;
     let mut ws = RawWs::connect(app.addr, None).await;
     ws.init(admin()).await;
-    let codes = |next: &Value| -> Vec<String> {
-        next["payload"]["errors"]
-            .as_array()
-            .map(|errors| {
-                errors
-                    .iter()
-                    .map(|e| e["extensions"]["code"].as_str().unwrap_or("").to_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let codes = |next: &Value| crate::support::error_codes(&next["payload"]);
     // 10 contacts with 100 leads each: 4 lead batches, beyond the 2 the price left.
     app.fake.fail_next([Failure::body(
         "application/hal+json",

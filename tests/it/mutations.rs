@@ -85,7 +85,7 @@ async fn a_created_contact_is_in_the_first_page_and_its_search_at_once() {
     assert_ne!(after.data(), before.data());
     let found = app.query(Some(ADMIN_TOKEN), search).await;
     assert_eq!(ids(&found.data()["contacts"]), [id]);
-    // One POST, one read-back by id: nothing else was written or read for the write.
+    // One POST: nothing else was written for it.
     assert_eq!(
         writes(&app),
         [("POST".to_owned(), "/api/v4/contacts".to_owned())]

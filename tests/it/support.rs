@@ -41,20 +41,7 @@ impl Reply {
 
     /// The codes of all errors, in order.
     pub fn codes(&self) -> Vec<String> {
-        self.body["errors"]
-            .as_array()
-            .map(|errors| {
-                errors
-                    .iter()
-                    .map(|e| {
-                        e["extensions"]["code"]
-                            .as_str()
-                            .unwrap_or("<none>")
-                            .to_owned()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        error_codes(&self.body)
     }
 
     pub fn first_error(&self) -> &Value {
@@ -242,6 +229,24 @@ pub fn kept_to_the_rate_limit(
         "a refused query made no upstream call"
     );
     (answered, limited)
+}
+
+/// The `extensions.code` of each error in a GraphQL response `body`, in order.
+pub fn error_codes(body: &Value) -> Vec<String> {
+    body["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|e| {
+                    e["extensions"]["code"]
+                        .as_str()
+                        .unwrap_or("<none>")
+                        .to_owned()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The gateway at `addr`'s `/metrics`, as text.

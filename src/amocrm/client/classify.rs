@@ -165,11 +165,7 @@ pub(super) fn validation_errors(body: &[u8]) -> Option<Vec<Rejection>> {
         .iter()
         .filter_map(serde_json::Value::as_object)
         .map(|group| Rejection {
-            request_id: group.get("request_id").and_then(|id| match id {
-                serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Number(n) => Some(n.to_string()),
-                _ => None,
-            }),
+            request_id: crate::amocrm::model::request_id(group),
             problems: group
                 .get("errors")
                 .and_then(serde_json::Value::as_array)

@@ -43,17 +43,13 @@ impl PageEntry {
     /// version: responses built from the old one no longer match it.
     pub(super) fn with_contacts_replaced(
         &self,
-        fresh: &std::collections::HashMap<crate::amocrm::ContactId, &Arc<crate::amocrm::Contact>>,
+        fresh: &std::collections::HashMap<crate::amocrm::ContactId, Arc<crate::amocrm::Contact>>,
     ) -> Self {
         let contacts: Vec<_> = self
             .page
             .contacts
             .iter()
-            .map(|c| {
-                fresh
-                    .get(&c.id)
-                    .map_or_else(|| c.clone(), |f| Arc::clone(f))
-            })
+            .map(|c| fresh.get(&c.id).map_or_else(|| c.clone(), Arc::clone))
             .collect();
         let mut page = ContactsPage {
             contacts,

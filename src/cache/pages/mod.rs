@@ -326,8 +326,7 @@ impl PageCache {
         written: &[ContactId],
         fresh: &HashMap<ContactId, Arc<Contact>>,
     ) -> Vec<Patched> {
-        let fresh: HashMap<ContactId, &Arc<Contact>> = fresh.iter().map(|(k, v)| (*k, v)).collect();
-        let gone: Vec<ContactId> = written
+        let gone: std::collections::HashSet<ContactId> = written
             .iter()
             .filter(|id| !fresh.contains_key(id))
             .copied()
@@ -345,7 +344,7 @@ impl PageCache {
                 }
                 Some(Patched {
                     key: (*key).clone(),
-                    entry: Arc::new(entry.with_contacts_replaced(&fresh)),
+                    entry: Arc::new(entry.with_contacts_replaced(fresh)),
                 })
             })
             .collect()
