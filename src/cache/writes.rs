@@ -147,21 +147,43 @@ impl Caches {
         written: &Written,
         epoch: u64,
     ) {
-        let patched = self.pages.patched(&credentials.scope, ids, written);
-        self.invalidate_now(ids.iter().copied().map(Invalidation::Contact).collect())
+        self.after_write(credentials, ids, written, epoch, Vec::new())
             .await;
-        self.pages.restore(patched, epoch).await;
     }
 
-    /// After links changed: the linked entities' own cached copies (their contact lists, their
-    /// counts) are stale too.
-    pub async fn after_link(&self, entities: &[(EntityKind, u64)]) {
-        self.invalidate_now(
-            entities
-                .iter()
-                .map(|&(kind, id)| Invalidation::Entity(kind, id))
-                .collect(),
-        )
-        .await;
+    /// After a contact's links changed: the contact as after an update, and the linked
+    /// entities' own cached copies (their contact lists, their counts), in one invalidation.
+    pub async fn after_link(
+        &self,
+        credentials: &Credentials,
+        contact: ContactId,
+        written: &Written,
+        epoch: u64,
+        entities: &[(EntityKind, u64)],
+    ) {
+        let entities = entities
+            .iter()
+            .map(|&(kind, id)| Invalidation::Entity(kind, id))
+            .collect();
+        self.after_write(credentials, &[contact], written, epoch, entities)
+            .await;
+    }
+
+    /// Patches the pages holding `ids`, invalidates them with `also` (entity invalidations
+    /// leave the page epoch alone), and puts the patched pages back.
+    async fn after_write(
+        &self,
+        credentials: &Credentials,
+        ids: &[ContactId],
+        written: &Written,
+        epoch: u64,
+        also: Vec<Invalidation>,
+    ) {
+        let patched = self.pages.patched(&credentials.scope, ids, written);
+        let mut invalidations: Vec<Invalidation> =
+            ids.iter().copied().map(Invalidation::Contact).collect();
+        invalidations.extend(also);
+        self.invalidate_now(invalidations).await;
+        self.pages.restore(patched, epoch).await;
     }
 }

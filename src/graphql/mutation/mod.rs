@@ -352,9 +352,8 @@ async fn link(
         let epoch = services.caches.epoch();
         services
             .caches
-            .after_update(credentials, &[contact], &Default::default(), epoch)
+            .after_link(credentials, contact, &Default::default(), epoch, &entities)
             .await;
-        services.caches.after_link(&entities).await;
     }
     linked.map_err(|error| match error {
         AmoError::Invalid(rejections) => {
@@ -384,9 +383,8 @@ async fn link(
     });
     services
         .caches
-        .after_update(credentials, &[contact], &written, epoch)
+        .after_link(credentials, contact, &written, epoch, &entities)
         .await;
-    services.caches.after_link(&entities).await;
     services
         .live
         .changed(live_changes(&[contact], ChangeKind::Updated))
