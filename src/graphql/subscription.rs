@@ -32,24 +32,25 @@ impl SubscriptionRoot {
         ids: Option<Vec<ID>>,
         filter: Option<ContactFilterInput>,
     ) -> Result<impl Stream<Item = Result<ContactEvent>> + use<>> {
-        let (subscription, wanted, slot) = subscribe(ctx, ids, filter).map_err(|e| e.extend())?;
-        let learn = learning_of(ctx, &wanted).map_err(|e| e.extend())?;
-        let clear = ctx
-            .data_opt::<RequestContext>()
-            .map(RequestContext::clear_on_event);
+        let Subscribed {
+            subscription,
+            wanted,
+            slot,
+            hub,
+            credentials,
+            clear,
+        } = subscribe(ctx, ids, filter).map_err(|e| e.extend())?;
         let (receiver, membership) = subscription.split();
         // Named contacts are read once now, so that their deletion is told to this scope only
         // if it may see them.
-        let (hub, credentials, named) = learn;
+        let named = wanted.ids.clone();
         let learning = async move {
             hub.learn(&credentials, &named).await;
         };
         let stream = events(receiver, wanted, move || {
             // Held as long as the stream: its place in the scope and on the connection.
             let _held = (&membership, &slot);
-            if let Some(clear) = &clear {
-                clear();
-            }
+            clear();
         });
         Ok(futures::stream::once(learning)
             .filter_map(|()| futures::future::ready(None))
@@ -85,31 +86,6 @@ fn events<F: Fn() + Send + Sync + 'static>(
     })
 }
 
-/// What reading a subscription's named contacts needs: the hub, the caller, the ids.
-fn learning_of(
-    ctx: &Context<'_>,
-    wanted: &Wanted,
-) -> Result<
-    (
-        crate::live::Hub,
-        crate::auth::Credentials,
-        BTreeSet<ContactId>,
-    ),
-    ApiError,
-> {
-    let request = ctx.data_opt::<RequestContext>().ok_or(ApiError::Internal(
-        "the subscription carries no RequestContext",
-    ))?;
-    let services = ctx.data_opt::<Services>().ok_or(ApiError::Internal(
-        "the schema was built without its services",
-    ))?;
-    Ok((
-        services.live.clone(),
-        request.upstream()?.credentials().clone(),
-        wanted.ids.clone(),
-    ))
-}
-
 /// What one subscription asked for.
 struct Wanted {
     ids: BTreeSet<ContactId>,
@@ -135,11 +111,23 @@ impl Wanted {
     }
 }
 
+/// A subscription, with what its stream holds and needs.
+struct Subscribed<C> {
+    subscription: Live,
+    wanted: Wanted,
+    /// Its place on the connection.
+    slot: super::context::SubscriptionSlot,
+    hub: crate::live::Hub,
+    credentials: crate::auth::Credentials,
+    /// Run before each event (see [`RequestContext::clear_on_event`]).
+    clear: C,
+}
+
 fn subscribe(
     ctx: &Context<'_>,
     ids: Option<Vec<ID>>,
     filter: Option<ContactFilterInput>,
-) -> Result<(Live, Wanted, super::context::SubscriptionSlot), ApiError> {
+) -> Result<Subscribed<impl Fn() + Send + Sync + 'static + use<>>, ApiError> {
     let ids = match ids {
         Some(ids) if ids.len() > MAX_FILTER_IDS => {
             return Err(ApiError::bad_input(
@@ -174,7 +162,14 @@ fn subscribe(
         .live
         .subscribe(credentials, &ids)
         .map_err(ApiError::Live)?;
-    Ok((subscription, Wanted { ids, list }, slot))
+    Ok(Subscribed {
+        subscription,
+        wanted: Wanted { ids, list },
+        slot,
+        hub: services.live.clone(),
+        credentials: credentials.clone(),
+        clear: request.clear_on_event(),
+    })
 }
 
 /// A change of a contact.

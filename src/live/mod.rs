@@ -210,7 +210,6 @@ struct ScopeLive {
     /// One subscriber's credentials: every token of a scope sees the same.
     credentials: Credentials,
     sender: broadcast::Sender<Arc<Event>>,
-    subscribers: usize,
     /// Subscribers per client: by client-key lane (`None`: the token itself).
     clients: HashMap<Option<u64>, usize>,
     /// Subscribers that name no ids (every change may be theirs), and how many subscribers
@@ -351,7 +350,6 @@ impl Hub {
             .or_insert_with(|| ScopeLive {
                 credentials: hub_credentials(credentials),
                 sender: broadcast::channel(SUBSCRIBER_BACKLOG).0,
-                subscribers: 0,
                 clients: HashMap::new(),
                 wide: 0,
                 named: HashMap::new(),
@@ -369,7 +367,6 @@ impl Hub {
             return Err(LiveError::ClientFull(limits.per_client));
         }
         *of_client += 1;
-        live.subscribers += 1;
         if named.is_empty() {
             live.wide += 1;
         }
@@ -416,8 +413,7 @@ impl Hub {
                     live.clients.remove(&lane);
                 }
             }
-            live.subscribers = live.subscribers.saturating_sub(1);
-            if live.subscribers == 0 {
+            if live.clients.is_empty() {
                 if let Some(feed) = live.feed.take() {
                     feed.abort();
                 }
