@@ -72,12 +72,6 @@ impl FieldDefinitions {
         Ok(kept.definitions)
     }
 
-    /// Reads the scope's definitions again now: after a write amoCRM refused for a field the
-    /// kept definitions did not know, they may be out of date.
-    pub async fn forget(&self, scope: &Scope) {
-        self.by_scope.invalidate(scope).await;
-    }
-
     pub fn invalidate_all(&self) {
         self.by_scope.invalidate_all();
     }
